@@ -1,0 +1,184 @@
+"""What a loader reads: an image folder (listed like torchvision's ``ImageFolder``) or WebDataset shards."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "ImageFolderSource",
+    "ShardSource",
+    "build_index",
+    "default_cache_dir",
+    "open_source",
+]
+
+# torchvision.datasets.folder.IMG_EXTENSIONS; DALI decodes all of them.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+CLASSES_FILE = "classes.txt"
+
+
+def default_cache_dir() -> Path:
+    """``$DALI_RESIZER_CACHE``, else ``$XDG_CACHE_HOME/dali_resizer``, else ``~/.cache/dali_resizer``."""
+    if "DALI_RESIZER_CACHE" in os.environ:
+        return Path(os.environ["DALI_RESIZER_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dali_resizer"
+
+
+@dataclass(frozen=True)
+class ImageFolderSource:
+    """An ImageFolder layout: ``root/<class>/**/<image>``; labels index the sorted class names."""
+
+    root: Path
+    files: list[str]
+    targets: np.ndarray  # (num_samples,) int64
+    classes: list[str]
+    class_to_idx: dict[str, int] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @classmethod
+    def scan(cls, root: str | os.PathLike) -> ImageFolderSource:
+        """Lists ``root`` exactly as ``torchvision.datasets.ImageFolder`` does (same classes, same order)."""
+        root = Path(root)
+        classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        if not classes:
+            raise ValueError(f"{root}: no class folders found; expected the layout {root}/<class>/<image>")
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        files: list[str] = []
+        targets: list[int] = []
+        empty: list[str] = []
+        for name in classes:
+            before = len(files)
+            for dirpath, _, fnames in sorted(os.walk(root / name, followlinks=True)):
+                for fname in sorted(fnames):
+                    if fname.lower().endswith(IMG_EXTENSIONS):
+                        files.append(os.path.join(dirpath, fname))
+                        targets.append(class_to_idx[name])
+            if len(files) == before:
+                empty.append(name)
+        if empty:
+            shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+            raise ValueError(
+                f"{root}: {len(empty)} class folder(s) hold no image ({shown}); "
+                f"supported extensions: {', '.join(IMG_EXTENSIONS)}"
+            )
+        return cls(root, files, np.asarray(targets, dtype=np.int64), classes, class_to_idx)
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """WebDataset tar shards, each with a DALI index file, and the sample count of each shard."""
+
+    paths: list[str]
+    index_paths: list[str]
+    counts: list[int]
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def class_to_idx(self) -> dict[str, int] | None:
+        return None if self.classes is None else {name: i for i, name in enumerate(self.classes)}
+
+    @classmethod
+    def from_paths(cls, paths: list[str], index_dir: str | os.PathLike | None = None) -> ShardSource:
+        """Uses ``<shard>.idx`` beside each tar, or builds a missing index once into ``index_dir``."""
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise FileNotFoundError(f"shard not found: {missing[0]}{more}")
+        index_paths = [_index_for(p, index_dir) for p in paths]
+        counts = [_read_index_count(p) for p in index_paths]
+        classes_file = Path(paths[0]).parent / CLASSES_FILE
+        classes = classes_file.read_text().splitlines() if classes_file.is_file() else None
+        return cls(list(paths), index_paths, counts, classes)
+
+
+def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> int:
+    """Writes DALI's WebDataset index (format v1.2) for ``tar_path``; returns the sample count.
+
+    Members are grouped into samples by the name before the first dot of the file name, as
+    webdataset does; hidden files and non-regular members are left out, as DALI does.
+    """
+    samples: dict[str, list[str]] = {}
+    with tarfile.open(tar_path, mode="r:") as tar:
+        for member in tar:
+            base = os.path.basename(member.name)
+            if not member.isfile() or base.startswith(".") or "." not in base:
+                continue
+            stem, ext = base.split(".", 1)
+            if any(c.isspace() for c in member.name):
+                raise ValueError(f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
+            key = os.path.join(os.path.dirname(member.name), stem)
+            samples.setdefault(key, []).append(f"{ext} {member.offset_data} {member.size} {member.name}")
+    tmp = f"{index_path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"v1.2 {len(samples)}\n")
+        f.writelines(" ".join(components) + "\n" for components in samples.values())
+    os.replace(tmp, index_path)  # atomic: a concurrent reader sees the old index or the whole new one
+    return len(samples)
+
+
+def _index_for(tar_path: str, index_dir: str | os.PathLike | None) -> str:
+    beside = os.path.splitext(tar_path)[0] + ".idx"
+    if os.path.isfile(beside):
+        return beside
+    stat = os.stat(tar_path)
+    digest = hashlib.sha1(f"{os.path.abspath(tar_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    index_dir = Path(index_dir) if index_dir is not None else default_cache_dir() / "wds-index"
+    index_dir.mkdir(parents=True, exist_ok=True)
+    cached = index_dir / f"{Path(tar_path).stem}-{digest}.idx"
+    if not cached.is_file():
+        build_index(tar_path, cached)
+    return str(cached)
+
+
+def _read_index_count(index_path: str) -> int:
+    with open(index_path) as f:
+        header = f.readline().split()
+    if len(header) != 2 or not header[0].startswith("v1.") or not header[1].isdigit():
+        raise ValueError(f"{index_path}: not a DALI WebDataset index (first line {' '.join(header)!r})")
+    return int(header[1])
+
+
+def _expand_shard_pattern(pattern: str) -> list[str]:
+    import braceexpand  # installed with webdataset
+
+    return list(braceexpand.braceexpand(pattern))
+
+
+def open_source(
+    source: str | os.PathLike | list[str | os.PathLike] | tuple[str | os.PathLike, ...],
+    index_dir: str | os.PathLike | None = None,
+) -> ImageFolderSource | ShardSource:
+    """Resolves what the user passed: an image folder, a folder of ``.tar`` shards, one ``.tar``, a list
+    of tars, or a brace pattern such as ``train-{000000..000127}.tar``."""
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("source is an empty list of shards")
+        return ShardSource.from_paths([os.fspath(p) for p in source], index_dir)
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"source must be a path, a list of shard paths or a brace pattern, got {type(source).__name__}")
+    path = os.fspath(source)
+    if "{" in path and ".." in path:
+        return ShardSource.from_paths(_expand_shard_pattern(path), index_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"source not found: {path}")
+    if os.path.isfile(path):
+        if path.endswith(".tar"):
+            return ShardSource.from_paths([path], index_dir)
+        raise ValueError(f"{path}: a file source must be a WebDataset .tar shard")
+    tars = sorted(str(p) for p in Path(path).glob("*.tar"))
+    if tars:
+        return ShardSource.from_paths(tars, index_dir)
+    return ImageFolderSource.scan(path)

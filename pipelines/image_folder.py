@@ -1,0 +1,50 @@
+"""Pipeline over an explicit list of image files (an image folder, listed on the torch side)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+
+from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, normalize
+
+__all__ = ["image_folder_pipeline"]
+
+
+@pipeline_def
+def image_folder_pipeline(
+    files: Sequence[str],
+    sample_ids: Sequence[int],
+    *,
+    size: tuple[int, int],
+    train: bool,
+    decoder: str = "cpu",
+    shard_id: int = 0,
+    num_shards: int = 1,
+    dtype: types.DALIDataType = types.FLOAT,
+    crop_ratio: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+):
+    """Reads ``files`` in the given order and yields ``(images, sample_ids)``.
+
+    The reader's "label" is the sample id given for each file (its index in the source), so the torch
+    side can map it to the class and can tell every sample apart. The order, shuffling included, is
+    decided by the caller: DALI reads the list as given, and pads the last batch with the last sample
+    (the iterator trims the padding).
+
+    Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; sample ids ``(N, 1)`` int32
+    on the CPU.
+    """
+    encoded, ids = fn.readers.file(
+        files=list(files),
+        labels=list(sample_ids),
+        shard_id=shard_id,
+        num_shards=num_shards,
+        random_shuffle=False,
+        pad_last_batch=True,
+        name="Reader",
+    )
+    images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio)
+    images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
+    return images, ids

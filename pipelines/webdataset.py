@@ -1,0 +1,57 @@
+"""Pipeline over WebDataset tar shards with DALI index files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+
+from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, normalize
+
+__all__ = ["IMAGE_EXTENSIONS", "LABEL_EXTENSION", "webdataset_pipeline"]
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+LABEL_EXTENSION = "cls"
+
+
+@pipeline_def
+def webdataset_pipeline(
+    paths: Sequence[str],
+    index_paths: Sequence[str],
+    *,
+    size: tuple[int, int],
+    train: bool,
+    decoder: str = "cpu",
+    shard_id: int = 0,
+    num_shards: int = 1,
+    random_shuffle: bool = False,
+    initial_fill: int = 1024,
+    dtype: types.DALIDataType = types.FLOAT,
+    crop_ratio: float = 0.875,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+):
+    """Reads samples ``<key>.{jpg,jpeg,png,webp}`` + ``<key>.cls`` from tar shards.
+
+    Every tar needs its index file (``index_paths``, same order): DALI's own tar inference is never
+    used. A sample without an image or a label is an error, not an empty tensor.
+
+    Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; the ``cls`` bytes (ASCII
+    digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU.
+    """
+    encoded, label_text = fn.readers.webdataset(
+        paths=list(paths),
+        index_paths=list(index_paths),
+        ext=[";".join(IMAGE_EXTENSIONS), LABEL_EXTENSION],
+        case_sensitive_extensions=False,
+        missing_component_behavior="error",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        random_shuffle=random_shuffle,
+        initial_fill=initial_fill,
+        pad_last_batch=True,
+        name="Reader",
+    )
+    images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio)
+    images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
+    return images, fn.pad(label_text, axes=(0,), fill_value=0)
