@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny, odd-sized images and shards written by the tests themselves."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "needs_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def random_image(rng: np.random.Generator, height: int, width: int) -> Image.Image:
+    # Smooth content (upsampled noise) so JPEG compression keeps it recognisable.
+    coarse = rng.integers(0, 256, size=(max(2, height // 4), max(2, width // 4), 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+
+
+def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# 3 classes, 11 images in all (not a multiple of the batch sizes used), odd and non-square sizes,
+# a nested folder, an upper-case extension, a PNG, and files that are not images.
+FOLDER_LAYOUT = {
+    "cat": ["a.jpg", "b.JPG", "nested/c.jpg", "d.png"],
+    "dog": ["e.jpeg", "f.jpg", "g.jpg"],
+    "emu": ["h.jpg", "i.jpg", "j.jpg", "k.jpg"],
+}
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for cls, names in FOLDER_LAYOUT.items():
+        for name in names:
+            path = root / cls / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            height, width = int(rng.integers(11, 60)), int(rng.integers(17, 80))
+            random_image(rng, height, width).save(path, format="PNG" if name.endswith(".png") else "JPEG")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "README").write_text("a file beside the class folders")
+    return root
+
+
+def write_shards(root: Path, counts: list[int], prefix: str = "train") -> list[Path]:
+    """Writes tar shards with webdataset's own writer; sample i has label i % 3 and key sample-<i>."""
+    import webdataset as wds
+
+    rng = np.random.default_rng(1)
+    paths, i = [], 0
+    for shard, count in enumerate(counts):
+        path = root / f"{prefix}-{shard:06d}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for _ in range(count):
+                image = random_image(rng, int(rng.integers(13, 50)), int(rng.integers(19, 70)))
+                sink.write({"__key__": f"sample-{i:05d}", "jpg": encode(image), "cls": str(i % 3).encode()})
+                i += 1
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shards")
+    write_shards(root, [5, 4, 4])  # 13 samples
+    return root

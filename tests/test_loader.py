@@ -1,0 +1,277 @@
+"""DALILoader against the DataLoader contract, with the real DALI CPU pipeline."""
+
+import os
+
+import pytest
+import torch
+
+from dali_resizer import DALILoader
+from tests.conftest import write_shards
+
+
+def epoch_indices(loader):
+    return [i for _, _, idx in loader for i in idx.tolist()]
+
+
+def test_classes_and_samples_equal_torchvision_imagefolder(image_folder):
+    from torchvision.datasets import ImageFolder
+
+    reference = ImageFolder(str(image_folder))
+    loader = DALILoader(image_folder, batch_size=4, size=16)
+    assert loader.classes == reference.classes
+    assert loader.class_to_idx == reference.class_to_idx
+    assert loader.source.files == [path for path, _ in reference.samples]
+    assert loader.source.targets.tolist() == reference.targets
+
+
+def test_batches_are_images_and_labels(image_folder):
+    loader = DALILoader(image_folder, batch_size=4, size=(24, 20), shuffle=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3
+    images, labels = batches[0]
+    assert images.shape == (4, 3, 24, 20) and images.dtype == torch.float32 and images.device.type == "cpu"
+    assert labels.shape == (4,) and labels.dtype == torch.int64 and labels.device.type == "cpu"
+    assert [int(b[1].shape[0]) for b in batches] == [4, 4, 3]
+    # Unshuffled: labels in source order, as ImageFolder's targets.
+    assert torch.cat([b[1] for b in batches]).tolist() == loader.source.targets.tolist()
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 11, 16])
+def test_epoch_yields_every_sample_exactly_once(image_folder, train, batch_size):
+    loader = DALILoader(image_folder, batch_size=batch_size, size=16, train=train, return_index=True)
+    seen, count = [], 0
+    for images, labels, indices in loader:
+        assert images.shape[0] == labels.shape[0] == indices.shape[0]
+        assert labels.tolist() == loader.source.targets[indices.numpy()].tolist()  # labels never shift
+        seen += indices.tolist()
+        count += 1
+    assert sorted(seen) == list(range(11))
+    assert count == len(loader) == -(-11 // batch_size)
+
+
+@pytest.mark.parametrize(("batch_size", "expected"), [(4, 2), (11, 1), (12, 0)])
+def test_drop_last(image_folder, batch_size, expected):
+    loader = DALILoader(image_folder, batch_size=batch_size, size=16, drop_last=True, return_index=True)
+    batches = list(loader)
+    assert len(batches) == len(loader) == expected
+    assert all(b[0].shape[0] == batch_size for b in batches)
+    indices = [i for b in batches for i in b[2].tolist()]
+    assert len(set(indices)) == len(indices) == expected * batch_size
+
+
+def test_set_epoch_gives_new_reproducible_orders(image_folder):
+    def order(seed, epoch):
+        loader = DALILoader(image_folder, batch_size=4, size=16, seed=seed, return_index=True)
+        loader.set_epoch(epoch)
+        return epoch_indices(loader)
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1)
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 0) != order(1, 0)
+    assert sorted(order(1, 5)) == list(range(11))
+
+
+def test_augmentations_are_reproducible_per_epoch(image_folder):
+    def first_batch(epoch):
+        loader = DALILoader(image_folder, batch_size=4, size=16, seed=7)
+        loader.set_epoch(epoch)
+        return next(iter(loader))[0]
+
+    torch.testing.assert_close(first_batch(2), first_batch(2), rtol=0, atol=0)
+
+
+def test_iterating_again_advances_the_epoch(image_folder):
+    loader = DALILoader(image_folder, batch_size=4, size=16, return_index=True)
+    first, second = epoch_indices(loader), epoch_indices(loader)
+    assert first != second and sorted(first) == sorted(second) == list(range(11))
+    loader.set_epoch(0)
+    assert epoch_indices(loader) == first
+
+
+def test_no_shuffle_keeps_source_order(image_folder):
+    loader = DALILoader(image_folder, batch_size=4, size=16, train=True, shuffle=False, return_index=True)
+    assert epoch_indices(loader) == list(range(11))
+
+
+def test_eval_mode_does_not_shuffle_by_default_and_is_deterministic(image_folder):
+    loader = DALILoader(image_folder, batch_size=4, size=16, train=False, return_index=True)
+    assert epoch_indices(loader) == list(range(11))
+    a, b = [x for x, _, _ in loader], [x for x, _, _ in loader]
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 4])
+def test_shards_partition_the_epoch(image_folder, num_shards):
+    parts = []
+    for shard_id in range(num_shards):
+        loader = DALILoader(image_folder, batch_size=2, size=16, shard_id=shard_id, num_shards=num_shards,
+                            seed=3, return_index=True)
+        loader.set_epoch(4)
+        indices = epoch_indices(loader)
+        assert len(indices) == loader.num_samples
+        assert len(list(loader)) <= len(loader)  # (the next epoch) at most len(loader) batches
+        parts.append(indices)
+    merged = [i for part in parts for i in part]
+    assert sorted(merged) == list(range(11))
+
+
+def test_float16(image_folder):
+    images, _ = next(iter(DALILoader(image_folder, batch_size=4, size=16, dtype=torch.float16)))
+    assert images.dtype == torch.float16
+
+
+# -- WebDataset shards ------------------------------------------------------------------------------
+
+
+def shard_labels(loader):
+    return sorted(int(y) for _, labels in loader for y in labels)
+
+
+@pytest.mark.parametrize("form", ["dir", "list", "brace", "single"])
+def test_shard_sources(shard_dir, tmp_path, form):
+    tars = sorted(str(p) for p in shard_dir.glob("*.tar"))
+    source, total = {
+        "dir": (shard_dir, 13),
+        "list": (tars, 13),
+        "brace": (str(shard_dir / "train-{000000..000002}.tar"), 13),
+        "single": (tars[0], 5),
+    }[form]
+    loader = DALILoader(source, batch_size=4, size=(12, 18), index_dir=tmp_path)
+    assert len(loader) == -(-total // 4)
+    batches = list(loader)
+    assert len(batches) == len(loader)
+    assert batches[0][0].shape == (4, 3, 12, 18)
+    expected = sorted(i % 3 for i in range(13))[: total] if form != "single" else sorted(i % 3 for i in range(5))
+    assert shard_labels(batches) == expected
+
+
+def test_missing_index_is_built_once_into_the_cache(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shards(shards, [3, 2])
+    cache = tmp_path / "cache"
+    DALILoader(shards, batch_size=2, size=8, index_dir=cache)
+    built = sorted(cache.glob("*.idx"))
+    assert len(built) == 2
+    mtimes = [p.stat().st_mtime_ns for p in built]
+    DALILoader(shards, batch_size=2, size=8, index_dir=cache)
+    assert [p.stat().st_mtime_ns for p in sorted(cache.glob("*.idx"))] == mtimes
+    assert not list(shards.glob("*.idx"))  # nothing written beside the user's data
+
+
+def test_shards_shuffled_epoch_covers_every_sample_once(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shards(shards, [7, 6, 5, 4])  # 22 samples; label i % 3 -> 8 zeros, 7 ones, 7 twos
+    loader = DALILoader(shards, batch_size=4, size=8, index_dir=tmp_path / "idx", seed=1)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        assert shard_labels(loader) == sorted(i % 3 for i in range(22))
+
+
+def test_shards_split_across_shard_ids(shard_dir, tmp_path):
+    counts = []
+    labels = []
+    for shard_id in range(2):
+        loader = DALILoader(shard_dir, batch_size=4, size=8, shard_id=shard_id, num_shards=2, index_dir=tmp_path)
+        got = shard_labels(loader)
+        counts.append(len(got))
+        assert len(got) == loader.num_samples
+        labels += got
+    assert counts == [6, 7] and sorted(labels) == sorted(i % 3 for i in range(13))
+
+
+def test_classes_sidecar_for_shards(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_shards(shards, [3])
+    (shards / "classes.txt").write_text("ant\nbee\ncow\n")
+    loader = DALILoader(shards, batch_size=2, size=8, index_dir=tmp_path / "idx")
+    assert loader.classes == ["ant", "bee", "cow"] and loader.class_to_idx == {"ant": 0, "bee": 1, "cow": 2}
+
+
+def test_non_integer_label_is_a_clear_error(tmp_path):
+    import webdataset as wds
+
+    from tests.conftest import encode, random_image
+
+    import numpy as np
+
+    path = tmp_path / "bad.tar"
+    with wds.TarWriter(str(path)) as sink:
+        image = encode(random_image(np.random.default_rng(0), 20, 20))
+        sink.write({"__key__": "good", "jpg": image, "cls": b"1"})
+        sink.write({"__key__": "bad", "jpg": image, "cls": b"cat"})
+    with pytest.raises(ValueError, match="not a non-negative integer: b'cat'"):
+        list(DALILoader(path, batch_size=2, size=8, index_dir=tmp_path / "idx"))
+
+
+# -- bad arguments ----------------------------------------------------------------------------------
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        DALILoader(tmp_path / "nowhere", batch_size=2)
+
+
+def test_folder_without_class_folders(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path}: no class folders"):
+        DALILoader(tmp_path, batch_size=2)
+
+
+def test_class_folder_without_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("")
+    with pytest.raises(ValueError, match=r"hold no image \(a\)"):
+        DALILoader(tmp_path, batch_size=2)
+
+
+def test_missing_shard(tmp_path):
+    write_shards(tmp_path, [2], prefix="x")  # x-000000.tar exists, x-000001.tar does not
+    with pytest.raises(FileNotFoundError, match="x-000001.tar"):
+        DALILoader(str(tmp_path / "x-{000000..000001}.tar"), batch_size=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2, "size": 0}, "size"),
+        ({"batch_size": 2, "size": (4, 4, 4)}, "size"),
+        ({"batch_size": 2, "num_threads": 0}, "num_threads"),
+        ({"batch_size": 2, "shard_id": 2, "num_shards": 2}, "shard_id"),
+        ({"batch_size": 2, "dtype": torch.int8}, "dtype"),
+        ({"batch_size": 2, "device": "tpu"}, "device"),
+    ],
+)
+def test_bad_arguments(image_folder, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DALILoader(image_folder, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a host without a GPU")
+def test_cuda_without_gpu_is_a_clear_error(image_folder):
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        DALILoader(image_folder, batch_size=2, device="cuda")
+
+
+def test_default_device_without_gpu_is_cpu(image_folder):
+    loader = DALILoader(image_folder, batch_size=2, size=8)
+    assert loader.device == (torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
+
+
+@pytest.mark.needs_cuda
+def test_gpu_batches_stay_on_the_device(image_folder):
+    loader = DALILoader(image_folder, batch_size=4, size=32, device="cuda", return_index=True)
+    images, labels, indices = next(iter(loader))
+    assert images.is_cuda and labels.is_cuda and indices.is_cuda
+    assert images.shape == (4, 3, 32, 32)
+    assert sorted(epoch_indices(loader)) == list(range(11))
+
+
+def test_num_threads_default_is_the_usable_cores(image_folder):
+    expected = len(os.sched_getaffinity(0))
+    assert DALILoader(image_folder, batch_size=2).num_threads == expected

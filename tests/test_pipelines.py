@@ -1,0 +1,104 @@
+"""The DALI graphs on their own, run for real on the CPU."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pipelines
+from pipelines import IMAGENET_MEAN, IMAGENET_STD
+
+
+def run_all(pipe):
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    out = list(DALIGenericIterator([pipe], ["images", "second"], reader_name="Reader",
+                                   last_batch_policy=LastBatchPolicy.PARTIAL))
+    return [b[0]["images"] for b in out], [b[0]["second"] for b in out]
+
+
+def image_files(root):
+    return sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("size", [(13, 21), (21, 13)])
+def test_image_folder_pipeline_shapes(image_folder, train, size):
+    files = image_files(image_folder)
+    pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), size=size, train=train,
+                                           batch_size=4, num_threads=2, device_id=None, seed=0)
+    images, ids = run_all(pipe)
+    assert [tuple(b.shape) for b in images] == [(4, 3, *size), (4, 3, *size), (3, 3, *size)]
+    assert sorted(int(i) for b in ids for i in b.flatten()) == list(range(len(files)))
+
+
+def test_float16_output(image_folder):
+    import torch
+    from nvidia.dali import types
+
+    files = image_files(image_folder)[:4]
+    pipe = pipelines.image_folder_pipeline(files, [0, 1, 2, 3], size=(8, 8), train=False, dtype=types.FLOAT16,
+                                           batch_size=4, num_threads=1, device_id=None)
+    images, _ = run_all(pipe)
+    assert images[0].dtype == torch.float16
+
+
+def test_eval_normalizes_and_center_crops(tmp_path):
+    # Left third red, middle green, right third blue, 60 x 90: the center crop of the 0.875 resize
+    # must be green in the middle and keep the red/blue sides only at the very edge.
+    pixels = np.zeros((60, 90, 3), dtype=np.uint8)
+    pixels[:, :30, 0] = 255
+    pixels[:, 30:60, 1] = 255
+    pixels[:, 60:, 2] = 255
+    path = tmp_path / "bands.png"
+    Image.fromarray(pixels).save(path)
+    pipe = pipelines.image_folder_pipeline([str(path)], [0], size=(28, 28), train=False,
+                                           batch_size=1, num_threads=1, device_id=None)
+    (images,), _ = run_all(pipe)
+    image = images[0].numpy()
+    mean, std = np.array(IMAGENET_MEAN)[:, None, None], np.array(IMAGENET_STD)[:, None, None]
+    rgb = image * std + mean  # back to [0, 1]
+    # Shorter side 60 -> 28 / 0.875 = 32, so 90 -> 48; the crop keeps columns 10..38 of 48:
+    # red up to column 16, green 16..32, blue from 32 (in resized pixels).
+    np.testing.assert_allclose(rgb[:, 14, 14], [0, 1, 0], atol=0.03)  # center: green
+    np.testing.assert_allclose(rgb[:, 14, 1], [1, 0, 0], atol=0.05)  # left edge: red
+    np.testing.assert_allclose(rgb[:, 14, 26], [0, 0, 1], atol=0.05)  # right edge: blue
+    assert image.shape == (3, 28, 28)
+
+
+def test_train_flips_and_crops_differ_between_samples(tmp_path):
+    pixels = np.zeros((40, 40, 3), dtype=np.uint8)
+    pixels[:, :20] = 255  # left half white
+    path = tmp_path / "half.png"
+    Image.fromarray(pixels).save(path)
+    files = [str(path)] * 16
+    pipe = pipelines.image_folder_pipeline(files, list(range(16)), size=(16, 16), train=True,
+                                           batch_size=16, num_threads=1, device_id=None, seed=3)
+    (images,), _ = run_all(pipe)
+    left = images[:, 0, :, :8].mean(dim=(1, 2))
+    right = images[:, 0, :, 8:].mean(dim=(1, 2))
+    assert (left > right).any() and (right > left).any()  # some flipped, some not
+
+
+def test_webdataset_pipeline_reads_every_sample(shard_dir):
+    from dali_resizer.sources import ShardSource
+
+    tars = sorted(str(p) for p in shard_dir.glob("*.tar"))
+    source = ShardSource.from_paths(tars, index_dir=shard_dir / "idx")
+    pipe = pipelines.webdataset_pipeline(source.paths, source.index_paths, size=(12, 20), train=True,
+                                         random_shuffle=True, initial_fill=4,
+                                         batch_size=4, num_threads=2, device_id=None, seed=0)
+    images, labels = run_all(pipe)
+    assert [tuple(b.shape) for b in images] == [(4, 3, 12, 20)] * 3 + [(1, 3, 12, 20)]
+    texts = [bytes(row[row > 0].tolist()) for b in labels for row in b]
+    assert sorted(texts) == sorted(str(i % 3).encode() for i in range(13))
+
+
+@pytest.mark.needs_cuda
+def test_mixed_decoder_outputs_on_gpu(image_folder):
+    files = image_files(image_folder)
+    pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), size=(32, 32), train=True,
+                                           decoder=pipelines.decoder_device(0),
+                                           batch_size=4, num_threads=2, device_id=0)
+    images, ids = run_all(pipe)
+    assert images[0].is_cuda and images[0].shape == (4, 3, 32, 32)
+    assert not ids[0].is_cuda
