@@ -11,10 +11,6 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "decode", "decoder_device", "normali
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Pre-allocations for nvJPEG, as in DALI's ImageNet examples: avoid reallocations on large images.
-_MIXED_DECODER_ARGS = {"device_memory_padding": 211_025_920, "host_memory_padding": 140_544_512}
-
-
 def decoder_device(device_id: int | None) -> str:
     """The decoder backend for a pipeline: ``"mixed"`` (nvJPEG) on a GPU, ``"cpu"`` without one."""
     return "cpu" if device_id is None else "mixed"
@@ -38,7 +34,6 @@ def decode(
     square); the center crop happens in :func:`normalize`. The resize is
     antialiased, so a large downscale does not alias. Every later op runs on the decoder's device.
     """
-    extra = _MIXED_DECODER_ARGS if device == "mixed" else {}
     if train:
         images = fn.decoders.image_random_crop(
             encoded,
@@ -47,10 +42,9 @@ def decode(
             random_area=list(random_area),
             random_aspect_ratio=list(random_aspect_ratio),
             num_attempts=10,
-            **extra,
         )
         return fn.resize(images, size=list(size), interp_type=interp_type, antialias=True)
-    images = fn.decoders.image(encoded, device=device, output_type=types.RGB, **extra)
+    images = fn.decoders.image(encoded, device=device, output_type=types.RGB)
     cover = [s / crop_ratio for s in size]  # keeps the aspect ratio; no side ends up smaller than this
     return fn.resize(images, size=cover, mode="not_smaller", interp_type=interp_type, antialias=True)
 
