@@ -1,28 +1,42 @@
 """Images per second into the model: torchvision's usual CPU loading against DALI + the learnable resizer.
 
 Every contender reads the same images, uses the same number of CPU workers/threads and ends at the
-same output size; each is measured in the same run, so the ratios compare like with like.
+same output size; all are measured in the same run, so the ratios compare like with like.
 
-    python benchmarks/throughput.py                      # embedded synthetic default, all cores
+    python benchmarks/throughput.py                                  # embedded synthetic set, all cores
     python benchmarks/throughput.py --data ../shared/data/imagenet-sample --json results/tp.json
+    python benchmarks/throughput.py --megapixels 0.25 1 4 --threads 1 2 --plot results/tp.png
 
-Contenders:
-    torch-pil-bilinear  torch DataLoader, worker processes: PIL decode, RandomResizedCrop(224, bilinear), flip
-    dali-bilinear       DALILoader straight to the output size (no learned stage)
-    dali-learned        DALILoader to the working size (448), then LearnableResizer forward to 224
+Contenders (images/s of finished batches at the backbone's input size, on --device):
+    torch-pil-bilinear   torch DataLoader, worker processes: PIL decode, RandomResizedCrop(size, bilinear),
+                         flip, normalize, collate, move to the device (the baseline of every ratio)
+    torch-pil-bicubic    the same with bicubic
+    dali-bilinear        DALILoader straight to the output size (no learned stage)
+    dali-learned         DALILoader to the working size (--input-size), then LearnableResizer forward
+    dali-learned-train   the same plus backward through the resizer (what training pays)
+    decode-only          DALI read + full decode at native resolution, nothing else: the floor
+    dali-learned-<backbone>-train  with --backbone: resizer + backbone forward/backward and an SGD step
+
+Per contender: median images/s and spread over --repeats timed passes after one warm-up, the ratio to
+torch-pil-bilinear, the efficiency against decode-only (its images/s over decode-only's), CPU seconds
+per image (this process and its workers), the peak memory of the process tree (PSS) and, on CUDA, the
+peak memory torch allocated.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dali_resizer import DALILoader, LearnableResizer, make_synthetic_folder  # noqa: E402
 
+BASELINE = "torch-pil-bilinear"
+FLOOR = "decode-only"
+LEARNED = ("dali-learned", "dali-learned-train")
+
 
 @dataclass
 class Config:
@@ -39,29 +57,85 @@ class Config:
     batch_size: int = 32
     size: int = 224
     input_size: int = 448
-    threads: int = len(os.sched_getaffinity(0))
+    threads: list[int] = field(default_factory=lambda: [len(os.sched_getaffinity(0))])
+    megapixels: list[float] | None = None
     device: str = "auto"
     repeats: int = 3
-    contenders: list[str] = field(default_factory=lambda: list(CONTENDERS))
+    contenders: list[str] | None = None
+    backbone: str | None = None
+    learned_images: int | None = None
+    sweep_images: int = 64
     json: str | None = None
+    plot: str | None = None
 
 
-@dataclass
-class Result:
-    name: str
-    images: int
-    seconds: list[float]
-
-    @property
-    def rates(self) -> list[float]:
-        return [self.images / s for s in self.seconds]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.rates)
+# -- process-tree accounting --------------------------------------------------------------------------
 
 
-def torch_pil(cfg: Config, device: torch.device, interpolation: str) -> Callable[[], Iterable]:
+def _tree(pid: int) -> list[int]:
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return pids
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+class TreeMonitor:
+    """Samples the peak memory (PSS) of this process and its workers in a background thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _pss_bytes(_tree(os.getpid())))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- contenders ---------------------------------------------------------------------------------------
+# Each factory returns ``epoch(limit) -> iterator of batch sizes``; the batches are finished (on the
+# device, at the output size, backward done) when their size is yielded.
+
+
+def torch_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([
@@ -71,66 +145,176 @@ def torch_pil(cfg: Config, device: torch.device, interpolation: str) -> Callable
         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     ])
     loader = torch.utils.data.DataLoader(
-        datasets.ImageFolder(cfg.data, transform=transform),
+        datasets.ImageFolder(data, transform=transform),
         batch_size=cfg.batch_size,
         shuffle=True,
-        num_workers=cfg.threads,
+        num_workers=threads,
         persistent_workers=True,
         pin_memory=device.type == "cuda",
     )
 
-    def epoch():
+    def epoch(limit: int | None) -> Iterator[int]:
+        seen = 0
         for images, labels in loader:
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            seen += images.shape[0]
+            yield images.shape[0]
+            if limit is not None and seen >= limit:
+                break
 
     return epoch
 
 
-def dali(cfg: Config, device: torch.device, learned: bool) -> Callable[[], Iterable]:
-    loader = DALILoader(
-        cfg.data,
-        batch_size=cfg.batch_size,
-        size=cfg.input_size if learned else cfg.size,
-        num_threads=cfg.threads,
-        device=device,
-    )
-    if not learned:
-        return lambda: iter(loader)
-    resizer = LearnableResizer(cfg.size).to(device).eval()
+def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str | None):
+    """``stage``: None (DALI to the output size), "forward", "train" (resizer backward) or a backbone name."""
+    loader = DALILoader(data, batch_size=cfg.batch_size, size=cfg.input_size if stage else cfg.size,
+                        num_threads=threads, device=device)
+    step: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    if stage == "forward":
+        resizer = LearnableResizer(cfg.size).to(device).eval()
 
-    def epoch():
-        with torch.inference_mode():
-            for images, labels in loader:
-                yield resizer(images), labels
+        def step(images, labels):
+            with torch.inference_mode():
+                resizer(images)
+    elif stage == "train":
+        resizer = LearnableResizer(cfg.size).to(device).train()
+
+        def step(images, labels):
+            resizer(images).float().square().mean().backward()
+    elif stage is not None:
+        import torchvision
+
+        backbone = torchvision.models.get_model(stage, num_classes=len(loader.classes or [0]) or 1000)
+        model = torch.nn.Sequential(LearnableResizer(cfg.size), backbone).to(device, memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+        def step(images, labels):
+            loss = criterion(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    def epoch(limit: int | None) -> Iterator[int]:
+        seen = 0
+        for images, labels in loader:
+            if step is not None:
+                step(images, labels)
+            seen += images.shape[0]
+            yield images.shape[0]
+            if limit is not None and seen >= limit:
+                break
 
     return epoch
 
 
-CONTENDERS: dict[str, Callable[[Config, torch.device], Callable[[], Iterable]]] = {
-    "torch-pil-bilinear": lambda cfg, dev: torch_pil(cfg, dev, "bilinear"),
-    "dali-bilinear": lambda cfg, dev: dali(cfg, dev, learned=False),
-    "dali-learned": lambda cfg, dev: dali(cfg, dev, learned=True),
-}
-BASELINE = "torch-pil-bilinear"
+def decode_only(cfg: Config, data: str, threads: int, device: torch.device):
+    import pipelines
+    from dali_resizer.sources import ImageFolderSource
+
+    files = ImageFolderSource.scan(data).files
+    device_id = None if device.type == "cpu" else (device.index or 0)
+
+    def epoch(limit: int | None) -> Iterator[int]:
+        pipe = pipelines.decode_only_pipeline(files, decoder=pipelines.decoder_device(device_id),
+                                              batch_size=cfg.batch_size, num_threads=threads, device_id=device_id)
+        pipe.build()
+        total = len(files) if limit is None else min(limit, len(files))
+        for start in range(0, total, cfg.batch_size):
+            pipe.run()  # on CUDA, measure() synchronizes the device before it stops the clock
+            yield min(cfg.batch_size, total - start)
+        del pipe
+
+    return epoch
 
 
-def measure(name: str, make_epoch: Callable[[], Iterable], device: torch.device, repeats: int) -> Result:
-    """One warm-up epoch, then ``repeats`` timed epochs; the device is synchronized inside the timing."""
-    seconds, images = [], 0
-    for rep in range(repeats + 1):
-        count = 0
-        start = time.perf_counter()
-        for out, _ in make_epoch():
-            count += out.shape[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - start
-        if rep:  # rep 0 is the warm-up
-            seconds.append(elapsed)
-            images = count
-        print(f"  {name:<20} {'warm-up' if rep == 0 else f'run {rep}/{repeats}'}: {count / elapsed:8.1f} img/s",
-              file=sys.stderr, flush=True)
-    return Result(name, images, seconds)
+def contenders(cfg: Config) -> dict[str, Callable]:
+    table = {
+        "torch-pil-bilinear": lambda d, t, dev: torch_pil(cfg, d, t, dev, "bilinear"),
+        "torch-pil-bicubic": lambda d, t, dev: torch_pil(cfg, d, t, dev, "bicubic"),
+        "dali-bilinear": lambda d, t, dev: dali(cfg, d, t, dev, None),
+        "dali-learned": lambda d, t, dev: dali(cfg, d, t, dev, "forward"),
+        "dali-learned-train": lambda d, t, dev: dali(cfg, d, t, dev, "train"),
+        "decode-only": lambda d, t, dev: decode_only(cfg, d, t, dev),
+    }
+    if cfg.backbone:
+        table[f"dali-learned-{cfg.backbone}-train"] = lambda d, t, dev: dali(cfg, d, t, dev, cfg.backbone)
+    return table
+
+
+# -- measurement --------------------------------------------------------------------------------------
+
+
+def _progress(name: str, label: str, done: int, total: int | None) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 24
+    filled = width if not total else min(width, width * done // total)
+    print(f"\r  {name:<28} {label:<9} [{'#' * filled}{'.' * (width - filled)}] {done}", end="", file=sys.stderr,
+          flush=True)
+
+
+def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limit: int | None,
+            expected: int) -> dict:
+    """One warm-up pass, then ``repeats`` timed passes; the device is synchronized inside the timing."""
+    seconds, cpu, images = [], [], 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with TreeMonitor() as monitor:
+        for rep in range(repeats + 1):
+            label = "warm-up" if rep == 0 else f"run {rep}/{repeats}"
+            total = expected if limit is None else min(limit, expected)
+            count = 0
+            pids = _tree(os.getpid())
+            cpu0 = _cpu_seconds(pids)
+            start = time.perf_counter()
+            for n in epoch(limit):
+                count += n
+                _progress(name, label, count, total)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+            cpu1 = _cpu_seconds(pids + [p for p in _tree(os.getpid()) if p not in pids])
+            if rep:
+                seconds.append(elapsed)
+                cpu.append((cpu1 - cpu0) / count)
+                images = count
+        peak = monitor.peak
+    rates = [images / s for s in seconds]
+    print(f"\r  {name:<28} {statistics.median(rates):9.1f} img/s ({images} images x {repeats})" + " " * 20,
+          file=sys.stderr, flush=True)
+    return {
+        "name": name,
+        "images": images,
+        "seconds": seconds,
+        "images_per_s": statistics.median(rates),
+        "images_per_s_min": min(rates),
+        "images_per_s_max": max(rates),
+        "cpu_s_per_image": statistics.median(cpu),
+        "peak_host_mib": peak / 2**20,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
+
+
+def run_case(cfg: Config, data: str, threads: int, device: torch.device, names: list[str]) -> list[dict]:
+    from dali_resizer.sources import ImageFolderSource
+
+    expected = len(ImageFolderSource.scan(data))
+    table = contenders(cfg)
+    torch.set_num_threads(threads)
+    rows = []
+    for name in names:
+        limit = cfg.learned_images if (name in LEARNED or name.startswith("dali-learned-")) else None
+        epoch = table[name](data, threads, device)
+        rows.append(measure(name, epoch, device, cfg.repeats, limit, expected))
+        del epoch
+        gc.collect()
+    base = next((r["images_per_s"] for r in rows if r["name"] == BASELINE), None)
+    floor = next((r["images_per_s"] for r in rows if r["name"] == FLOOR), None)
+    for r in rows:
+        r["ratio_to_baseline"] = r["images_per_s"] / base if base else None
+        r["efficiency_vs_decode"] = r["images_per_s"] / floor if floor else None
+    return rows
 
 
 def environment(device: torch.device) -> dict:
@@ -157,50 +341,117 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (f"{'data':<14} {'thr':>3} {'contender':<28} {'img/s':>8} {'spread':>13} {'vs baseline':>11} "
+              f"{'vs decode':>9} {'cpu ms/img':>10} {'host MiB':>8} {'gpu MiB':>8}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for r in rows:
+        spread = f"{r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f}"
+        print(f"{r['data_label']:<14} {r['threads']:>3} {r['name']:<28} {r['images_per_s']:8.1f} {spread:>13} "
+              f"{_fmt(r['ratio_to_baseline'], '.2f'):>10}x {_fmt(r['efficiency_vs_decode'], '.2f'):>9} "
+              f"{1000 * r['cpu_s_per_image']:10.1f} {r['peak_host_mib']:8.0f} {_fmt(r['peak_gpu_mib'], '.0f'):>8}")
+
+
+def plot(rows: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install -e '.[bench]'") from None
+    fig, (ax_mp, ax_thr) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    max_threads = max(r["threads"] for r in rows)
+    first_data = rows[0]["data_label"]
+    for name in names:
+        mine = [r for r in rows if r["name"] == name]
+        by_mp = sorted((r["megapixels"], r["images_per_s"]) for r in mine
+                       if r["threads"] == max_threads and r["megapixels"] is not None)
+        if by_mp:
+            ax_mp.plot(*zip(*by_mp), marker="o", label=name)
+        by_thr = sorted((r["threads"], r["images_per_s"]) for r in mine if r["data_label"] == first_data)
+        ax_thr.plot(*zip(*by_thr), marker="o", label=name)
+    ax_mp.set(xscale="log", yscale="log", xlabel="megapixels per image", ylabel="images/s",
+              title=f"{max_threads} threads")
+    ax_thr.set(yscale="log", xlabel="CPU threads / workers", ylabel="images/s", title=first_data)
+    ax_thr.legend(fontsize=7)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 def parse_args(argv: list[str] | None = None) -> Config:
     d = Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="image folder (default: the embedded synthetic set, generated on first use)")
+    p.add_argument("--megapixels", type=float, nargs="+",
+                   help="instead of --data: synthetic sets of images of these sizes (4:3), e.g. 0.25 1 4")
+    p.add_argument("--threads", type=int, nargs="+", default=d.threads,
+                   help="DataLoader workers = DALI threads = torch threads; several values sweep (default: all cores)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--size", type=int, default=d.size, help="output size fed to the backbone")
     p.add_argument("--input-size", type=int, default=d.input_size, help="working size fed to the learnable resizer")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="DataLoader workers = DALI threads = torch threads (default: all usable cores)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed epochs per contender, after one warm-up")
-    p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS), default=d.contenders)
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed passes per contender, after one warm-up")
+    p.add_argument("--contenders", nargs="+", help="subset to run (default: all)")
+    p.add_argument("--backbone", help="also time a full training step with this torchvision model, e.g. resnet50")
+    p.add_argument("--learned-images", type=int,
+                   help="images per pass for contenders that run the resizer (default: 64 on CPU, all on CUDA)")
+    p.add_argument("--sweep-images", type=int, default=d.sweep_images, help="images per --megapixels set")
     p.add_argument("--json", help="write all figures, versions and the machine to this file")
+    p.add_argument("--plot", help="write a PNG of images/s against megapixels and threads (needs matplotlib)")
     return Config(**vars(p.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else torch.device(cfg.device)
-    if cfg.data is None:
-        print("generating/using the embedded synthetic data set ...", file=sys.stderr, flush=True)
-        cfg.data = str(make_synthetic_folder())
-    torch.set_num_threads(cfg.threads)
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if cfg.learned_images is None and device.type == "cpu":
+        cfg.learned_images = 64  # the resizer at 448 runs at ~10 img/s on 2 CPU cores
+    names = cfg.contenders or list(contenders(cfg))
+    unknown = sorted(set(names) - set(contenders(cfg)))
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {unknown}; choose from {list(contenders(cfg))}")
+
+    if cfg.megapixels:
+        cases = []
+        for mp in cfg.megapixels:
+            long_side = round(math.sqrt(mp * 1e6 * 4 / 3))
+            per_class = max(1, math.ceil(cfg.sweep_images / 8))
+            print(f"synthetic set: {mp} MP ...", file=sys.stderr, flush=True)
+            cases.append((f"synth-{mp:g}MP", mp,
+                          str(make_synthetic_folder(num_classes=8, images_per_class=per_class,
+                                                    min_side=long_side, max_side=long_side))))
+    elif cfg.data:
+        cases = [(Path(cfg.data).name, None, cfg.data)]
+    else:
+        print("embedded synthetic set (generated on first use) ...", file=sys.stderr, flush=True)
+        cases = [("synthetic", None, str(make_synthetic_folder()))]
+
     env = environment(device)
-    print(f"{cfg.data}: threads={cfg.threads} batch={cfg.batch_size} device={device} "
-          f"cpu={env['cpu']!r} gpu={env['gpu']!r}", file=sys.stderr)
-
-    results = []
-    for name in cfg.contenders:
-        results.append(measure(name, CONTENDERS[name](cfg, device), device, cfg.repeats))
-
-    base = next((r.median for r in results if r.name == BASELINE), None)
-    print(f"\n{'contender':<20} {'img/s':>9} {'spread':>17} {'vs ' + BASELINE:>24}")
+    print(f"device={device} cpu={env['cpu']!r} cores={env['cores']} gpu={env['gpu']!r}", file=sys.stderr)
     rows = []
-    for r in results:
-        ratio = r.median / base if base else None
-        spread = f"{min(r.rates):.1f}-{max(r.rates):.1f}"
-        print(f"{r.name:<20} {r.median:9.1f} {spread:>17} {f'{ratio:.2f}x' if ratio else '-':>24}")
-        rows.append({"name": r.name, "images": r.images, "seconds": r.seconds, "images_per_s": r.median,
-                     "images_per_s_min": min(r.rates), "images_per_s_max": max(r.rates), "ratio_to_baseline": ratio})
-    report = {"config": asdict(cfg), "environment": env, "baseline": BASELINE, "results": rows}
+    for label, mp, data in cases:
+        for threads in cfg.threads:
+            print(f"{label}, {threads} thread(s):", file=sys.stderr, flush=True)
+            for r in run_case(cfg, data, threads, device, names):
+                rows.append({"data_label": label, "data": data, "megapixels": mp, "threads": threads, **r})
+
+    print_table(rows)
+    report = {"config": asdict(cfg), "environment": env, "baseline": BASELINE, "floor": FLOOR, "results": rows}
     if cfg.json:
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.json).write_text(json.dumps(report, indent=2))
+    if cfg.plot:
+        plot(rows, cfg.plot)
     return report
 
 

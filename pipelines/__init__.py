@@ -13,7 +13,7 @@ except ImportError as e:  # pragma: no cover - exercised only where DALI is miss
         "`pip install nvidia-dali-cuda120` (CUDA 12). DALI runs CPU-only pipelines without a GPU."
     ) from e
 
-from pipelines.image_folder import image_folder_pipeline
+from pipelines.image_folder import decode_only_pipeline, image_folder_pipeline
 from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, decoder_device, normalize
 from pipelines.webdataset import IMAGE_EXTENSIONS, LABEL_EXTENSION, webdataset_pipeline
 
@@ -23,6 +23,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "LABEL_EXTENSION",
     "decode",
+    "decode_only_pipeline",
     "decoder_device",
     "image_folder_pipeline",
     "normalize",

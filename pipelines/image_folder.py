@@ -8,7 +8,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, normalize
 
-__all__ = ["image_folder_pipeline"]
+__all__ = ["decode_only_pipeline", "image_folder_pipeline"]
 
 
 @pipeline_def
@@ -48,3 +48,13 @@ def image_folder_pipeline(
     images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio)
     images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
     return images, ids
+
+
+@pipeline_def
+def decode_only_pipeline(files: Sequence[str], *, decoder: str = "cpu"):
+    """Reads and decodes ``files`` at native resolution, nothing else: the floor a loader cannot beat.
+
+    Outputs the decoded HWC uint8 images (ragged, on the decoder's device); run it with ``pipe.run()``.
+    """
+    encoded, _ = fn.readers.file(files=list(files), pad_last_batch=True, name="Reader")
+    return fn.decoders.image(encoded, device=decoder, output_type=types.RGB)

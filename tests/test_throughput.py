@@ -1,0 +1,44 @@
+"""benchmarks/throughput.py end to end on a tiny folder: every figure is computed and consistent."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dali_resizer import make_synthetic_folder
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_throughput_reports_ratios(tmp_path):
+    data = make_synthetic_folder(tmp_path / "data", num_classes=2, images_per_class=5, min_side=40, max_side=60)
+    out = tmp_path / "tp.json"
+    report = load().main([
+        "--data", str(data), "--threads", "1", "--repeats", "1", "--batch-size", "4", "--size", "16",
+        "--input-size", "32", "--learned-images", "4", "--json", str(out),
+        "--contenders", "torch-pil-bilinear", "dali-bilinear", "dali-learned", "decode-only",
+    ])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    rows = {r["name"]: r for r in report["results"]}
+    assert rows["torch-pil-bilinear"]["ratio_to_baseline"] == 1.0
+    assert rows["decode-only"]["efficiency_vs_decode"] == 1.0
+    assert rows["dali-bilinear"]["images"] == rows["torch-pil-bilinear"]["images"] == 10  # whole epoch
+    assert rows["dali-learned"]["images"] == 4  # --learned-images
+    for r in rows.values():
+        assert r["images_per_s"] > 0 and r["cpu_s_per_image"] >= 0 and r["peak_host_mib"] > 0
+        expected = r["images_per_s"] / rows["torch-pil-bilinear"]["images_per_s"]
+        assert r["ratio_to_baseline"] == pytest.approx(expected)
+    assert sum(r["cpu_s_per_image"] for r in rows.values()) > 0  # clock ticks: tiny runs may read 0 alone
+    env = report["environment"]
+    assert env["torch"] and env["dali"] and env["cores"] >= 1
