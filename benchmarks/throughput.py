@@ -184,7 +184,7 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
     elif stage is not None:
         import torchvision
 
-        backbone = torchvision.models.get_model(stage, num_classes=len(loader.classes or [0]) or 1000)
+        backbone = torchvision.models.get_model(stage, num_classes=len(loader.classes) if loader.classes else 1000)
         model = torch.nn.Sequential(LearnableResizer(cfg.size), backbone).to(device, memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9)
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
@@ -346,12 +346,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'data':<14} {'thr':>3} {'contender':<28} {'img/s':>8} {'spread':>13} {'vs baseline':>11} "
+    header = (f"{'data':<16} {'thr':>3} {'contender':<28} {'img/s':>8} {'spread':>13} {'vs baseline':>11} "
               f"{'vs decode':>9} {'cpu ms/img':>10} {'host MiB':>8} {'gpu MiB':>8}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         spread = f"{r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f}"
-        print(f"{r['data_label']:<14} {r['threads']:>3} {r['name']:<28} {r['images_per_s']:8.1f} {spread:>13} "
+        print(f"{r['data_label']:<16} {r['threads']:>3} {r['name']:<28} {r['images_per_s']:8.1f} {spread:>13} "
               f"{_fmt(r['ratio_to_baseline'], '.2f'):>10}x {_fmt(r['efficiency_vs_decode'], '.2f'):>9} "
               f"{1000 * r['cpu_s_per_image']:10.1f} {r['peak_host_mib']:8.0f} {_fmt(r['peak_gpu_mib'], '.0f'):>8}")
 
@@ -431,6 +431,9 @@ def main(argv: list[str] | None = None) -> dict:
                           str(make_synthetic_folder(num_classes=8, images_per_class=per_class,
                                                     min_side=long_side, max_side=long_side))))
     elif cfg.data:
+        if not Path(cfg.data).is_dir() or any(Path(cfg.data).glob("*.tar")):
+            raise SystemExit(f"--data {cfg.data}: an image folder is needed; WebDataset shards (and the "
+                             "webdataset-pil-bilinear contender) are not measured by this script yet")
         cases = [(Path(cfg.data).name, None, cfg.data)]
     else:
         print("embedded synthetic set (generated on first use) ...", file=sys.stderr, flush=True)
