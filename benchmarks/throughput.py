@@ -6,11 +6,14 @@ same output size; all are measured in the same run, so the ratios compare like w
     python benchmarks/throughput.py                                  # embedded synthetic set, all cores
     python benchmarks/throughput.py --data ../shared/data/imagenet-sample --json results/tp.json
     python benchmarks/throughput.py --megapixels 0.25 1 4 --threads 1 2 --plot results/tp.png
+    python benchmarks/throughput.py --as-shards      # the same images as WebDataset shards
 
 Contenders (images/s of finished batches at the backbone's input size, on --device):
     torch-pil-bilinear   torch DataLoader, worker processes: PIL decode, RandomResizedCrop(size, bilinear),
                          flip, normalize, collate, move to the device (the baseline of every ratio)
     torch-pil-bicubic    the same with bicubic
+    webdataset-pil-bilinear  (shard sources, instead of the two above, and their baseline) webdataset's own
+                         pipeline in DataLoader workers: shard shuffle, sample buffer shuffle, same PIL transform
     dali-bilinear        DALILoader straight to the output size (no learned stage)
     dali-learned         DALILoader to the working size (--input-size), then LearnableResizer forward
     dali-learned-train   the same plus backward through the resizer (what training pays)
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dali_resizer import DALILoader, LearnableResizer, make_synthetic_folder  # noqa: E402
 
 BASELINE = "torch-pil-bilinear"
+SHARD_BASELINE = "webdataset-pil-bilinear"  # the baseline when the source is WebDataset shards
 FLOOR = "decode-only"
 LEARNED = ("dali-learned", "dali-learned-train")
 
@@ -67,6 +71,7 @@ class Config:
     sweep_images: int = 64
     json: str | None = None
     plot: str | None = None
+    as_shards: bool = False
 
 
 # -- process-tree accounting --------------------------------------------------------------------------
@@ -135,34 +140,66 @@ class TreeMonitor:
 # device, at the output size, backward done) when their size is yielded.
 
 
-def torch_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
-    from torchvision import datasets, transforms
+def _pil_transform(cfg: Config, interpolation: str):
+    from torchvision import transforms
 
-    transform = transforms.Compose([
+    return transforms.Compose([
         transforms.RandomResizedCrop(cfg.size, interpolation=transforms.InterpolationMode(interpolation)),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     ])
-    loader = torch.utils.data.DataLoader(
-        datasets.ImageFolder(data, transform=transform),
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        num_workers=threads,
-        persistent_workers=True,
-        pin_memory=device.type == "cuda",
-    )
+
+
+def _epochs(loader: Iterable, device: torch.device, step: Callable | None = None) -> Callable:
+    """``epoch(limit)`` over ``loader``: batches moved to ``device`` (and through ``step``), sizes yielded."""
 
     def epoch(limit: int | None) -> Iterator[int]:
         seen = 0
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if step is not None:
+                step(images, labels)
             seen += images.shape[0]
             yield images.shape[0]
             if limit is not None and seen >= limit:
                 break
 
     return epoch
+
+
+def torch_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
+    from torchvision import datasets
+
+    loader = torch.utils.data.DataLoader(
+        datasets.ImageFolder(data, transform=_pil_transform(cfg, interpolation)),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=threads,
+        persistent_workers=True,
+        pin_memory=device.type == "cuda",
+    )
+    return _epochs(loader, device)
+
+
+def webdataset_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
+    import webdataset as wds
+    from torchvision import transforms
+
+    from dali_resizer.sources import open_source
+
+    transform = _pil_transform(cfg, interpolation)
+    shards = open_source(data).paths
+    dataset = (
+        wds.WebDataset(shards, shardshuffle=len(shards), empty_check=False)
+        .shuffle(1000)
+        .decode("pil")
+        .to_tuple("jpg;jpeg;png;webp", "cls")
+        .map_tuple(transform, int)
+    )
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, num_workers=threads,
+                                         persistent_workers=True, pin_memory=device.type == "cuda")
+    return _epochs(loader, device)
 
 
 def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str | None):
@@ -195,31 +232,25 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
             loss.backward()
             optimizer.step()
 
-    def epoch(limit: int | None) -> Iterator[int]:
-        seen = 0
-        for images, labels in loader:
-            if step is not None:
-                step(images, labels)
-            seen += images.shape[0]
-            yield images.shape[0]
-            if limit is not None and seen >= limit:
-                break
-
-    return epoch
+    return _epochs(loader, device, step)
 
 
 def decode_only(cfg: Config, data: str, threads: int, device: torch.device):
     import pipelines
-    from dali_resizer.sources import ImageFolderSource
+    from dali_resizer.sources import ImageFolderSource, open_source
 
-    files = ImageFolderSource.scan(data).files
+    source = open_source(data)
     device_id = None if device.type == "cpu" else (device.index or 0)
+    options = dict(decoder=pipelines.decoder_device(device_id), batch_size=cfg.batch_size, num_threads=threads,
+                   device_id=device_id)
 
     def epoch(limit: int | None) -> Iterator[int]:
-        pipe = pipelines.decode_only_pipeline(files, decoder=pipelines.decoder_device(device_id),
-                                              batch_size=cfg.batch_size, num_threads=threads, device_id=device_id)
+        if isinstance(source, ImageFolderSource):
+            pipe = pipelines.decode_only_pipeline(source.files, **options)
+        else:
+            pipe = pipelines.webdataset_decode_only_pipeline(source.paths, source.index_paths, **options)
         pipe.build()
-        total = len(files) if limit is None else min(limit, len(files))
+        total = len(source) if limit is None else min(limit, len(source))
         for start in range(0, total, cfg.batch_size):
             pipe.run()  # on CUDA, measure() synchronizes the device before it stops the clock
             yield min(cfg.batch_size, total - start)
@@ -228,10 +259,15 @@ def decode_only(cfg: Config, data: str, threads: int, device: torch.device):
     return epoch
 
 
-def contenders(cfg: Config) -> dict[str, Callable]:
-    table = {
-        "torch-pil-bilinear": lambda d, t, dev: torch_pil(cfg, d, t, dev, "bilinear"),
-        "torch-pil-bicubic": lambda d, t, dev: torch_pil(cfg, d, t, dev, "bicubic"),
+def contenders(cfg: Config, shards: bool = False) -> dict[str, Callable]:
+    if shards:
+        table = {"webdataset-pil-bilinear": lambda d, t, dev: webdataset_pil(cfg, d, t, dev, "bilinear")}
+    else:
+        table = {
+            "torch-pil-bilinear": lambda d, t, dev: torch_pil(cfg, d, t, dev, "bilinear"),
+            "torch-pil-bicubic": lambda d, t, dev: torch_pil(cfg, d, t, dev, "bicubic"),
+        }
+    table |= {
         "dali-bilinear": lambda d, t, dev: dali(cfg, d, t, dev, None),
         "dali-learned": lambda d, t, dev: dali(cfg, d, t, dev, "forward"),
         "dali-learned-train": lambda d, t, dev: dali(cfg, d, t, dev, "train"),
@@ -297,10 +333,14 @@ def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limi
 
 
 def run_case(cfg: Config, data: str, threads: int, device: torch.device, names: list[str]) -> list[dict]:
-    from dali_resizer.sources import ImageFolderSource
+    from dali_resizer.sources import ShardSource, open_source
 
-    expected = len(ImageFolderSource.scan(data))
-    table = contenders(cfg)
+    source = open_source(data)
+    shards = isinstance(source, ShardSource)
+    expected, table = len(source), contenders(cfg, shards)
+    baseline = SHARD_BASELINE if shards else BASELINE
+    names = [SHARD_BASELINE if shards and n == BASELINE else n for n in names if n in table or n == BASELINE]
+    names = list(dict.fromkeys(names))  # the shard baseline may be asked for by both names
     torch.set_num_threads(threads)
     rows = []
     for name in names:
@@ -309,12 +349,25 @@ def run_case(cfg: Config, data: str, threads: int, device: torch.device, names: 
         rows.append(measure(name, epoch, device, cfg.repeats, limit, expected))
         del epoch
         gc.collect()
-    base = next((r["images_per_s"] for r in rows if r["name"] == BASELINE), None)
+    base = next((r["images_per_s"] for r in rows if r["name"] == baseline), None)
     floor = next((r["images_per_s"] for r in rows if r["name"] == FLOOR), None)
     for r in rows:
         r["ratio_to_baseline"] = r["images_per_s"] / base if base else None
         r["efficiency_vs_decode"] = r["images_per_s"] / floor if floor else None
+        r["baseline"] = baseline
     return rows
+
+
+def _as_shards(folder: str) -> Path:
+    """The folder written as shards of 64 samples, once, into the cache."""
+    from dali_resizer.shards import write_shards
+    from dali_resizer.sources import default_cache_dir
+
+    out = default_cache_dir() / f"shards-{Path(folder).resolve().name}"
+    if not (out / "classes.txt").is_file():  # written last
+        print(f"writing {folder} as shards into {out} ...", file=sys.stderr, flush=True)
+        write_shards(folder, out, samples_per_shard=64)
+    return out
 
 
 def environment(device: torch.device) -> dict:
@@ -388,7 +441,10 @@ def plot(rows: list[dict], path: str) -> None:
 def parse_args(argv: list[str] | None = None) -> Config:
     d = Config()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="image folder (default: the embedded synthetic set, generated on first use)")
+    p.add_argument("--data", help="image folder or WebDataset shards (folder of .tar, brace pattern); "
+                   "default: the embedded synthetic set, generated on first use")
+    p.add_argument("--as-shards", action="store_true",
+                   help="write the image folder(s) as WebDataset shards (cached) and measure those instead")
     p.add_argument("--megapixels", type=float, nargs="+",
                    help="instead of --data: synthetic sets of images of these sizes (4:3), e.g. 0.25 1 4")
     p.add_argument("--threads", type=int, nargs="+", default=d.threads,
@@ -416,10 +472,11 @@ def main(argv: list[str] | None = None) -> dict:
         device = torch.device(cfg.device)
     if cfg.learned_images is None and device.type == "cpu":
         cfg.learned_images = 64  # the resizer at 448 runs at ~10 img/s on 2 CPU cores
-    names = cfg.contenders or list(contenders(cfg))
-    unknown = sorted(set(names) - set(contenders(cfg)))
+    known = list(contenders(cfg)) + [SHARD_BASELINE]
+    names = cfg.contenders or known
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise SystemExit(f"unknown contender(s) {unknown}; choose from {list(contenders(cfg))}")
+        raise SystemExit(f"unknown contender(s) {unknown}; choose from {known}")
 
     if cfg.megapixels:
         cases = []
@@ -431,14 +488,13 @@ def main(argv: list[str] | None = None) -> dict:
                           str(make_synthetic_folder(num_classes=8, images_per_class=per_class,
                                                     min_side=long_side, max_side=long_side))))
     elif cfg.data:
-        if not Path(cfg.data).is_dir() or any(Path(cfg.data).glob("*.tar")):
-            raise SystemExit(f"--data {cfg.data}: an image folder is needed; WebDataset shards (and the "
-                             "webdataset-pil-bilinear contender) are not measured by this script yet")
         cases = [(Path(cfg.data).name, None, cfg.data)]
     else:
         print("embedded synthetic set (generated on first use) ...", file=sys.stderr, flush=True)
         cases = [("synthetic", None, str(make_synthetic_folder()))]
 
+    if cfg.as_shards:
+        cases = [(f"{label}-shards", mp, str(_as_shards(data))) for label, mp, data in cases]
     env = environment(device)
     print(f"device={device} cpu={env['cpu']!r} cores={env['cores']} gpu={env['gpu']!r}", file=sys.stderr)
     rows = []
@@ -449,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({"data_label": label, "data": data, "megapixels": mp, "threads": threads, **r})
 
     print_table(rows)
-    report = {"config": asdict(cfg), "environment": env, "baseline": BASELINE, "floor": FLOOR, "results": rows}
+    report = {"config": asdict(cfg), "environment": env, "floor": FLOOR, "results": rows}
     if cfg.json:
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.json).write_text(json.dumps(report, indent=2))

@@ -15,7 +15,12 @@ except ImportError as e:  # pragma: no cover - exercised only where DALI is miss
 
 from pipelines.image_folder import decode_only_pipeline, image_folder_pipeline
 from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, decoder_device, normalize
-from pipelines.webdataset import IMAGE_EXTENSIONS, LABEL_EXTENSION, webdataset_pipeline
+from pipelines.webdataset import (
+    IMAGE_EXTENSIONS,
+    LABEL_EXTENSION,
+    webdataset_decode_only_pipeline,
+    webdataset_pipeline,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -27,5 +32,6 @@ __all__ = [
     "decoder_device",
     "image_folder_pipeline",
     "normalize",
+    "webdataset_decode_only_pipeline",
     "webdataset_pipeline",
 ]

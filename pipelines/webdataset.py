@@ -8,7 +8,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, normalize
 
-__all__ = ["IMAGE_EXTENSIONS", "LABEL_EXTENSION", "webdataset_pipeline"]
+__all__ = ["IMAGE_EXTENSIONS", "LABEL_EXTENSION", "webdataset_decode_only_pipeline", "webdataset_pipeline"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXTENSION = "cls"
@@ -55,3 +55,18 @@ def webdataset_pipeline(
     images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio)
     images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
     return images, fn.pad(label_text, axes=(0,), fill_value=0)
+
+
+@pipeline_def
+def webdataset_decode_only_pipeline(paths: Sequence[str], index_paths: Sequence[str], *, decoder: str = "cpu"):
+    """Reads and decodes the images of the shards at native resolution, nothing else (the floor)."""
+    encoded = fn.readers.webdataset(
+        paths=list(paths),
+        index_paths=list(index_paths),
+        ext=[";".join(IMAGE_EXTENSIONS)],
+        case_sensitive_extensions=False,
+        missing_component_behavior="error",
+        pad_last_batch=True,
+        name="Reader",
+    )
+    return fn.decoders.image(encoded, device=decoder, output_type=types.RGB)

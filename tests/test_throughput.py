@@ -42,3 +42,18 @@ def test_throughput_reports_ratios(tmp_path):
     assert sum(r["cpu_s_per_image"] for r in rows.values()) > 0  # clock ticks: tiny runs may read 0 alone
     env = report["environment"]
     assert env["torch"] and env["dali"] and env["cores"] >= 1
+
+
+@pytest.mark.slow
+def test_throughput_on_shards(tmp_path, monkeypatch):
+    monkeypatch.setenv("DALI_RESIZER_CACHE", str(tmp_path / "cache"))
+    data = make_synthetic_folder(tmp_path / "data", num_classes=2, images_per_class=5, min_side=40, max_side=60)
+    report = load().main([
+        "--data", str(data), "--as-shards", "--threads", "1", "--repeats", "1", "--batch-size", "4",
+        "--size", "16", "--contenders", "torch-pil-bilinear", "dali-bilinear", "decode-only",
+    ])
+    rows = {r["name"]: r for r in report["results"]}
+    assert list(rows) == ["webdataset-pil-bilinear", "dali-bilinear", "decode-only"]
+    assert rows["webdataset-pil-bilinear"]["ratio_to_baseline"] == 1.0
+    assert all(r["images"] == 10 and r["baseline"] == "webdataset-pil-bilinear" for r in rows.values())
+    assert rows["dali-bilinear"]["data"].endswith("shards-data")
