@@ -68,7 +68,7 @@ class Config:
     contenders: list[str] | None = None
     backbone: str | None = None
     learned_images: int | None = None
-    sweep_images: int = 64
+    sweep_images: int = 128
     json: str | None = None
     plot: str | None = None
     as_shards: bool = False

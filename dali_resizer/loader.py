@@ -153,6 +153,7 @@ class DALILoader:
         self.return_index = bool(return_index)
         self.source = open_source(source, index_dir)
         self._epoch = 0
+        self._finished = None  # an evaluation iterator that ran to its end, to rewind
         if isinstance(self.source, ImageFolderSource):
             self._targets = torch.from_numpy(self.source.targets)
 
@@ -200,21 +201,26 @@ class DALILoader:
     # -- DALI ---------------------------------------------------------------------------------------
 
     def _iterate(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        # Evaluation without shuffling is the same pass every epoch: keep its pipeline (and its threads,
+        # decoder state and buffers) and rewind it, when the last pass ran to the end.
+        reusable = not self.train and not self.shuffle
+        batches, self._finished = (self._finished if reusable else None), None
+        if batches is not None:
+            batches.reset()
+        else:
+            batches = self._make_iterator(epoch)
+        for (out,) in batches:
+            labels, indices = self._labels(out["targets"])
+            yield (out["images"], labels, indices) if self.return_index else (out["images"], labels)
+        if reusable:
+            self._finished = batches
+
+    def _make_iterator(self, epoch: int):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        pipe = self._build_pipeline(epoch)
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        batches = DALIGenericIterator([pipe], ["images", "targets"], reader_name="Reader", last_batch_policy=policy)
-        try:
-            for (out,) in batches:
-                images = out["images"]
-                labels, indices = self._labels(out["targets"])
-                if self.return_index:
-                    yield images, labels, indices
-                else:
-                    yield images, labels
-        finally:
-            del batches, pipe
+        pipe = self._build_pipeline(epoch)
+        return DALIGenericIterator([pipe], ["images", "targets"], reader_name="Reader", last_batch_policy=policy)
 
     def _labels(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Labels (and sample indices) on ``self.device`` from the reader's CPU output."""

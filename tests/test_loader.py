@@ -275,3 +275,17 @@ def test_gpu_batches_stay_on_the_device(image_folder):
 def test_num_threads_default_is_the_usable_cores(image_folder):
     expected = len(os.sched_getaffinity(0))
     assert DALILoader(image_folder, batch_size=2).num_threads == expected
+
+
+def test_eval_pipeline_is_reused_and_rewound(image_folder):
+    loader = DALILoader(image_folder, batch_size=4, size=16, train=False, return_index=True)
+    first = epoch_indices(loader)
+    kept = loader._finished
+    assert kept is not None
+    assert epoch_indices(loader) == first == list(range(11))
+    assert loader._finished is kept  # rewound, not rebuilt
+    # A pass broken off mid-epoch is not rewound (DALI cannot), the next pass starts afresh.
+    it = iter(loader)
+    next(it)
+    del it
+    assert epoch_indices(loader) == list(range(11))
