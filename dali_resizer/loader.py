@@ -82,6 +82,8 @@ class DALILoader:
         num_shards: Number of parts (the world size).
         dtype: ``torch.float32`` or ``torch.float16`` images.
         crop_ratio: Evaluation center-crop ratio (the crop is ``size``, taken from ``size / crop_ratio``).
+        random_area: Training crop area range, as a fraction of the image (torchvision's ``scale``).
+        random_aspect_ratio: Training crop aspect-ratio range, width / height (torchvision's ``ratio``).
         prefetch_queue_depth: Batches DALI prepares ahead.
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
@@ -113,6 +115,8 @@ class DALILoader:
         num_shards: int = 1,
         dtype: torch.dtype = torch.float32,
         crop_ratio: float = 0.875,
+        random_area: tuple[float, float] = (0.08, 1.0),
+        random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         prefetch_queue_depth: int = 2,
         return_index: bool = False,
         index_dir: str | os.PathLike | None = None,
@@ -137,6 +141,10 @@ class DALILoader:
             raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype!r}")
         if not 0 < crop_ratio <= 1:
             raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio!r}")
+        if not 0 < random_area[0] <= random_area[1] <= 1:
+            raise ValueError(f"random_area must be (low, high) with 0 < low <= high <= 1, got {random_area!r}")
+        if not 0 < random_aspect_ratio[0] <= random_aspect_ratio[1]:
+            raise ValueError(f"random_aspect_ratio must be (low, high) with 0 < low <= high, got {random_aspect_ratio!r}")
 
         self.batch_size = batch_size
         self.train = bool(train)
@@ -149,6 +157,8 @@ class DALILoader:
         self.num_shards = num_shards
         self.dtype = dtype
         self.crop_ratio = float(crop_ratio)
+        self.random_area = (float(random_area[0]), float(random_area[1]))
+        self.random_aspect_ratio = (float(random_aspect_ratio[0]), float(random_aspect_ratio[1]))
         self.prefetch_queue_depth = int(prefetch_queue_depth)
         self.return_index = bool(return_index)
         self.source = open_source(source, index_dir)
@@ -247,6 +257,8 @@ class DALILoader:
             decoder=pipelines.decoder_device(device_id),
             dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT,
             crop_ratio=self.crop_ratio,
+            random_area=self.random_area,
+            random_aspect_ratio=self.random_aspect_ratio,
             batch_size=self.batch_size,
             num_threads=self.num_threads,
             device_id=device_id,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Interpolation", "LearnableResizer", "resize"]
+__all__ = ["FixedResizer", "Interpolation", "LearnableResizer", "resize"]
 
 
 class Interpolation(str, enum.Enum):
@@ -68,6 +68,33 @@ def resize(
         return F.interpolate(x, size=size, mode="nearest-exact")
     # Antialiasing only changes a downscale; PyTorch implements it for bilinear and bicubic alone.
     return F.interpolate(x, size=size, mode=interpolation.value, align_corners=False, antialias=antialias)
+
+
+class FixedResizer(nn.Module):
+    """The fixed baseline in the resizer's place: a plain resize to ``size``, no parameters.
+
+    Args:
+        size: Output size, an int for a square or ``(height, width)``.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+        antialias: Low-pass filter a downscale, as torchvision's ``Resize`` does by default.
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        interpolation: str | Interpolation = Interpolation.BILINEAR,
+        antialias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.size = _to_size(size)
+        self.interpolation = _to_interpolation(interpolation)
+        self.antialias = bool(antialias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return resize(x, self.size, self.interpolation, self.antialias)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, interpolation={self.interpolation.value}, antialias={self.antialias}"
 
 
 class _ResBlock(nn.Module):

@@ -23,6 +23,8 @@ def image_folder_pipeline(
     num_shards: int = 1,
     dtype: types.DALIDataType = types.FLOAT,
     crop_ratio: float = 0.875,
+    random_area: Sequence[float] = (0.08, 1.0),
+    random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ):
@@ -45,7 +47,8 @@ def image_folder_pipeline(
         pad_last_batch=True,
         name="Reader",
     )
-    images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio)
+    images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
+                    random_area=random_area, random_aspect_ratio=random_aspect_ratio)
     images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
     return images, ids
 

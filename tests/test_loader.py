@@ -245,6 +245,8 @@ def test_missing_shard(tmp_path):
         ({"batch_size": 2, "shard_id": 2, "num_shards": 2}, "shard_id"),
         ({"batch_size": 2, "dtype": torch.int8}, "dtype"),
         ({"batch_size": 2, "device": "tpu"}, "device"),
+        ({"batch_size": 2, "random_area": (0.5, 1.5)}, "random_area"),
+        ({"batch_size": 2, "random_aspect_ratio": (2.0, 1.0)}, "random_aspect_ratio"),
     ],
 )
 def test_bad_arguments(image_folder, kwargs, match):
@@ -289,3 +291,23 @@ def test_eval_pipeline_is_reused_and_rewound(image_folder):
     next(it)
     del it
     assert epoch_indices(loader) == list(range(11))
+
+
+def test_full_area_square_crop_keeps_the_whole_image(tmp_path):
+    """random_area=(1, 1) and ratio (1, 1) on a square image: only the flip remains random."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[:, :8] = 255  # a white band on the left quarter
+    (tmp_path / "a").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "a" / "x.png")
+    loader = DALILoader(tmp_path, batch_size=1, size=32, random_area=(1, 1), random_aspect_ratio=(1, 1))
+    seen = set()
+    for epoch in range(8):
+        loader.set_epoch(epoch)
+        (image, _), = list(loader)
+        column_means = image[0, 0].mean(dim=0)
+        bright = (column_means > 0).nonzero().flatten().tolist()
+        seen.add(tuple(bright))
+    assert seen <= {tuple(range(8)), tuple(range(24, 32))}  # unflipped or flipped, never cropped/scaled

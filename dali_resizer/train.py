@@ -1,0 +1,330 @@
+"""Train a torchvision classifier behind a learned (or fixed) resizer, fed by DALILoader.
+
+    python -m dali_resizer.train --data imagenet --backbone resnet50 --resizer learned --epochs 30
+    torchrun --nproc_per_node=8 -m dali_resizer.train --data imagenet --backbone resnet50
+
+The defaults follow Talebi & Milanfar (ICCV 2021): SGD with momentum 0.9, lr 0.05 from scratch or 0.005
+when fine-tuning (``--init-backbone``), decayed by 0.94 every 2 epochs, label smoothing 0.1. With
+``--resizer bilinear|bicubic`` the same data path and backbone are trained with a fixed resize in the
+resizer's place: the baseline to compare against.
+
+``--data`` is an image folder or WebDataset shards; a folder holding ``train/`` and ``val/`` is split
+that way, otherwise pass ``--val-data``. Each epoch writes ``checkpoint.pt`` (model, optimizer,
+schedule, loader epoch, arguments) and appends to ``metrics.csv`` / ``metrics.json`` in ``--output``;
+``--resume`` continues from the checkpoint there. Under torchrun the model runs under DDP (gloo on
+the CPU, nccl on GPUs), the loader shards by rank, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dali_resizer.loader import DALILoader
+from dali_resizer.resizer import FixedResizer, LearnableResizer
+
+__all__ = ["TrainConfig", "build_model", "main", "train"]
+
+RESIZERS = ("learned", "bilinear", "bicubic")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    val_data: str | None = None
+    output: str = "runs/train"
+    resizer: str = "learned"
+    size: int = 224
+    input_size: int = 448
+    num_filters: int = 16
+    num_res_blocks: int = 1
+    zero_init: bool = False
+    backbone: str = "resnet50"
+    num_classes: int | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_decay: float = 0.94
+    decay_every: int = 2
+    label_smoothing: float = 0.1
+    init_backbone: str | None = None
+    init_resizer: str | None = None
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    resume: bool = False
+    max_steps: int | None = None
+    seed: int = 0
+    num_threads: int | None = None
+    device: str | None = None
+    log_every: int = 10
+    quiet: bool = False
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
+    """``Sequential(resizer=..., backbone=...)``: the resizer is the model's first stage."""
+    import torchvision
+
+    if cfg.resizer == "learned":
+        resizer: nn.Module = LearnableResizer(cfg.size, num_filters=cfg.num_filters,
+                                              num_res_blocks=cfg.num_res_blocks, zero_init=cfg.zero_init)
+    else:
+        resizer = FixedResizer(cfg.size, interpolation=cfg.resizer, antialias=True)
+    backbone = torchvision.models.get_model(cfg.backbone, weights=None, num_classes=num_classes)
+    return nn.Sequential(OrderedDict(resizer=resizer, backbone=backbone))
+
+
+def _load_part(model: nn.Sequential, path: str, part: str) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    prefix = f"{part}."
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        raise ValueError(f"{path}: holds no '{part}' weights (keys start with {sorted({k.split('.')[0] for k in state})})")
+    getattr(model, part).load_state_dict(sub)
+
+
+def _split_data(cfg: TrainConfig) -> tuple[str, str | None]:
+    if cfg.data is None:
+        raise ValueError("--data is required")
+    root = Path(cfg.data)
+    if cfg.val_data is None and (root / "train").is_dir() and (root / "val").is_dir():
+        return str(root / "train"), str(root / "val")
+    return cfg.data, cfg.val_data
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank), initialising the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _all_min(value: int, device: torch.device) -> int:
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[float]:
+    k = min(max(ks), logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top == labels[:, None]
+    return [float(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
+
+
+def evaluate(model: nn.Module, loader: DALILoader, cfg: TrainConfig, device: torch.device) -> dict:
+    """Loss, top-1 and top-5 over the whole validation set, each sample counted once across ranks."""
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    model.eval()
+    loss = c1 = c5 = n = 0.0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=PRECISIONS[cfg.precision],
+                                                enabled=PRECISIONS[cfg.precision] is not None):
+        for images, labels in loader:
+            logits = model(images).float()
+            loss += float(criterion(logits, labels))
+            a, b = _topk_correct(logits, labels)
+            c1, c5, n = c1 + a, c5 + b, n + labels.shape[0]
+    loss, c1, c5, n = _all_sum([loss, c1, c5, n], device)
+    return {"val_loss": loss / max(n, 1), "val_top1": 100 * c1 / max(n, 1), "val_top5": 100 * c5 / max(n, 1),
+            "val_samples": int(n)}
+
+
+def train(cfg: TrainConfig) -> list[dict]:
+    """Runs the training described by ``cfg``; returns the per-epoch metrics."""
+    if cfg.resizer not in RESIZERS:
+        raise ValueError(f"resizer must be one of {RESIZERS}, got {cfg.resizer!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {cfg.precision!r}")
+    rank, world, local_rank = _distributed()
+    if cfg.device is None:
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg.seed)
+    train_dir, val_dir = _split_data(cfg)
+    common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
+                  seed=cfg.seed, shard_id=rank, num_shards=world)
+    train_loader = DALILoader(train_dir, train=True, drop_last=True, **common)
+    val_loader = DALILoader(val_dir, train=False, **common) if val_dir else None
+    num_classes = cfg.num_classes or len(train_loader.classes or [])
+    if not num_classes:
+        raise ValueError(f"{train_dir}: cannot tell the number of classes; pass --num-classes")
+
+    model = build_model(cfg, num_classes)
+    if cfg.init_backbone:
+        _load_part(model, cfg.init_backbone, "backbone")
+    if cfg.init_resizer:
+        if cfg.resizer != "learned":
+            raise ValueError("--init-resizer needs --resizer learned")
+        _load_part(model, cfg.init_resizer, "resizer")
+    model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    lr = cfg.lr if cfg.lr is not None else (0.005 if cfg.init_backbone else 0.05)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.decay_every, gamma=cfg.lr_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    out = Path(cfg.output)
+    history: list[dict] = []
+    start_epoch = step = 0
+    if cfg.resume:
+        ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, step, history = ckpt["loader"]["epoch"], ckpt["step"], ckpt["history"]
+        torch.set_rng_state(ckpt["rng"])
+    ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    run_model = torch.compile(ddp_model) if cfg.compile else ddp_model
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a: None) if (rank != 0 or cfg.quiet) else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log(f"{cfg.backbone} + {cfg.resizer} resizer {cfg.input_size}->{cfg.size}, {num_classes} classes, "
+        f"{len(train_loader.source)} train samples, world {world}, device {device}, lr {lr}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.set_epoch(epoch)
+        steps = _all_min(len(train_loader), device)  # every rank runs the same number of steps
+        model.train()
+        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0.0
+        autocast = torch.autocast(device.type, dtype=PRECISIONS[cfg.precision],
+                                  enabled=PRECISIONS[cfg.precision] is not None)
+        for i, (images, labels) in enumerate(train_loader):
+            if i >= steps or (cfg.max_steps is not None and step >= cfg.max_steps):
+                break
+            with autocast:
+                logits = run_model(images)
+                loss = criterion(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            seen += labels.shape[0]
+            loss_sum += float(loss.detach()) * labels.shape[0]
+            correct += float((logits.argmax(1) == labels).sum())
+            if (i + 1) % cfg.log_every == 0:
+                log(f"  epoch {epoch} step {i + 1}/{steps} loss {loss_sum / seen:.4f} "
+                    f"{seen * world / (time.perf_counter() - t0):.1f} img/s")
+        elapsed = time.perf_counter() - t0
+        loss_sum, correct, seen_all = _all_sum([loss_sum, correct, seen], device)
+        lr_used = optimizer.param_groups[0]["lr"]
+        schedule.step()
+        row = {"epoch": epoch, "step": step, "lr": lr_used,
+               "train_loss": loss_sum / max(seen_all, 1), "train_top1": 100 * correct / max(seen_all, 1),
+               "images_per_s": seen_all / elapsed, "epoch_s": elapsed}
+        if val_loader is not None:
+            row |= evaluate(model, val_loader, cfg, device)
+        history.append(row)
+        log(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in row.items() if k != "epoch"))
+        if rank == 0:
+            _save(out, cfg, model, optimizer, schedule, scaler, epoch + 1, step, history)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    return history
+
+
+def _save(out: Path, cfg, model, optimizer, schedule, scaler, next_epoch: int, step: int, history) -> None:
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(), "loader": {"epoch": next_epoch, "seed": cfg.seed}, "step": step,
+            "history": history, "rng": torch.get_rng_state(), "args": asdict(cfg)}
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, out / "checkpoint.pt")  # a crash mid-write never leaves a broken checkpoint
+    (out / "metrics.json").write_text(json.dumps(history, indent=2))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m dali_resizer.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="image folder or shards; a folder with train/ and val/ is split")
+    g.add_argument("--val-data", help="validation image folder or shards (evaluation pipeline: center crop)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    g.add_argument("--num-threads", type=int, help="DALI threads per process (default: usable cores)")
+    g = p.add_argument_group("model")
+    g.add_argument("--resizer", choices=RESIZERS, default=d.resizer,
+                   help="learned, or a fixed bilinear/bicubic resize at the same output size (the baseline)")
+    g.add_argument("--size", type=int, default=d.size, help="backbone input size (resizer output)")
+    g.add_argument("--input-size", type=int, default=d.input_size, help="resizer input size (loader output)")
+    g.add_argument("--num-filters", type=int, default=d.num_filters)
+    g.add_argument("--num-res-blocks", type=int, default=d.num_res_blocks)
+    g.add_argument("--zero-init", action="store_true", help="start the learned resizer as exactly the fixed resize")
+    g.add_argument("--backbone", default=d.backbone, help="torchvision classification model name, e.g. resnet18, "
+                   "resnet50, mobilenet_v2, densenet121, efficientnet_b0")
+    g.add_argument("--num-classes", type=int, help="default: the number of classes in --data")
+    g.add_argument("--init-backbone", metavar="CKPT", help="warm-start the backbone from a checkpoint of this tool "
+                   "(the paper's fine-tuning: backbone from a bilinear run, resizer random)")
+    g.add_argument("--init-resizer", metavar="CKPT", help="start the resizer from another run's checkpoint")
+    g = p.add_argument_group("optimisation (the paper's recipe by default)")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--lr", type=float, help="default 0.05 from scratch, 0.005 with --init-backbone")
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--lr-decay", type=float, default=d.lr_decay, help="factor applied every --decay-every epochs")
+    g.add_argument("--decay-every", type=int, default=d.decay_every)
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--precision", choices=list(PRECISIONS), default=d.precision,
+                   help="autocast precision (bf16 works on CPUs too)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("run")
+    g.add_argument("--output", default=d.output, help="checkpoint and metrics folder")
+    g.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", help="default: this rank's GPU when there is one, else the CPU")
+    g.add_argument("--log-every", type=int, default=d.log_every)
+    g.add_argument("--quiet", action="store_true")
+    args = vars(p.parse_args(argv))
+    return TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig) if f.name in args})
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    cfg = parse_args(argv)
+    try:
+        return train(cfg)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

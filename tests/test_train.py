@@ -1,0 +1,103 @@
+"""The training CLI end to end on tiny generated data, with the real DALI CPU pipeline."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dali_resizer import make_synthetic_folder
+from dali_resizer.train import main
+
+TINY = ["--backbone", "resnet18", "--size", "16", "--input-size", "32", "--batch-size", "4", "--num-threads", "1",
+        "--quiet", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    make_synthetic_folder(root / "train", num_classes=3, images_per_class=4, min_side=24, max_side=40)
+    make_synthetic_folder(root / "val", num_classes=3, images_per_class=2, min_side=24, max_side=40, seed=1)
+    return root
+
+
+def test_trains_evaluates_and_writes(data, tmp_path):
+    history = main(["--data", str(data), "--epochs", "2", "--output", str(tmp_path), *TINY])
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert all(row["val_samples"] == 6 for row in history)  # train/ and val/ were split, each val sample once
+    assert all(0 <= row["val_top1"] <= 100 and row["val_top5"] == 100 for row in history)  # 3 classes: top-5 = all
+    assert [row["lr"] for row in history] == [0.01, 0.01]  # decays every 2 epochs
+    assert json.loads((tmp_path / "metrics.json").read_text()) == history
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,lr,train_loss")
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert set(ckpt) >= {"model", "optimizer", "schedule", "loader", "step", "args", "history"}
+    assert ckpt["loader"]["epoch"] == 2 and ckpt["step"] == 6  # 12 images / batch 4, drop_last, 2 epochs
+    assert any(k.startswith("resizer.stem") for k in ckpt["model"])
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    full = main(["--data", str(data), "--epochs", "3", "--output", str(tmp_path / "a"), *TINY])
+    assert full[2]["lr"] == pytest.approx(0.01 * 0.94)
+    main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path / "b"), *TINY])
+    resumed = main(["--data", str(data), "--epochs", "3", "--output", str(tmp_path / "b"), "--resume", *TINY])
+    for a, b in zip(full, resumed):
+        for key in ("train_loss", "val_loss", "val_top1", "lr", "step"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_fixed_baseline_and_warm_start(data, tmp_path):
+    main(["--data", str(data), "--epochs", "1", "--resizer", "bilinear", "--output", str(tmp_path / "base"), *TINY])
+    base = torch.load(tmp_path / "base" / "checkpoint.pt", weights_only=False)
+    assert not any(k.startswith("resizer.") for k in base["model"])  # the fixed resize has no parameters
+    assert base["args"]["resizer"] == "bilinear"
+
+    main(["--data", str(data), "--epochs", "1", "--init-backbone", str(tmp_path / "base" / "checkpoint.pt"),
+          "--max-steps", "0", "--output", str(tmp_path / "ft"), *TINY])
+    ft = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=False)
+    for key, value in base["model"].items():
+        torch.testing.assert_close(ft["model"][key], value)  # no step taken: exactly the warm start
+    assert ft["args"]["init_backbone"].endswith("checkpoint.pt")
+
+    main(["--data", str(data), "--epochs", "1", "--init-resizer", str(tmp_path / "ft" / "checkpoint.pt"),
+          "--backbone", "mobilenet_v2", "--max-steps", "0", "--output", str(tmp_path / "tr"),
+          *[a for a in TINY if a != "resnet18" and a != "--backbone"]])
+    tr = torch.load(tmp_path / "tr" / "checkpoint.pt", weights_only=False)
+    for key in (k for k in ft["model"] if k.startswith("resizer.")):
+        torch.testing.assert_close(tr["model"][key], ft["model"][key])
+
+
+def test_bf16_autocast_on_cpu(data, tmp_path):
+    history = main(["--data", str(data), "--epochs", "1", "--precision", "bf16", "--output", str(tmp_path), *TINY])
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+def test_bad_arguments(data, tmp_path):
+    with pytest.raises(ValueError, match="needs --resizer learned"):
+        main(["--data", str(data), "--resizer", "bicubic", "--init-resizer", "x.pt", "--output", str(tmp_path), *TINY])
+    with pytest.raises(SystemExit):
+        main(["--data", str(data), "--resizer", "lanczos", *TINY])
+
+
+def test_help_runs():
+    out = subprocess.run([sys.executable, "-m", "dali_resizer.train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--init-backbone" in out.stdout and "--resizer" in out.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes(data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "dali_resizer.train", "--data", str(data), "--epochs", "1", "--output", str(tmp_path), *TINY]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert history[0]["val_samples"] == 6  # the two ranks' halves add up to the validation set, once
+    assert history[0]["step"] == 1  # 12 images over 2 ranks, batch 4, drop_last: 1 step each
+    assert not list(Path(tmp_path).glob("*.tmp"))
