@@ -56,6 +56,9 @@ class TrainConfig:
     num_classes: int | None = None
     epochs: int = 10
     batch_size: int = 32
+    random_area: tuple[float, float] = (0.08, 1.0)
+    random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_ratio: float = 0.875
     lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -173,8 +176,9 @@ def train(cfg: TrainConfig) -> list[dict]:
     train_dir, val_dir = _split_data(cfg)
     common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
                   seed=cfg.seed, shard_id=rank, num_shards=world)
-    train_loader = DALILoader(train_dir, train=True, drop_last=True, **common)
-    val_loader = DALILoader(val_dir, train=False, **common) if val_dir else None
+    train_loader = DALILoader(train_dir, train=True, drop_last=True, random_area=tuple(cfg.random_area),
+                              random_aspect_ratio=tuple(cfg.random_aspect_ratio), **common)
+    val_loader = DALILoader(val_dir, train=False, crop_ratio=cfg.crop_ratio, **common) if val_dir else None
     num_classes = cfg.num_classes or len(train_loader.classes or [])
     if not num_classes:
         raise ValueError(f"{train_dir}: cannot tell the number of classes; pass --num-classes")
@@ -279,6 +283,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--val-data", help="validation image folder or shards (evaluation pipeline: center crop)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
     g.add_argument("--num-threads", type=int, help="DALI threads per process (default: usable cores)")
+    g.add_argument("--random-area", type=float, nargs=2, default=d.random_area, metavar=("LOW", "HIGH"),
+                   help="training random-resized-crop area range (torchvision's scale)")
+    g.add_argument("--random-aspect-ratio", type=float, nargs=2, default=d.random_aspect_ratio,
+                   metavar=("LOW", "HIGH"), help="training crop aspect-ratio range (torchvision's ratio)")
+    g.add_argument("--crop-ratio", type=float, default=d.crop_ratio, help="evaluation center-crop ratio")
     g = p.add_argument_group("model")
     g.add_argument("--resizer", choices=RESIZERS, default=d.resizer,
                    help="learned, or a fixed bilinear/bicubic resize at the same output size (the baseline)")
