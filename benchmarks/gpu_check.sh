@@ -11,7 +11,7 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pri
 python -c "import dali_resizer, nvidia.dali" 2>/dev/null || pip install -q -e ".[test]" || exit 1
 python -m pytest -m needs_cuda -q -rA 2>&1 | tee "$out/pytest.log"
 tests=${PIPESTATUS[0]}
-python benchmarks/throughput.py --device cuda --json "$out/throughput.json" "$@" 2>&1 | tee "$out/throughput.log"
+python benchmarks/throughput.py --device cuda --backbone resnet50 --json "$out/throughput.json" "$@" 2>&1 | tee "$out/throughput.log"
 bench=${PIPESTATUS[0]}
 echo "gpu_check: pytest exit $tests, throughput exit $bench"
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -48,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dali_resizer import DALILoader, LearnableResizer, make_synthetic_folder  # noqa: E402
+from dali_resizer.progress import ProgressBar  # noqa: E402
 
 BASELINE = "torch-pil-bilinear"
 SHARD_BASELINE = "webdataset-pil-bilinear"  # the baseline when the source is WebDataset shards
@@ -281,15 +282,6 @@ def contenders(cfg: Config, shards: bool = False) -> dict[str, Callable]:
 # -- measurement --------------------------------------------------------------------------------------
 
 
-def _progress(name: str, label: str, done: int, total: int | None) -> None:
-    if not sys.stderr.isatty():
-        return
-    width = 24
-    filled = width if not total else min(width, width * done // total)
-    print(f"\r  {name:<28} {label:<9} [{'#' * filled}{'.' * (width - filled)}] {done}", end="", file=sys.stderr,
-          flush=True)
-
-
 def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limit: int | None,
             expected: int) -> dict:
     """One warm-up pass, then ``repeats`` timed passes; the device is synchronized inside the timing."""
@@ -301,15 +293,17 @@ def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limi
             label = "warm-up" if rep == 0 else f"run {rep}/{repeats}"
             total = expected if limit is None else min(limit, expected)
             count = 0
+            bar = ProgressBar(total, f"  {name:<28} {label:<9}", unit="img")
             pids = _tree(os.getpid())
             cpu0 = _cpu_seconds(pids)
             start = time.perf_counter()
             for n in epoch(limit):
                 count += n
-                _progress(name, label, count, total)
+                bar.update(n)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - start
+            bar.close(clear=True)
             cpu1 = _cpu_seconds(pids + [p for p in _tree(os.getpid()) if p not in pids])
             if rep:
                 seconds.append(elapsed)
@@ -317,8 +311,8 @@ def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limi
                 images = count
         peak = monitor.peak
     rates = [images / s for s in seconds]
-    print(f"\r  {name:<28} {statistics.median(rates):9.1f} img/s ({images} images x {repeats})" + " " * 20,
-          file=sys.stderr, flush=True)
+    print(f"  {name:<28} {statistics.median(rates):9.1f} img/s ({images} images x {repeats})", file=sys.stderr,
+          flush=True)
     return {
         "name": name,
         "images": images,

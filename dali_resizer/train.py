@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dali_resizer.loader import DALILoader
+from dali_resizer.progress import ProgressBar
 from dali_resizer.resizer import FixedResizer, LearnableResizer
 
 __all__ = ["TrainConfig", "build_model", "main", "train"]
@@ -222,6 +223,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         steps = _all_min(len(train_loader), device)  # every rank runs the same number of steps
         model.train()
         t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0.0
+        bar = ProgressBar(steps, f"epoch {epoch}", unit="step") if rank == 0 and not cfg.quiet else None
         autocast = torch.autocast(device.type, dtype=PRECISIONS[cfg.precision],
                                   enabled=PRECISIONS[cfg.precision] is not None)
         for i, (images, labels) in enumerate(train_loader):
@@ -238,9 +240,13 @@ def train(cfg: TrainConfig) -> list[dict]:
             seen += labels.shape[0]
             loss_sum += float(loss.detach()) * labels.shape[0]
             correct += float((logits.argmax(1) == labels).sum())
-            if (i + 1) % cfg.log_every == 0:
+            if bar is not None:
+                bar.update(1, f"loss {loss_sum / seen:.4f}")
+            if (bar is None or not bar.enabled) and (i + 1) % cfg.log_every == 0:  # plain lines for log files
                 log(f"  epoch {epoch} step {i + 1}/{steps} loss {loss_sum / seen:.4f} "
                     f"{seen * world / (time.perf_counter() - t0):.1f} img/s")
+        if bar is not None:
+            bar.close(clear=True)
         elapsed = time.perf_counter() - t0
         loss_sum, correct, seen_all = _all_sum([loss_sum, correct, seen], device)
         lr_used = optimizer.param_groups[0]["lr"]
