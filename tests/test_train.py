@@ -101,3 +101,10 @@ def test_torchrun_ddp_two_processes(data, tmp_path):
     assert history[0]["val_samples"] == 6  # the two ranks' halves add up to the validation set, once
     assert history[0]["step"] == 1  # 12 images over 2 ranks, batch 4, drop_last: 1 step each
     assert not list(Path(tmp_path).glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_compiled_model_trains(data, tmp_path):
+    history = main(["--data", str(data), "--epochs", "1", "--compile", "--max-steps", "2", "--output", str(tmp_path),
+                    *TINY])
+    assert history[0]["step"] == 2 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
