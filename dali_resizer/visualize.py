@@ -3,7 +3,8 @@
     python -m dali_resizer.visualize --checkpoint runs/train/checkpoint.pt --data imagenet/val --output grid.png
 
 One row per image: the loader's working-size input, the bilinear resize to the output size, the learned
-resizer's output, and ``|learned - bilinear|`` stretched to the full range. Learned outputs are not meant
+resizer's output, and ``|learned - bilinear|`` stretched to the full range; outputs are shown enlarged
+to the input's height so their pixels can be seen. Learned outputs are not meant
 to look natural (the paper shows the same): they are tuned to what the backbone needs.
 """
 
@@ -46,20 +47,22 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def render_grid(images: torch.Tensor, resizer: LearnableResizer) -> np.ndarray:
-    """``(N, 3, H, W)`` normalized inputs to one ``(rows, cols, 3)`` uint8 grid, a row per image."""
+    """``(N, 3, H, W)`` normalized inputs to one uint8 grid, a row per image. Outputs smaller than the
+    input are shown enlarged by an integer factor (nearest neighbour), so their pixels stay visible."""
     with torch.inference_mode():
         learned = resizer(images)
         fixed = resize(images, resizer.size)
     diff = (learned - fixed).abs().sum(dim=1, keepdim=True)  # (N, 1, h, w)
     diff = (diff / diff.amax(dim=(2, 3), keepdim=True).clamp_min(1e-8)).expand(-1, 3, -1, -1)
     h, w = images.shape[-2:]
-    pad = 4
     out_h, out_w = resizer.size
-    cell_w = [w, out_w, out_w, out_w]
-    grid = np.full((images.shape[0] * (h + pad) + pad, sum(cell_w) + pad * 5, 3), 255, dtype=np.uint8)
+    zoom = max(1, min(h // out_h, w // out_w))
+    pad = 4
+    grid = np.full((images.shape[0] * (h + pad) + pad, w + 3 * out_w * zoom + pad * 5, 3), 255, dtype=np.uint8)
     for row in range(images.shape[0]):
-        cells = [_to_uint8(images[row]), _to_uint8(fixed[row]), _to_uint8(learned[row]),
-                 (diff[row].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)]
+        outputs = [_to_uint8(fixed[row]), _to_uint8(learned[row]),
+                   (diff[row].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)]
+        cells = [_to_uint8(images[row])] + [cell.repeat(zoom, axis=0).repeat(zoom, axis=1) for cell in outputs]
         y, x = pad + row * (h + pad), pad
         for cell in cells:
             grid[y : y + cell.shape[0], x : x + cell.shape[1]] = cell
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> str:
     header = Image.new("RGB", (grid.width, 16), "white")
     draw = ImageDraw.Draw(header)
     x = 4
-    for name, width in zip(COLUMNS, (input_size, *[resizer.size[1]] * 3)):
+    zoom = max(1, min(input_size // resizer.size[0], input_size // resizer.size[1]))
+    for name, width in zip(COLUMNS, (input_size, *[resizer.size[1] * zoom] * 3)):
         draw.text((x, 2), name, fill="black")
         x += width + 4
     page = Image.new("RGB", (grid.width, grid.height + header.height), "white")

@@ -10,13 +10,13 @@ def test_zero_init_resizer_shows_no_difference():
     torch.manual_seed(0)
     images = torch.randn(2, 3, 24, 20)
     grid = render_grid(images, LearnableResizer((10, 8), zero_init=True).eval())
-    pad = 4
-    assert grid.shape == (2 * (24 + pad) + pad, 20 + 3 * 8 + 5 * pad, 3)
+    pad, zoom = 4, 2  # outputs of 10 x 8 shown at 20 x 16 beside the 24 x 20 inputs
+    assert grid.shape == (2 * (24 + pad) + pad, 20 + 3 * 8 * zoom + 5 * pad, 3)
     for row in range(2):
         y = pad + row * (24 + pad)
-        fixed = grid[y : y + 10, pad + 20 + pad :][:, :8]
-        learned = grid[y : y + 10, pad + 20 + pad + 8 + pad :][:, :8]
-        diff = grid[y : y + 10, pad + 20 + pad + 2 * (8 + pad) :][:, :8]
+        fixed = grid[y : y + 20, pad + 20 + pad :][:, :16]
+        learned = grid[y : y + 20, pad + 20 + pad + 16 + pad :][:, :16]
+        diff = grid[y : y + 20, pad + 20 + pad + 2 * (16 + pad) :][:, :16]
         assert np.array_equal(fixed, learned)
         assert diff.max() == 0
         assert fixed.std() > 0
@@ -29,4 +29,4 @@ def test_cli_writes_png_from_a_training_checkpoint(tmp_path, image_folder):
     out = main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--data", str(image_folder), "--num-images", "3",
                 "--output", str(tmp_path / "grid.png")])
     image = Image.open(out)
-    assert image.size == (24 + 3 * 12 + 5 * 4, 16 + 3 * (24 + 4) + 4)
+    assert image.size == (24 + 3 * 24 + 5 * 4, 16 + 3 * (24 + 4) + 4)  # 12 px outputs shown 2x
