@@ -11,16 +11,30 @@ import torch
 
 from dali_resizer.sources import ImageFolderSource, ShardSource, open_source
 
-__all__ = ["DALILoader", "parse_ascii_labels", "resolve_device"]
+__all__ = ["PAD_LABEL", "DALILoader", "distributed_rank_and_world", "parse_ascii_labels", "resolve_device"]
 
-_DTYPES = ("float32", "float16")
+PAD_LABEL = -100  # label of padding samples: CrossEntropyLoss's default ignore_index
+
+
+def distributed_rank_and_world() -> tuple[int, int]:
+    """(global rank, world size) from an initialised ``torch.distributed``, else from torchrun's
+    ``RANK`` / ``WORLD_SIZE``, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolve_device(device: torch.device | str | int | None) -> torch.device:
-    """``None`` picks the current CUDA device when there is one, else the CPU; a request for a GPU that
-    is not there is an error, not a silent fallback."""
+    """``None`` picks this process's CUDA device when there is one (``LOCAL_RANK`` under torchrun, else
+    the current device), else the CPU; a request for a GPU that is not there is an error, not a silent
+    fallback."""
     if device is None:
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local_rank = os.environ.get("LOCAL_RANK")  # set by torchrun: one GPU per process
+        return torch.device("cuda", int(local_rank) if local_rank is not None else torch.cuda.current_device())
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -78,8 +92,9 @@ class DALILoader:
         num_threads: DALI CPU worker threads; defaults to the cores this process may use.
         device: ``None`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: Seed of the shuffling order and the augmentations; with ``set_epoch`` it makes runs repeatable.
-        shard_id: This process's part of the data (its global rank).
-        num_shards: Number of parts (the world size).
+        shard_id: This process's part of the data; default: its global rank (``torch.distributed`` when
+            initialised, else torchrun's ``RANK``), 0 outside a distributed job.
+        num_shards: Number of parts; default: the world size (``WORLD_SIZE``), 1 outside one.
         dtype: ``torch.float32`` or ``torch.float16`` images.
         crop_ratio: Evaluation center-crop ratio (the crop is ``size``, taken from ``size / crop_ratio``).
         random_area: Training crop area range, as a fraction of the image (torchvision's ``scale``).
@@ -88,8 +103,13 @@ class DALILoader:
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
 
-    Every epoch (with ``drop_last=False``) yields every sample of this shard exactly once: the last batch
-    is smaller rather than padded. ``len(loader)`` is the exact number of batches.
+    Every shard yields the same number of batches per epoch (``len(loader)``, exact), so DDP never waits
+    on a rank that ran out. With ``drop_last=False`` one epoch yields every sample of the source exactly
+    once across the shards; shards that hold one sample less than the largest get one padding sample
+    (a copy of their last one) whose label is ``PAD_LABEL`` (-100, ignored by ``CrossEntropyLoss``) and
+    whose index is -1, so evaluation counts every sample once. With ``drop_last=True`` every shard
+    stops after the same number of full batches. ``state_dict()`` / ``load_state_dict()`` resume an
+    epoch at the batch where it stopped, with the same samples and augmentations (DALI checkpointing).
 
     Example:
         >>> loader = DALILoader("imagenet/train", batch_size=64, size=448)  # doctest: +SKIP
@@ -111,8 +131,8 @@ class DALILoader:
         num_threads: int | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
-        shard_id: int = 0,
-        num_shards: int = 1,
+        shard_id: int | None = None,
+        num_shards: int | None = None,
         dtype: torch.dtype = torch.float32,
         crop_ratio: float = 0.875,
         random_area: tuple[float, float] = (0.08, 1.0),
@@ -133,6 +153,10 @@ class DALILoader:
             num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        if shard_id is None or num_shards is None:
+            rank, world = distributed_rank_and_world()
+            shard_id = rank if shard_id is None else shard_id
+            num_shards = world if num_shards is None else num_shards
         if not isinstance(num_shards, int) or num_shards < 1:
             raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
         if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
@@ -164,6 +188,8 @@ class DALILoader:
         self.source = open_source(source, index_dir)
         self._epoch = 0
         self._finished = None  # an evaluation iterator that ran to its end, to rewind
+        self._active = None  # (epoch, DALI iterator, batches yielded) of the epoch in progress
+        self._resume: dict | None = None
         if isinstance(self.source, ImageFolderSource):
             self._targets = torch.from_numpy(self.source.targets)
 
@@ -179,14 +205,21 @@ class DALILoader:
 
     @property
     def num_samples(self) -> int:
-        """Samples this shard yields per epoch (before ``drop_last``)."""
+        """Real samples in this shard per epoch (before ``drop_last``, without padding)."""
         total = len(self.source)
         return total * (self.shard_id + 1) // self.num_shards - total * self.shard_id // self.num_shards
 
+    @property
+    def samples_per_shard(self) -> int:
+        """What every shard delivers per epoch: the largest shard's size (padded up to it) without
+        ``drop_last``, the smallest's with it."""
+        total = len(self.source)
+        return -(-total // self.num_shards) if not self.drop_last else total // self.num_shards
+
     def __len__(self) -> int:
         if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+            return self.samples_per_shard // self.batch_size
+        return math.ceil(self.samples_per_shard / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch that the next iteration runs: its order and augmentations depend on
@@ -196,9 +229,32 @@ class DALILoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         epoch = self._epoch
         self._epoch += 1
+        resume, self._resume = self._resume, None
         if len(self) == 0:
             return iter(())
-        return self._iterate(epoch)
+        return self._iterate(epoch, resume if resume and resume["epoch"] == epoch else None)
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: the epoch in progress and how far it got, with DALI's checkpoint of
+        its readers and random generators, or the next epoch when none is in progress."""
+        state = {"epoch": self._epoch, "batches_done": 0, "dali": None, "seed": self.seed,
+                 "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.source)}
+        if self._active is not None:
+            epoch, batches, done = self._active
+            state |= {"epoch": epoch, "batches_done": done}
+            if batches is not None:
+                state["dali"] = batches.checkpoints()[0]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues from :meth:`state_dict`: the next iteration resumes that epoch after its last
+        delivered batch, yielding what an uninterrupted run would have yielded."""
+        for key, mine in (("seed", self.seed), ("num_shards", self.num_shards), ("shard_id", self.shard_id),
+                          ("num_source_samples", len(self.source))):
+            if state.get(key) != mine:
+                raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}")
+        self._epoch = int(state["epoch"])
+        self._resume = state if state["batches_done"] else None
 
     def __repr__(self) -> str:
         kind = "ImageFolder" if isinstance(self.source, ImageFolderSource) else f"{len(self.source.paths)} shards"
@@ -210,26 +266,61 @@ class DALILoader:
 
     # -- DALI ---------------------------------------------------------------------------------------
 
-    def _iterate(self, epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _iterate(self, epoch: int, resume: dict | None) -> Iterator[tuple[torch.Tensor, ...]]:
+        done = resume["batches_done"] if resume else 0
+        real_batches = self.num_samples // self.batch_size if self.drop_last else -(-self.num_samples // self.batch_size)
+        padding = 0 if self.drop_last else self.samples_per_shard - self.num_samples  # 0 or 1 sample
         # Evaluation without shuffling is the same pass every epoch: keep its pipeline (and its threads,
         # decoder state and buffers) and rewind it, when the last pass ran to the end.
-        reusable = not self.train and not self.shuffle
+        reusable = not self.train and not self.shuffle and resume is None
         batches, self._finished = (self._finished if reusable else None), None
-        if batches is not None:
+        if done >= real_batches:
+            batches = None  # only padding was left of this epoch
+        elif batches is not None:
             batches.reset()
         else:
-            batches = self._make_iterator(epoch)
-        for (out,) in batches:
+            batches = self._make_iterator(epoch, resume["dali"] if resume else None)
+        self._active = (epoch, batches, done)
+        last = None
+        for (out,) in batches if batches is not None else ():
+            if done >= len(self):  # drop_last: every shard stops after the same number of batches
+                break
+            images = out["images"]
+            if images.shape[0] == 0:  # DALI's own equalisation across reader shards: an all-padding batch
+                continue
             labels, indices = self._labels(out["targets"])
-            yield (out["images"], labels, indices) if self.return_index else (out["images"], labels)
+            if padding and done == real_batches - 1 and images.shape[0] < self.batch_size:
+                images, labels, indices = self._pad(images, labels, indices, images[-1:], padding)
+                padding = 0
+            last = images[-1:]
+            done += 1
+            self._active = (epoch, batches, done)
+            yield (images, labels, indices) if self.return_index else (images, labels)
+        if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
+            empty = torch.empty(0, dtype=torch.int64, device=self.device)
+            if last is None:
+                last = torch.zeros((1, 3, *self.size), dtype=self.dtype, device=self.device)
+            images, labels, indices = self._pad(last[:0], empty, empty, last, padding)
+            done += 1
+            self._active = (epoch, None, done)
+            yield (images, labels, indices) if self.return_index else (images, labels)
+        self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
         if reusable:
             self._finished = batches
 
-    def _make_iterator(self, epoch: int):
+    def _pad(self, images, labels, indices, sample, count: int):
+        """Appends ``count`` copies of ``sample`` marked as padding (label ``PAD_LABEL``, index -1)."""
+        images = torch.cat([images, sample.expand(count, *sample.shape[1:])])
+        labels = torch.cat([labels, torch.full((count,), PAD_LABEL, dtype=torch.int64, device=self.device)])
+        if indices is not None:
+            indices = torch.cat([indices, torch.full((count,), -1, dtype=torch.int64, device=self.device)])
+        return images, labels, indices
+
+    def _make_iterator(self, epoch: int, checkpoint: bytes | None = None):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        pipe = self._build_pipeline(epoch)
+        pipe = self._build_pipeline(epoch, checkpoint)
         return DALIGenericIterator([pipe], ["images", "targets"], reader_name="Reader", last_batch_policy=policy)
 
     def _labels(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -245,7 +336,7 @@ class DALILoader:
             indices = indices.to(self.device, non_blocking=True)
         return labels, indices
 
-    def _build_pipeline(self, epoch: int):
+    def _build_pipeline(self, epoch: int, checkpoint: bytes | None = None):
         from nvidia.dali import types
 
         import pipelines
@@ -264,6 +355,8 @@ class DALILoader:
             device_id=device_id,
             seed=_pipeline_seed(self.seed, epoch, self.shard_id),
             prefetch_queue_depth=self.prefetch_queue_depth,
+            enable_checkpointing=True,
+            checkpoint=checkpoint,
         )
         order_rng = np.random.default_rng([self.seed, epoch])  # identical on every shard
         if isinstance(self.source, ImageFolderSource):

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dali_resizer.loader import DALILoader
+from dali_resizer.loader import PAD_LABEL, DALILoader
 from dali_resizer.progress import ProgressBar
 from dali_resizer.resizer import FixedResizer, LearnableResizer
 
@@ -77,6 +77,7 @@ class TrainConfig:
     num_threads: int | None = None
     device: str | None = None
     log_every: int = 10
+    save_every: int | None = None
     quiet: bool = False
 
 
@@ -153,8 +154,8 @@ def evaluate(model: nn.Module, loader: DALILoader, cfg: TrainConfig, device: tor
         for images, labels in loader:
             logits = model(images).float()
             loss += float(criterion(logits, labels))
-            a, b = _topk_correct(logits, labels)
-            c1, c5, n = c1 + a, c5 + b, n + labels.shape[0]
+            a, b = _topk_correct(logits, labels)  # padding (PAD_LABEL) never matches, and the loss ignores it
+            c1, c5, n = c1 + a, c5 + b, n + float((labels != PAD_LABEL).sum())
     loss, c1, c5, n = _all_sum([loss, c1, c5, n], device)
     return {"val_loss": loss / max(n, 1), "val_top1": 100 * c1 / max(n, 1), "val_top5": 100 * c5 / max(n, 1),
             "val_samples": int(n)}
@@ -201,13 +202,17 @@ def train(cfg: TrainConfig) -> list[dict]:
     out = Path(cfg.output)
     history: list[dict] = []
     start_epoch = step = 0
+    partial = None  # running sums of an epoch interrupted mid-way
     if cfg.resume:
         ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
         scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, step, history = ckpt["loader"]["epoch"], ckpt["step"], ckpt["history"]
+        if len(ckpt["loaders"]) != world:
+            raise ValueError(f"the checkpoint was written by {len(ckpt['loaders'])} process(es), this run has {world}")
+        train_loader.load_state_dict(ckpt["loaders"][rank])  # each rank resumes its own part of the epoch
+        start_epoch, step, history, partial = ckpt["loaders"][rank]["epoch"], ckpt["step"], ckpt["history"], ckpt["partial"]
         torch.set_rng_state(ckpt["rng"])
     ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
@@ -219,15 +224,22 @@ def train(cfg: TrainConfig) -> list[dict]:
         f"{len(train_loader.source)} train samples, world {world}, device {device}, lr {lr}")
 
     for epoch in range(start_epoch, cfg.epochs):
-        train_loader.set_epoch(epoch)
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            _save(out, cfg, model, optimizer, schedule, scaler, train_loader, step, history, rank, partial=partial)
+            break
+        if partial is None:
+            train_loader.set_epoch(epoch)  # (a resumed epoch continues from the loader's saved state)
         steps = _all_min(len(train_loader), device)  # every rank runs the same number of steps
         model.train()
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0.0
+        first, seen, loss_sum, correct = partial or (0, 0, 0.0, 0.0)
+        partial, seen_before = None, seen
+        t0 = time.perf_counter()
         bar = ProgressBar(steps, f"epoch {epoch}", unit="step") if rank == 0 and not cfg.quiet else None
         autocast = torch.autocast(device.type, dtype=PRECISIONS[cfg.precision],
                                   enabled=PRECISIONS[cfg.precision] is not None)
-        for i, (images, labels) in enumerate(train_loader):
-            if i >= steps or (cfg.max_steps is not None and step >= cfg.max_steps):
+        stopped = None  # the running sums when --max-steps ends the run inside this epoch
+        for i, (images, labels) in enumerate(train_loader, start=first):
+            if i >= steps:
                 break
             with autocast:
                 logits = run_model(images)
@@ -240,6 +252,12 @@ def train(cfg: TrainConfig) -> list[dict]:
             seen += labels.shape[0]
             loss_sum += float(loss.detach()) * labels.shape[0]
             correct += float((logits.argmax(1) == labels).sum())
+            if i + 1 < steps and cfg.max_steps is not None and step >= cfg.max_steps:
+                stopped = (i + 1, seen, loss_sum, correct)  # leave before the loader hands out another batch
+                break
+            if cfg.save_every and step % cfg.save_every == 0 and i + 1 < steps:  # mid-epoch, resumable exactly
+                _save(out, cfg, model, optimizer, schedule, scaler, train_loader, step, history, rank,
+                      partial=(i + 1, seen, loss_sum, correct))
             if bar is not None:
                 bar.update(1, f"loss {loss_sum / seen:.4f}")
             if (bar is None or not bar.enabled) and (i + 1) % cfg.log_every == 0:  # plain lines for log files
@@ -247,28 +265,39 @@ def train(cfg: TrainConfig) -> list[dict]:
                     f"{seen * world / (time.perf_counter() - t0):.1f} img/s")
         if bar is not None:
             bar.close(clear=True)
+        if stopped is not None:
+            _save(out, cfg, model, optimizer, schedule, scaler, train_loader, step, history, rank, partial=stopped)
+            log(f"stopped at step {step} (--max-steps) inside epoch {epoch}; --resume continues from there")
+            break
         elapsed = time.perf_counter() - t0
-        loss_sum, correct, seen_all = _all_sum([loss_sum, correct, seen], device)
+        loss_sum, correct, seen_all, seen_now = _all_sum([loss_sum, correct, seen, seen - seen_before], device)
         lr_used = optimizer.param_groups[0]["lr"]
         schedule.step()
         row = {"epoch": epoch, "step": step, "lr": lr_used,
                "train_loss": loss_sum / max(seen_all, 1), "train_top1": 100 * correct / max(seen_all, 1),
-               "images_per_s": seen_all / elapsed, "epoch_s": elapsed}
+               "images_per_s": seen_now / elapsed, "epoch_s": elapsed}
         if val_loader is not None:
             row |= evaluate(model, val_loader, cfg, device)
         history.append(row)
         log(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in row.items() if k != "epoch"))
-        if rank == 0:
-            _save(out, cfg, model, optimizer, schedule, scaler, epoch + 1, step, history)
+        _save(out, cfg, model, optimizer, schedule, scaler, train_loader, step, history, rank)
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
     return history
 
 
-def _save(out: Path, cfg, model, optimizer, schedule, scaler, next_epoch: int, step: int, history) -> None:
+def _save(out: Path, cfg, model, optimizer, schedule, scaler, loader, step: int, history, rank: int,
+          partial: tuple | None = None) -> None:
+    """Writes the checkpoint (rank 0) with every rank's loader state; collective under DDP."""
+    loaders = [loader.state_dict()]
+    if dist.is_initialized():
+        loaders = [None] * dist.get_world_size()
+        dist.all_gather_object(loaders, loader.state_dict())
+    if rank != 0:
+        return
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "scaler": scaler.state_dict(), "loader": {"epoch": next_epoch, "seed": cfg.seed}, "step": step,
+            "scaler": scaler.state_dict(), "loaders": loaders, "partial": partial, "step": step,
             "history": history, "rng": torch.get_rng_state(), "args": asdict(cfg)}
     tmp = out / "checkpoint.pt.tmp"
     torch.save(ckpt, tmp)
@@ -324,6 +353,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--output", default=d.output, help="checkpoint and metrics folder")
     g.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    g.add_argument("--save-every", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps inside an epoch (--resume continues mid-epoch)")
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--device", help="default: this rank's GPU when there is one, else the CPU")
     g.add_argument("--log-every", type=int, default=d.log_every)

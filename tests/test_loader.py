@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dali_resizer import DALILoader
+from dali_resizer.loader import PAD_LABEL
 from tests.conftest import write_shards
 
 
@@ -103,19 +104,30 @@ def test_eval_mode_does_not_shuffle_by_default_and_is_deterministic(image_folder
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("num_shards", [2, 3, 4])
-def test_shards_partition_the_epoch(image_folder, num_shards):
-    parts = []
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize(("num_shards", "batch_size"), [(2, 2), (3, 2), (4, 3), (5, 2), (12, 2), (2, 5)])
+def test_shards_partition_the_epoch(image_folder, num_shards, batch_size, drop_last):
+    """11 samples: every shard yields the same number of batches; with drop_last=False the real samples
+    of all shards are the source exactly once and the rest is marked padding."""
+    parts, counts = [], []
     for shard_id in range(num_shards):
-        loader = DALILoader(image_folder, batch_size=2, size=16, shard_id=shard_id, num_shards=num_shards,
-                            seed=3, return_index=True)
+        loader = DALILoader(image_folder, batch_size=batch_size, size=16, shard_id=shard_id, num_shards=num_shards,
+                            seed=3, drop_last=drop_last, return_index=True)
         loader.set_epoch(4)
-        indices = epoch_indices(loader)
-        assert len(indices) == loader.num_samples
-        assert len(list(loader)) <= len(loader)  # (the next epoch) at most len(loader) batches
-        parts.append(indices)
-    merged = [i for part in parts for i in part]
-    assert sorted(merged) == list(range(11))
+        batches = list(loader)
+        counts.append(len(batches))
+        assert len(batches) == len(loader)
+        for images, labels, indices in batches:
+            assert images.shape[0] == labels.shape[0] == indices.shape[0]
+            assert ((labels == PAD_LABEL) == (indices == -1)).all()
+        parts.append([i for _, _, idx in batches for i in idx.tolist()])
+    assert len(set(counts)) == 1  # DDP-safe: nobody waits on a rank that ran out
+    real = [i for part in parts for i in part if i >= 0]
+    if drop_last:
+        assert len(set(real)) == len(real) == counts[0] * batch_size * num_shards
+    else:
+        assert sorted(real) == list(range(11))
+        assert all(len(part) == -(-11 // num_shards) for part in parts)
 
 
 def test_float16(image_folder):
@@ -173,15 +185,16 @@ def test_shards_shuffled_epoch_covers_every_sample_once(tmp_path):
 
 
 def test_shards_split_across_shard_ids(shard_dir, tmp_path):
-    counts = []
-    labels = []
+    counts, labels, batches = [], [], []
     for shard_id in range(2):
-        loader = DALILoader(shard_dir, batch_size=4, size=8, shard_id=shard_id, num_shards=2, index_dir=tmp_path)
+        loader = DALILoader(shard_dir, batch_size=3, size=8, shard_id=shard_id, num_shards=2, index_dir=tmp_path)
         got = shard_labels(loader)
         counts.append(len(got))
-        assert len(got) == loader.num_samples
+        batches.append(len(list(loader)))
+        assert len([y for y in got if y != PAD_LABEL]) == loader.num_samples
         labels += got
-    assert counts == [6, 7] and sorted(labels) == sorted(i % 3 for i in range(13))
+    assert counts == [7, 7] and batches == [3, 3]  # 6 + 7 samples: the first shard gets one padding sample
+    assert sorted(y for y in labels if y != PAD_LABEL) == sorted(i % 3 for i in range(13))
 
 
 def test_classes_sidecar_for_shards(tmp_path):
@@ -311,3 +324,69 @@ def test_full_area_square_crop_keeps_the_whole_image(tmp_path):
         bright = (column_means > 0).nonzero().flatten().tolist()
         seen.add(tuple(bright))
     assert seen <= {tuple(range(8)), tuple(range(24, 32))}  # unflipped or flipped, never cropped/scaled
+
+
+# -- resume -----------------------------------------------------------------------------------------
+
+
+def collect(loader, stop_after=None):
+    out = []
+    for images, labels, indices in loader:
+        out.append((images.clone(), labels.tolist(), indices.tolist()))
+        if stop_after is not None and len(out) == stop_after:
+            break
+    return out
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_resume_mid_epoch_yields_what_an_uninterrupted_run_would(image_folder, stop_after):
+    def make():
+        return DALILoader(image_folder, batch_size=4, size=16, seed=5, return_index=True)
+
+    reference = make()
+    reference.set_epoch(3)
+    full = collect(reference)
+
+    first = make()
+    first.set_epoch(3)
+    it = iter(first)
+    head = [next(it) for _ in range(stop_after)]
+    state = first.state_dict()
+    assert state["epoch"] == 3 and state["batches_done"] == stop_after and state["dali"]
+    del it
+
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = collect(resumed)
+    assert len(head) + len(tail) == len(full) == len(resumed)
+    for (a, la, ia), (b, lb, ib) in zip(full[stop_after:], tail):
+        assert ia == ib and la == lb
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # same crops and flips too
+    assert resumed.state_dict()["epoch"] == 4  # the epoch finished; the next one is due
+
+
+def test_state_between_epochs_and_mismatch(image_folder):
+    loader = DALILoader(image_folder, batch_size=4, size=16)
+    list(loader)
+    state = loader.state_dict()
+    assert state["epoch"] == 1 and state["batches_done"] == 0 and state["dali"] is None
+    other = DALILoader(image_folder, batch_size=4, size=16, seed=9)
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(state)
+
+
+def test_resume_on_shards(shard_dir, tmp_path):
+    def make():
+        return DALILoader(shard_dir, batch_size=3, size=8, seed=2, index_dir=tmp_path)
+
+    full = [(x.clone(), y.tolist()) for x, y in make()]
+    first = make()
+    it = iter(first)
+    next(it)
+    state = first.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = [(x.clone(), y.tolist()) for x, y in resumed]
+    assert [y for _, y in tail] == [y for _, y in full[1:]]
+    for (a, _), (b, _) in zip(full[1:], tail):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -33,8 +33,8 @@ def test_trains_evaluates_and_writes(data, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == history
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,lr,train_loss")
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert set(ckpt) >= {"model", "optimizer", "schedule", "loader", "step", "args", "history"}
-    assert ckpt["loader"]["epoch"] == 2 and ckpt["step"] == 6  # 12 images / batch 4, drop_last, 2 epochs
+    assert set(ckpt) >= {"model", "optimizer", "schedule", "loaders", "step", "args", "history"}
+    assert ckpt["loaders"][0]["epoch"] == 2 and ckpt["step"] == 6  # 12 images / batch 4, drop_last, 2 epochs
     assert any(k.startswith("resizer.stem") for k in ckpt["model"])
 
 
@@ -108,3 +108,21 @@ def test_compiled_model_trains(data, tmp_path):
     history = main(["--data", str(data), "--epochs", "1", "--compile", "--max-steps", "2", "--output", str(tmp_path),
                     *TINY])
     assert history[0]["step"] == 2 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+def test_resume_mid_epoch_continues_exactly(data, tmp_path):
+    """--save-every checkpoints inside an epoch; a run stopped there (--max-steps) and resumed ends with
+    the same weights and metrics as one that never stopped."""
+    full = main(["--data", str(data), "--epochs", "2", "--output", str(tmp_path / "a"), *TINY])
+    main(["--data", str(data), "--epochs", "2", "--save-every", "1", "--max-steps", "4",
+          "--output", str(tmp_path / "b"), *TINY])
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 4 and ckpt["loaders"][0]["epoch"] == 1 and ckpt["loaders"][0]["batches_done"] == 1
+    resumed = main(["--data", str(data), "--epochs", "2", "--resume", "--output", str(tmp_path / "b"), *TINY])
+    assert resumed[-1]["step"] == full[-1]["step"] == 6
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1"):
+        assert resumed[-1][key] == pytest.approx(full[-1][key], rel=1e-5, abs=1e-6), key
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
