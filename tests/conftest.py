@@ -56,8 +56,8 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
-def write_shards(root: Path, counts: list[int], prefix: str = "train") -> list[Path]:
-    """Writes tar shards with webdataset's own writer; sample i has label i % 3 and key sample-<i>."""
+def write_shards(root: Path, counts: list[int], prefix: str = "train", unique_labels: bool = False) -> list[Path]:
+    """Writes tar shards with webdataset's own writer; sample i has key sample-<i> and label i % 3 (or i)."""
     import webdataset as wds
 
     rng = np.random.default_rng(1)
@@ -67,7 +67,7 @@ def write_shards(root: Path, counts: list[int], prefix: str = "train") -> list[P
         with wds.TarWriter(str(path)) as sink:
             for _ in range(count):
                 image = random_image(rng, int(rng.integers(13, 50)), int(rng.integers(19, 70)))
-                sink.write({"__key__": f"sample-{i:05d}", "jpg": encode(image), "cls": str(i % 3).encode()})
+                sink.write({"__key__": f"sample-{i:05d}", "jpg": encode(image), "cls": str(i if unique_labels else i % 3).encode()})
                 i += 1
         paths.append(path)
     return paths
