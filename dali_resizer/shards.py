@@ -1,15 +1,25 @@
-"""Writing WebDataset shards (with their DALI index files) from an image folder."""
+"""WebDataset shards with DALI index files: write them from an image folder, check them, index them.
+
+    python -m dali_resizer.shards make imagenet/train shards/train --samples-per-shard 1000 --prefix train
+    python -m dali_resizer.shards verify shards/train
+    python -m dali_resizer.shards index shards/train/*.tar      # (re)write the .idx beside each tar
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from dali_resizer.sources import CLASSES_FILE, SHARD_IMAGE_KEYS, ImageFolderSource, build_index
+from dali_resizer.progress import ProgressBar
+from dali_resizer.sources import CLASSES_FILE, SHARD_IMAGE_KEYS, ImageFolderSource, build_index, index_problem
 
-__all__ = ["write_shards"]
+__all__ = ["main", "verify_shards", "write_shards"]
 
 
 def write_shards(
@@ -20,6 +30,8 @@ def write_shards(
     prefix: str = "shard",
     shuffle: bool = True,
     seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> list[Path]:
     """Writes ``folder`` (an ImageFolder) as ``<out_dir>/<prefix>-NNNNNN.tar`` shards plus, beside each,
     its DALI index ``.idx``, and ``classes.txt`` with the class names in label order.
@@ -27,6 +39,11 @@ def write_shards(
     Each sample is ``<key>.<jpg|jpeg|png|webp>`` (the file's bytes, not re-encoded) and ``<key>.cls``
     (the label as ASCII digits). ``shuffle`` writes the samples in a seeded random order, since
     readers of shards read sequentially and shuffle only within a buffer.
+
+    Each tar is written beside its final name and renamed into place, then indexed, and
+    ``classes.txt`` is written last: an interrupted run leaves no half-written shard under a shard's
+    name. Existing shards with the same prefix are replaced only with ``overwrite=True`` (and those a
+    smaller new set does not reach are removed, so no stale shard is read with the new ones).
 
     Returns the shard paths.
     """
@@ -40,6 +57,12 @@ def write_shards(
         raise ValueError(f"{bad[0]}: shards hold {', '.join(SHARD_IMAGE_KEYS)} images only ({len(bad)} file(s) affected)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.(tar|idx)")
+    existing = sorted(p for p in out_dir.iterdir() if pattern.fullmatch(p.name))
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds {prefix}-*.tar shards ({existing[0].name} ...); "
+                              "pass overwrite=True (--overwrite) to replace them")
+    bar = ProgressBar(len(source), f"writing {out_dir}", unit="img") if progress else None
     order = np.random.default_rng(seed).permutation(len(source)) if shuffle else np.arange(len(source))
     paths = []
     for shard, start in enumerate(range(0, len(order), samples_per_shard)):
@@ -53,8 +76,118 @@ def write_shards(
                     Path(file).suffix.lower().lstrip("."): Path(file).read_bytes(),
                     "cls": str(int(source.targets[i])).encode(),
                 })
+                if bar is not None:
+                    bar.update(1)
         os.replace(tmp, path)
         build_index(path, path.with_suffix(".idx"))
         paths.append(path)
+    for stale in set(existing) - set(paths) - {p.with_suffix(".idx") for p in paths}:
+        stale.unlink()
     (out_dir / CLASSES_FILE).write_text("".join(f"{name}\n" for name in source.classes))
+    if bar is not None:
+        bar.close()
     return paths
+
+
+def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """Checks every ``*.tar`` in ``shard_dir`` against its index and the sample rules; returns the
+    problems found, by kind (an empty dict when all is well)."""
+    problems: dict[str, list[str]] = {}
+    shard_dir = Path(shard_dir)
+    tars = sorted(shard_dir.glob("*.tar"))
+    if not tars:
+        return {"no shards": [str(shard_dir)]}
+    classes_file = shard_dir / CLASSES_FILE
+    num_classes = len(classes_file.read_text().splitlines()) if classes_file.is_file() else None
+    if num_classes is None:
+        problems.setdefault("no classes.txt", []).append(str(shard_dir))
+    for tar in tars:
+        index = tar.with_suffix(".idx")
+        if not index.is_file():
+            problems.setdefault("missing index", []).append(str(index))
+        else:
+            problem = index_problem(tar, index)
+            if problem is None:
+                expected = index.with_name(index.name + ".verify")
+                try:
+                    build_index(tar, expected)
+                    if expected.read_bytes() != index.read_bytes():
+                        problem = "differs from the tar's contents"
+                finally:
+                    expected.unlink(missing_ok=True)
+            if problem is not None:
+                problems.setdefault("stale index", []).append(f"{index}: {problem}")
+        try:
+            samples: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(tar, mode="r:") as archive:
+                for member in archive:
+                    base = os.path.basename(member.name)
+                    if member.isfile() and not base.startswith(".") and "." in base:
+                        key, ext = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0]), base.split(".", 1)[1]
+                        if key in samples and ext in samples[key]:
+                            problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
+                        data = archive.extractfile(member).read() if ext == "cls" else b""
+                        samples.setdefault(key, {})[ext] = data
+        except (tarfile.TarError, OSError) as e:
+            problems.setdefault("unreadable tar", []).append(f"{tar}: {e}")
+            continue
+        for key, parts in samples.items():
+            if not any(ext.lower() in SHARD_IMAGE_KEYS for ext in parts):
+                problems.setdefault("sample without image", []).append(f"{tar}: {key}")
+            if "cls" not in parts:
+                problems.setdefault("sample without label", []).append(f"{tar}: {key}")
+                continue
+            text = parts["cls"].strip()
+            if not text.isdigit():
+                problems.setdefault("non-integer label", []).append(f"{tar}: {key} ({text[:20]!r})")
+            elif num_classes is not None and int(text) >= num_classes:
+                problems.setdefault("label out of range", []).append(f"{tar}: {key} ({int(text)} >= {num_classes})")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dali_resizer.shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("make", help="write shards, their .idx files and classes.txt from an image folder")
+    make.add_argument("src", help="image folder: SRC/<class>/<image>")
+    make.add_argument("out", help="output folder")
+    make.add_argument("--samples-per-shard", type=int, default=1000)
+    make.add_argument("--prefix", default="shard", help="shards are named PREFIX-000000.tar, ...")
+    make.add_argument("--no-shuffle", dest="shuffle", action="store_false",
+                      help="keep the folder's order (default: a seeded random order, since readers shuffle locally)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--overwrite", action="store_true", help="replace existing PREFIX-*.tar shards in OUT")
+    verify = sub.add_parser("verify", help="check shards against their indexes, keys and labels")
+    verify.add_argument("dir")
+    index = sub.add_parser("index", help="(re)write the DALI index beside each tar")
+    index.add_argument("tars", nargs="+")
+    args = p.parse_args(argv)
+
+    if args.command == "make":
+        try:
+            paths = write_shards(args.src, args.out, samples_per_shard=args.samples_per_shard, prefix=args.prefix,
+                                 shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, progress=True)
+        except (FileExistsError, FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{len(paths)} shard(s) in {args.out}")
+        return 0
+    if args.command == "index":
+        for tar in args.tars:
+            count = build_index(tar, os.path.splitext(tar)[0] + ".idx")
+            print(f"{tar}: {count} samples")
+        return 0
+    problems = verify_shards(args.dir)
+    for kind, items in sorted(problems.items()):
+        print(f"{kind}: {len(items)}")
+        for item in items[:10]:
+            print(f"  {item}")
+        if len(items) > 10:
+            print(f"  ... and {len(items) - 10} more")
+    print("ok" if not problems else f"{sum(map(len, problems.values()))} problem(s)", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

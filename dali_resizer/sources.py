@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ __all__ = [
     "ShardSource",
     "build_index",
     "default_cache_dir",
+    "index_problem",
     "open_source",
 ]
 
@@ -129,10 +131,41 @@ def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> i
     return len(samples)
 
 
+def index_problem(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> str | None:
+    """A cheap check that an index still describes its tar: ``None`` when it looks current, else why not.
+
+    Reads only the index's first and last lines, so it costs little at thousands of shards; the full
+    comparison is ``python -m dali_resizer.shards verify``.
+    """
+    tar_stat, index_stat = os.stat(tar_path), os.stat(index_path)
+    if index_stat.st_mtime_ns < tar_stat.st_mtime_ns:
+        return "the index is older than its tar"
+    with open(index_path, "rb") as f:
+        header = f.readline().split()
+        f.seek(max(0, index_stat.st_size - 65536))
+        tail = f.read().splitlines()
+    if len(header) != 2 or not header[0].startswith(b"v1.") or not header[1].isdigit():
+        return "not a DALI WebDataset index"
+    if int(header[1]) == 0:
+        return None
+    last = tail[-1].split() if tail else []
+    try:
+        ends = [int(last[i + 1]) + int(last[i + 2]) for i in range(0, len(last), 4)]
+    except (ValueError, IndexError):
+        return "its last line is not a sample"
+    if not ends or max(ends) > tar_stat.st_size:
+        return f"it points past the end of the tar ({max(ends, default=0)} > {tar_stat.st_size} bytes)"
+    return None
+
+
 def _index_for(tar_path: str, index_dir: str | os.PathLike | None) -> str:
     beside = os.path.splitext(tar_path)[0] + ".idx"
     if os.path.isfile(beside):
-        return beside
+        problem = index_problem(tar_path, beside)
+        if problem is None:
+            return beside
+        warnings.warn(f"{beside}: {problem}; using an index built from the tar instead "
+                      f"(`python -m dali_resizer.shards index {tar_path}` rewrites it)", stacklevel=3)
     stat = os.stat(tar_path)
     digest = hashlib.sha1(f"{os.path.abspath(tar_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     index_dir = Path(index_dir) if index_dir is not None else default_cache_dir() / "wds-index"

@@ -38,3 +38,66 @@ def test_unsupported_image_type_is_named(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a" / "x.bmp")
     with pytest.raises(ValueError, match=r"x\.bmp: shards hold jpg, jpeg, png, webp"):
         write_shards(tmp_path, tmp_path / "out")
+
+
+def test_cli_make_verify_and_rerun(image_folder, tmp_path, capsys):
+    from dali_resizer.shards import main
+
+    out = tmp_path / "out"
+    assert main(["make", str(image_folder), str(out), "--samples-per-shard", "4", "--prefix", "train"]) == 0
+    assert main(["verify", str(out)]) == 0
+    assert main(["make", str(image_folder), str(out), "--samples-per-shard", "4", "--prefix", "train"]) == 2
+    assert "already holds" in capsys.readouterr().err
+    # Overwrite with fewer, larger shards: the old third shard must not survive to be read again.
+    assert main(["make", str(image_folder), str(out), "--samples-per-shard", "6", "--prefix", "train",
+                 "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "train-000000.idx", "train-000000.tar",
+                                                     "train-000001.idx", "train-000001.tar"]
+    assert len(DALILoader(out, batch_size=4, size=8).source) == 11
+
+
+def test_verify_and_loader_catch_a_stale_index(image_folder, tmp_path):
+    import os
+    import time
+
+    import webdataset as wds
+
+    from dali_resizer.shards import verify_shards
+    from tests.conftest import encode, random_image
+
+    import numpy as np
+
+    (tar,) = write_shards(image_folder, tmp_path, samples_per_shard=100)
+    time.sleep(0.01)
+    with wds.TarWriter(str(tar)) as sink:  # the tar is rewritten with other samples; its index is not
+        image = encode(random_image(np.random.default_rng(0), 20, 20))
+        for i in range(3):
+            sink.write({"__key__": f"new{i}", "jpg": image, "cls": b"x" if i == 2 else b"1"})
+    os.utime(tar.with_suffix(".idx"), (time.time() - 100, time.time() - 100))
+    problems = verify_shards(tmp_path)
+    assert any(str(tar.with_suffix(".idx")) in p for p in problems["stale index"])
+    assert problems["non-integer label"] == [f"{tar}: new2 (b'x')"]
+    with pytest.warns(UserWarning, match="older than its tar"):
+        loader = DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "cache")
+    assert len(loader.source) == 3  # read through a fresh index, not the stale one
+
+
+def test_verify_reports_missing_parts(tmp_path):
+    import webdataset as wds
+
+    from dali_resizer.shards import verify_shards
+    from dali_resizer.sources import build_index
+
+    tar = tmp_path / "x-000000.tar"
+    with wds.TarWriter(str(tar)) as sink:
+        sink.write({"__key__": "a", "jpg": b"\xff\xd8", "cls": b"1"})
+        sink.write({"__key__": "b", "cls": b"0"})
+        sink.write({"__key__": "c", "png": b"\x89PNG"})
+        sink.write({"__key__": "d", "jpg": b"\xff\xd8", "cls": b"7"})
+    build_index(tar, tmp_path / "x-000000.idx")
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    problems = verify_shards(tmp_path)
+    assert problems["sample without image"] == [f"{tar}: b"]
+    assert problems["sample without label"] == [f"{tar}: c"]
+    assert problems["label out of range"] == [f"{tar}: d (7 >= 2)"]
+    assert "stale index" not in problems
