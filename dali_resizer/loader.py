@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,9 +12,13 @@ import torch
 
 from dali_resizer.sources import ImageFolderSource, ShardSource, open_source
 
-__all__ = ["PAD_LABEL", "DALILoader", "distributed_rank_and_world", "parse_ascii_labels", "resolve_device"]
+__all__ = ["PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world", "parse_ascii_labels", "resolve_device"]
 
 PAD_LABEL = -100  # label of padding samples: CrossEntropyLoss's default ignore_index
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be read or decoded; the message names the file (or the shards) and why."""
 
 
 def distributed_rank_and_world() -> tuple[int, int]:
@@ -102,6 +107,11 @@ class DALILoader:
         prefetch_queue_depth: Batches DALI prepares ahead.
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
+        on_error: ``"raise"``: a file that cannot be read or decoded stops the iteration with a
+            :class:`BadSampleError` naming it and the problem. ``"skip"`` (image folders): it is
+            recorded in ``loader.skipped`` (path -> problem), a warning names it, and its place in the
+            batch is taken by a padding sample (label ``PAD_LABEL``), so every good sample still comes
+            exactly once, labels never shift and every rank keeps the same number of batches.
 
     Every shard yields the same number of batches per epoch (``len(loader)``, exact), so DDP never waits
     on a rank that ran out. With ``drop_last=False`` one epoch yields every sample of the source exactly
@@ -140,6 +150,7 @@ class DALILoader:
         prefetch_queue_depth: int = 2,
         return_index: bool = False,
         index_dir: str | os.PathLike | None = None,
+        on_error: str = "raise",
     ) -> None:
         from dali_resizer.resizer import _to_size
 
@@ -161,6 +172,8 @@ class DALILoader:
             raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
         if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if dtype not in (torch.float32, torch.float16):
             raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype!r}")
         if not 0 < crop_ratio <= 1:
@@ -186,6 +199,11 @@ class DALILoader:
         self.prefetch_queue_depth = int(prefetch_queue_depth)
         self.return_index = bool(return_index)
         self.source = open_source(source, index_dir)
+        if on_error == "skip" and not isinstance(self.source, ImageFolderSource):
+            raise ValueError("on_error='skip' works on image folders; for shards, find bad samples first with "
+                             "`python -m dali_resizer.check DIR` and rewrite the shards without them")
+        self.on_error = on_error
+        self.skipped: dict[str, str] = {}
         self._epoch = 0
         self._finished = None  # an evaluation iterator that ran to its end, to rewind
         self._active = None  # (epoch, DALI iterator, batches yielded) of the epoch in progress
@@ -237,11 +255,12 @@ class DALILoader:
     def state_dict(self) -> dict:
         """Where the loader stands: the epoch in progress and how far it got, with DALI's checkpoint of
         its readers and random generators, or the next epoch when none is in progress."""
-        state = {"epoch": self._epoch, "batches_done": 0, "dali": None, "seed": self.seed,
-                 "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.source)}
+        state = {"epoch": self._epoch, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
+                 "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.source),
+                 "skipped": dict(self.skipped)}
         if self._active is not None:
-            epoch, batches, done = self._active
-            state |= {"epoch": epoch, "batches_done": done}
+            epoch, batches, done, base = self._active
+            state |= {"epoch": epoch, "batches_done": done, "base": base}
             if batches is not None:
                 state["dali"] = batches.checkpoints()[0]
         return state
@@ -254,6 +273,7 @@ class DALILoader:
             if state.get(key) != mine:
                 raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}")
         self._epoch = int(state["epoch"])
+        self.skipped.update(state.get("skipped", {}))
         self._resume = state if state["batches_done"] else None
 
     def __repr__(self) -> str:
@@ -268,6 +288,7 @@ class DALILoader:
 
     def _iterate(self, epoch: int, resume: dict | None) -> Iterator[tuple[torch.Tensor, ...]]:
         done = resume["batches_done"] if resume else 0
+        base = resume.get("base", 0) if resume else 0  # batch at which the current pipeline's list starts
         real_batches = self.num_samples // self.batch_size if self.drop_last else -(-self.num_samples // self.batch_size)
         padding = 0 if self.drop_last else self.samples_per_shard - self.num_samples  # 0 or 1 sample
         # Evaluation without shuffling is the same pass every epoch: keep its pipeline (and its threads,
@@ -279,34 +300,67 @@ class DALILoader:
         elif batches is not None:
             batches.reset()
         else:
-            batches = self._make_iterator(epoch, resume["dali"] if resume else None)
-        self._active = (epoch, batches, done)
+            batches = self._make_iterator(epoch, resume["dali"] if resume else None, base)
+        self._active = (epoch, batches, done, base)
         last = None
-        for (out,) in batches if batches is not None else ():
-            if done >= len(self):  # drop_last: every shard stops after the same number of batches
+        while batches is not None:
+            try:
+                for (out,) in batches:
+                    if done >= len(self):  # drop_last: every shard stops after the same number of batches
+                        break
+                    images = out["images"]
+                    if images.shape[0] == 0:  # DALI's equalisation across reader shards: an all-padding batch
+                        continue
+                    labels, indices = self._labels(out["targets"])
+                    if padding and done == real_batches - 1 and images.shape[0] < self.batch_size:
+                        images, labels, indices = self._pad(images, labels, indices, images[-1:], padding)
+                        padding = 0
+                    last = images[-1:]
+                    done += 1
+                    self._active = (epoch, batches, done, base)
+                    yield (images, labels, indices) if self.return_index else (images, labels)
                 break
-            images = out["images"]
-            if images.shape[0] == 0:  # DALI's own equalisation across reader shards: an all-padding batch
-                continue
-            labels, indices = self._labels(out["targets"])
-            if padding and done == real_batches - 1 and images.shape[0] < self.batch_size:
-                images, labels, indices = self._pad(images, labels, indices, images[-1:], padding)
-                padding = 0
-            last = images[-1:]
-            done += 1
-            self._active = (epoch, batches, done)
-            yield (images, labels, indices) if self.return_index else (images, labels)
+            except RuntimeError as error:  # DALI stopped: find the file, then raise or skip it
+                if "pipeline" not in str(error).lower():
+                    raise
+                self._on_bad_sample(epoch, done, error)
+                base = done  # the rest of the epoch, from a pipeline without the bad file
+                batches = self._make_iterator(epoch, None, base)
+                self._active = (epoch, batches, done, base)
         if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             if last is None:
                 last = torch.zeros((1, 3, *self.size), dtype=self.dtype, device=self.device)
             images, labels, indices = self._pad(last[:0], empty, empty, last, padding)
             done += 1
-            self._active = (epoch, None, done)
+            self._active = (epoch, None, done, base)
             yield (images, labels, indices) if self.return_index else (images, labels)
         self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
         if reusable:
             self._finished = batches
+
+    def _on_bad_sample(self, epoch: int, done: int, error: RuntimeError) -> None:
+        """Names the file(s) that stopped DALI among the batches it was preparing; raises, or records
+        them as skipped (``on_error="skip"``)."""
+        detail = next((line.strip() for line in reversed(str(error).splitlines())
+                       if line.strip() and "pipeline" not in line.lower()), "decode failed")
+        if not isinstance(self.source, ImageFolderSource):
+            raise BadSampleError(f"a sample of {len(self.source.paths)} shard(s) ({self.source.paths[0]} ...) could "
+                                 f"not be read or decoded: {detail}; `python -m dali_resizer.check` finds it") from error
+        from pipelines.probe import probe_files
+
+        files, _ = self._epoch_samples(epoch)
+        window = files[done * self.batch_size : (done + self.prefetch_queue_depth + 2) * self.batch_size]
+        bad = probe_files(dict.fromkeys(f for f in window if f not in self.skipped))
+        if not bad:
+            raise BadSampleError(f"DALI failed on a batch of {window[0]} ... (no single file fails alone): "
+                                 f"{detail}") from error
+        if self.on_error == "raise":
+            path, problem = next(iter(bad.items()))
+            raise BadSampleError(f"{path}: {problem}") from None
+        self.skipped.update(bad)
+        shown = ", ".join(f"{path} ({problem})" for path, problem in list(bad.items())[:3])
+        warnings.warn(f"skipped {len(bad)} bad file(s), {len(self.skipped)} so far: {shown}", stacklevel=4)
 
     def _pad(self, images, labels, indices, sample, count: int):
         """Appends ``count`` copies of ``sample`` marked as padding (label ``PAD_LABEL``, index -1)."""
@@ -316,18 +370,23 @@ class DALILoader:
             indices = torch.cat([indices, torch.full((count,), -1, dtype=torch.int64, device=self.device)])
         return images, labels, indices
 
-    def _make_iterator(self, epoch: int, checkpoint: bytes | None = None):
+    def _make_iterator(self, epoch: int, checkpoint: bytes | None = None, base: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        pipe = self._build_pipeline(epoch, checkpoint)
-        return DALIGenericIterator([pipe], ["images", "targets"], reader_name="Reader", last_batch_policy=policy)
+        pipe = self._build_pipeline(epoch, checkpoint, base * self.batch_size)
+        # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
+        return DALIGenericIterator([pipe], ["images", "targets"], reader_name="Reader", last_batch_policy=policy,
+                                   prepare_first_batch=False)
 
     def _labels(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Labels (and sample indices) on ``self.device`` from the reader's CPU output."""
         if isinstance(self.source, ImageFolderSource):
             indices = raw.view(-1).to(torch.int64)
-            labels = self._targets[indices]
+            stand_in = indices >= len(self.source)  # a skipped file's place, filled by a good one
+            labels = self._targets[indices % len(self.source)]
+            labels[stand_in] = PAD_LABEL
+            indices[stand_in] = -1
         else:
             indices = None
             labels = parse_ascii_labels(raw)
@@ -336,7 +395,22 @@ class DALILoader:
             indices = indices.to(self.device, non_blocking=True)
         return labels, indices
 
-    def _build_pipeline(self, epoch: int, checkpoint: bytes | None = None):
+    def _epoch_samples(self, epoch: int) -> tuple[list[str], np.ndarray]:
+        """This shard's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
+        total = len(self.source)
+        order = np.random.default_rng([self.seed, epoch]).permutation(total) if self.shuffle else np.arange(total)
+        # Shard the epoch's global order ourselves: every rank sees the same permutation.
+        mine = order[total * self.shard_id // self.num_shards : total * (self.shard_id + 1) // self.num_shards]
+        files = [self.source.files[i] for i in mine]
+        if self.skipped:
+            good = next((f for f in files if f not in self.skipped), None) or next(
+                f for f in self.source.files if f not in self.skipped)
+            for k, path in enumerate(files):
+                if path in self.skipped:
+                    files[k], mine[k] = good, mine[k] + total  # ids >= total read as padding
+        return files, mine
+
+    def _build_pipeline(self, epoch: int, checkpoint: bytes | None = None, start: int = 0):
         from nvidia.dali import types
 
         import pipelines
@@ -358,18 +432,12 @@ class DALILoader:
             enable_checkpointing=True,
             checkpoint=checkpoint,
         )
-        order_rng = np.random.default_rng([self.seed, epoch])  # identical on every shard
         if isinstance(self.source, ImageFolderSource):
-            total = len(self.source)
-            order = order_rng.permutation(total) if self.shuffle else np.arange(total)
-            # Shard the epoch's global order ourselves: every rank sees the same permutation.
-            start = total * self.shard_id // self.num_shards
-            stop = total * (self.shard_id + 1) // self.num_shards
-            mine = order[start:stop]
-            files = [self.source.files[i] for i in mine]
-            pipe = pipelines.image_folder_pipeline(files, mine.tolist(), **common)
+            files, ids = self._epoch_samples(epoch)
+            pipe = pipelines.image_folder_pipeline(files[start:], ids[start:].tolist(), **common)
         else:
             source: ShardSource = self.source
+            order_rng = np.random.default_rng([self.seed, epoch])  # identical on every shard
             order = order_rng.permutation(len(source.paths)) if self.shuffle else np.arange(len(source.paths))
             pipe = pipelines.webdataset_pipeline(
                 [source.paths[i] for i in order],

@@ -1,0 +1,66 @@
+"""Finding out why a file does not decode: a one-file DALI pipeline, and a look at the bytes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from nvidia.dali import fn, pipeline_def, types
+
+__all__ = ["describe_bytes", "probe_files"]
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def describe_bytes(data: bytes) -> str:
+    """A short, human description of what a file's first bytes say it is."""
+    if not data:
+        return "empty file (0 bytes)"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP image"
+    for magic, kind in _SIGNATURES:
+        if data.startswith(magic):
+            if kind == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                return "truncated JPEG (no end-of-image marker)"
+            return f"{kind} image"
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
+        return "HTML/XML text, not an image"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in data[:512]):
+        return "text, not an image"
+    return "unrecognised bytes, not an image"
+
+
+@pipeline_def(batch_size=1, num_threads=1, device_id=None)
+def _one_file(path: str):
+    encoded, _ = fn.readers.file(files=[path])
+    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+
+
+def probe_files(paths: Iterable[str]) -> dict[str, str]:
+    """Decodes each file alone on the CPU, as the loader would; returns ``{path: problem}`` for those
+    that fail, the problem naming what the bytes are and what DALI said."""
+    problems = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read()
+        except OSError as e:
+            problems[path] = f"unreadable: {e.strerror or e}"
+            continue
+        try:
+            pipe = _one_file(os.path.abspath(path))
+            pipe.build()
+            pipe.run()
+        except RuntimeError as e:
+            said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
+            problems[path] = f"{describe_bytes(head)}; DALI: {said[-1].strip() if said else 'decode failed'}"
+    return problems

@@ -1,0 +1,237 @@
+"""Bad images: a clear error naming the file, or (on_error="skip") skipped, counted, nothing shifted."""
+
+import io
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from dali_resizer import DALILoader
+from dali_resizer.loader import PAD_LABEL, BadSampleError
+from tests.conftest import encode, random_image
+
+
+def good_jpeg(seed=0, h=30, w=40) -> bytes:
+    return encode(random_image(np.random.default_rng(seed), h, w))
+
+
+BAD = {
+    "truncated": lambda: good_jpeg()[:200],
+    "random bytes": lambda: np.random.default_rng(1).integers(0, 256, 700, dtype=np.uint8).tobytes(),
+    "zero bytes": lambda: b"",
+    "html": lambda: b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+    "gif named jpg": lambda: encode(random_image(np.random.default_rng(2), 20, 20), "GIF"),
+}
+EXPECT = {
+    "truncated": "truncated JPEG",
+    "random bytes": "unrecognised bytes",
+    "zero bytes": "empty file",
+    "html": "HTML/XML text",
+    "gif named jpg": "GIF image",
+}
+
+
+def make_folder(root, bad_name=None, bad_bytes=None, per_class=5):
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / c / f"{i}.jpg").write_bytes(good_jpeg(seed=10 * ord(c) + i))
+    if bad_name:
+        (root / "b" / bad_name).write_bytes(bad_bytes)
+    return root
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_raise_names_the_file_and_the_problem(tmp_path, kind):
+    root = make_folder(tmp_path, "2_bad.jpg", BAD[kind]())
+    loader = DALILoader(root, batch_size=4, size=16, shuffle=False)
+    with pytest.raises(BadSampleError) as info:
+        list(loader)
+    message = str(info.value)
+    assert message.startswith(str(root / "b" / "2_bad.jpg") + ": ")
+    assert EXPECT[kind] in message
+
+
+@pytest.mark.parametrize("kind", ["truncated", "zero bytes", "html"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_skip_delivers_every_good_sample_once_and_counts_the_bad(tmp_path, kind, shuffle):
+    root = make_folder(tmp_path, "2_bad.jpg", BAD[kind]())
+    loader = DALILoader(root, batch_size=4, size=16, shuffle=shuffle, on_error="skip", return_index=True)
+    bad_index = loader.source.files.index(str(root / "b" / "2_bad.jpg"))
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        with pytest.warns(UserWarning, match="2_bad.jpg") if epoch == 0 else _no_warning():
+            batches = list(loader)
+        assert len(batches) == len(loader)  # same batch count as without the bad file: DDP-safe
+        indices = [i for _, _, idx in batches for i in idx.tolist()]
+        labels = [y for _, lab, _ in batches for y in lab.tolist()]
+        good = [i for i in indices if i >= 0]
+        assert sorted(good) == sorted(set(range(11)) - {bad_index})  # every good sample, once
+        for i, y in zip(indices, labels):  # labels never shift; the bad file's place is padding
+            assert y == (PAD_LABEL if i < 0 else int(loader.source.targets[i]))
+        assert indices.count(-1) == 1
+    assert list(loader.skipped) == [str(root / "b" / "2_bad.jpg")]
+    assert EXPECT[kind] in loader.skipped[str(root / "b" / "2_bad.jpg")]
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        self._catch.__exit__(*exc)
+
+
+def test_skip_state_survives_resume(tmp_path):
+    root = make_folder(tmp_path, "2_bad.jpg", BAD["html"]())
+    loader = DALILoader(root, batch_size=3, size=16, shuffle=False, on_error="skip", return_index=True)
+    with pytest.warns(UserWarning):
+        it = iter(loader)
+        [next(it) for _ in range(3)]  # the bad file is the 8th sample: found while preparing batch 3
+    state = loader.state_dict()
+    assert state["skipped"] and state["batches_done"] == 3
+    resumed = DALILoader(root, batch_size=3, size=16, shuffle=False, on_error="skip", return_index=True)
+    resumed.load_state_dict(state)
+    rest = [i for _, _, idx in resumed for i in idx.tolist()]
+    assert rest == [9, 10]  # (samples 0-8 came in the first three batches, 8 as padding)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    root = make_folder(tmp_path)
+    os.chmod(root / "a" / "1.jpg", 0)
+    with pytest.raises(BadSampleError, match=r"1\.jpg: unreadable"):
+        list(DALILoader(root, batch_size=4, size=16))
+
+
+def test_shards_raise_with_the_shards_named(tmp_path):
+    import webdataset as wds
+
+    path = tmp_path / "s-000000.tar"
+    with wds.TarWriter(str(path)) as sink:
+        sink.write({"__key__": "good", "jpg": good_jpeg(), "cls": b"0"})
+        sink.write({"__key__": "bad", "jpg": b"<html></html>", "cls": b"1"})
+    with pytest.raises(BadSampleError, match=r"s-000000\.tar.*dali_resizer\.check"):
+        list(DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx"))
+    with pytest.raises(ValueError, match="on_error='skip' works on image folders"):
+        DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx", on_error="skip")
+
+
+# -- decoded content matches PIL ---------------------------------------------------------------------
+
+
+def decode_with_loader(path, size):
+    """The loader's evaluation path at the image's own size (no resize, no crop), back to uint8 RGB."""
+    from pipelines import IMAGENET_MEAN, IMAGENET_STD
+
+    root = path.parent.parent
+    loader = DALILoader(root, batch_size=1, size=size, train=False, crop_ratio=1.0, shuffle=False)
+    (images, _), = list(loader)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
+    return ((images[0] * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+def blocky(seed=0, h=48, w=64):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(np.kron(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8),
+                                   np.ones((8, 8, 1), dtype=np.uint8)))
+
+
+@pytest.mark.parametrize(
+    ("name", "convert", "fmt", "tolerance"),
+    [
+        ("gray.jpg", "L", "JPEG", 1),
+        ("cmyk.jpg", "CMYK", "JPEG", 1),
+        ("rgba.png", "RGBA", "PNG", 1),
+        ("palette.png", "P", "PNG", 1),
+        ("png_named.jpg", "RGB", "PNG", 1),
+        ("webp_named.jpg", "RGB", "WEBP", 1),
+        ("image.bmp", "RGB", "BMP", 1),
+        ("image.tif", "RGB", "TIFF", 1),
+    ],
+)
+def test_colour_models_and_formats_decode_like_pil(tmp_path, name, convert, fmt, tolerance):
+    (tmp_path / "x").mkdir()
+    path = tmp_path / "x" / name
+    options = {"lossless": True} if fmt == "WEBP" else {"quality": 95} if fmt == "JPEG" else {}
+    blocky().convert(convert).save(path, format=fmt, **options)
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    got = decode_with_loader(path, (48, 64))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= tolerance
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    (tmp_path / "x").mkdir()
+    path = tmp_path / "x" / "rotated.jpg"
+    image = blocky()
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(path, format="JPEG", exif=exif, quality=95)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert expected.shape == (64, 48, 3)
+    got = decode_with_loader(path, (64, 48))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    (tmp_path / "x").mkdir()
+    path = tmp_path / "x" / "deep.png"
+    gray8 = np.asarray(blocky().convert("L"))
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(path)  # full 16-bit range
+    got = decode_with_loader(path, (48, 64))
+    assert np.abs(got.astype(int) - gray8[..., None].astype(int)).max() <= 1
+
+
+def test_one_pixel_image(tmp_path):
+    (tmp_path / "x").mkdir()
+    Image.new("RGB", (1, 1), (200, 40, 10)).save(tmp_path / "x" / "dot.png")
+    for train in (True, False):
+        (images, labels), = list(DALILoader(tmp_path, batch_size=1, size=(5, 7), train=train))
+        assert images.shape == (1, 3, 5, 7) and torch.isfinite(images).all()
+
+
+# -- fuzz ------------------------------------------------------------------------------------------
+
+
+def test_fuzzed_jpegs_never_hang_or_crash(tmp_path):
+    """Mutated JPEG bytes through the real decode path, in a child process with a time limit: each
+    file either decodes or is reported by name; the interpreter never dies."""
+    import subprocess
+    import sys
+
+    rng = random.Random(1234)
+    seed_bytes = good_jpeg(seed=5, h=40, w=56)
+    (tmp_path / "c").mkdir()
+    for n in range(40):
+        data = bytearray(seed_bytes)
+        for _ in range(rng.randint(1, 12)):
+            op = rng.random()
+            pos = rng.randrange(len(data))
+            if op < 0.6:
+                data[pos] = rng.randrange(256)
+            elif op < 0.8:
+                del data[pos : pos + rng.randint(1, 64)]
+            else:
+                data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 32)))
+        (tmp_path / "c" / f"{n:03d}.jpg").write_bytes(bytes(data))
+    code = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from dali_resizer import DALILoader\n"
+        "loader = DALILoader(sys.argv[1], batch_size=8, size=16, on_error='skip', num_threads=2)\n"
+        "n = sum(int((y >= 0).sum()) for _, y in loader)\n"
+        "print(n, len(loader.skipped))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    delivered, skipped = map(int, out.stdout.split())
+    assert delivered + skipped == 40
