@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "FILE_LIST_HEADER",
     "IMG_EXTENSIONS",
     "ImageFolderSource",
     "ShardSource",
@@ -25,6 +26,7 @@ __all__ = [
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CLASSES_FILE = "classes.txt"
+FILE_LIST_HEADER = "# dali_resizer file list v1"
 
 
 def default_cache_dir() -> Path:
@@ -73,6 +75,31 @@ class ImageFolderSource:
                 f"{root}: {len(empty)} class folder(s) hold no image ({shown}); "
                 f"supported extensions: {', '.join(IMG_EXTENSIONS)}"
             )
+        return cls(root, files, np.asarray(targets, dtype=np.int64), classes, class_to_idx)
+
+    @classmethod
+    def from_list(cls, list_path: str | os.PathLike) -> ImageFolderSource:
+        """Reads a file list written by ``python -m dali_resizer.check --write-list``: a subset of an
+        image folder, with the classes and labels of the whole folder (so labels never shift)."""
+        lines = Path(list_path).read_text().splitlines()
+        if len(lines) < 2 or lines[0] != FILE_LIST_HEADER or not lines[1].startswith("# root: "):
+            raise ValueError(f"{list_path}: not a dali_resizer file list (expected {FILE_LIST_HEADER!r} and '# root:')")
+        root = Path(lines[1][len("# root: "):])
+        if not root.is_dir():
+            raise FileNotFoundError(f"{list_path}: its root {root} does not exist")
+        classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        files, targets = [], []
+        for number, rel in enumerate(lines[2:], start=3):
+            if not rel.strip():
+                continue
+            top = rel.split("/", 1)[0]
+            if top not in class_to_idx or "/" not in rel:
+                raise ValueError(f"{list_path}:{number}: {rel!r} is not inside a class folder of {root}")
+            files.append(str(root / rel))
+            targets.append(class_to_idx[top])
+        if not files:
+            raise ValueError(f"{list_path}: lists no images")
         return cls(root, files, np.asarray(targets, dtype=np.int64), classes, class_to_idx)
 
 
@@ -210,7 +237,10 @@ def open_source(
     if os.path.isfile(path):
         if path.endswith(".tar"):
             return ShardSource.from_paths([path], index_dir)
-        raise ValueError(f"{path}: a file source must be a WebDataset .tar shard")
+        with open(path, "rb") as f:
+            if f.read(len(FILE_LIST_HEADER)) == FILE_LIST_HEADER.encode():
+                return ImageFolderSource.from_list(path)
+        raise ValueError(f"{path}: a file source must be a WebDataset .tar shard or a dali_resizer file list")
     tars = sorted(str(p) for p in Path(path).glob("*.tar"))
     if tars:
         return ShardSource.from_paths(tars, index_dir)

@@ -235,3 +235,57 @@ def test_fuzzed_jpegs_never_hang_or_crash(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     delivered, skipped = map(int, out.stdout.split())
     assert delivered + skipped == 40
+
+
+# -- python -m dali_resizer.check -----------------------------------------------------------------
+
+
+def test_check_lists_problems_by_kind_and_writes_a_clean_list(tmp_path, capsys):
+    from dali_resizer.check import main
+
+    root = make_folder(tmp_path / "data", "2_bad.jpg", BAD["html"]())
+    (root / "b" / "3_empty.jpg").write_bytes(b"")
+    (root / "a" / "notes.txt").write_text("x")
+    (root / "a" / ".hidden.jpg").write_bytes(good_jpeg(seed=99))
+    (root / "c").mkdir()  # an empty class folder
+    (root / "a" / "link.jpg").symlink_to(root / "nowhere.jpg")
+    clean = tmp_path / "clean.txt"
+    assert main([str(root), "--write-list", str(clean)]) == 1
+    out = capsys.readouterr().out
+    assert "cannot be decoded: 2" in out and "2_bad.jpg: HTML/XML text" in out and "3_empty.jpg: empty file" in out
+    assert "not an image extension (ignored): 1" in out and "notes.txt" in out
+    assert "hidden image file (read as a sample): 1" in out
+    assert "empty class folder (the loader refuses it): 1" in out
+    assert "broken symbolic link: 1" in out
+
+    (root / "c" / "0.jpg").write_bytes(good_jpeg(seed=7))  # (the list keeps the folder's classes)
+    loader = DALILoader(clean, batch_size=4, size=16, return_index=True, on_error="raise")
+    assert loader.classes == ["a", "b", "c"]
+    names = [os.path.relpath(f, root) for f in loader.source.files]
+    assert "b/2_bad.jpg" not in names and "b/3_empty.jpg" not in names and "a/.hidden.jpg" in names
+    assert len(names) == 11
+    got = [(loader.source.files[i], y) for _, labels, idx in loader for i, y in zip(idx.tolist(), labels.tolist())]
+    assert all(y == "abc".index(os.path.relpath(f, root)[0]) for f, y in got)  # labels of the whole folder
+
+
+def test_check_shards(tmp_path, capsys):
+    import webdataset as wds
+
+    from dali_resizer.check import main
+    from dali_resizer.sources import build_index
+
+    tar = tmp_path / "s-000000.tar"
+    with wds.TarWriter(str(tar)) as sink:
+        sink.write({"__key__": "good", "jpg": good_jpeg(), "cls": b"0"})
+        sink.write({"__key__": "bad", "jpg": b"<html></html>", "cls": b"1"})
+    build_index(tar, tmp_path / "s-000000.idx")
+    (tmp_path / "classes.txt").write_text("x\ny\n")
+    assert main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "cannot be decoded: 1" in out and "bad.jpg" in out
+
+
+def test_not_a_file_list(tmp_path):
+    (tmp_path / "list.txt").write_text("a/1.jpg\n")
+    with pytest.raises(ValueError, match="file source must be"):
+        DALILoader(tmp_path / "list.txt", batch_size=2)

@@ -1,0 +1,166 @@
+"""Scan a data set before training: every problem listed by kind, and optionally a clean file list.
+
+    python -m dali_resizer.check imagenet/train --write-list imagenet-train-clean.txt
+    python -m dali_resizer.check shards/train
+
+For an image folder, every file is looked at: files the loader ignores (other extensions, files beside
+the class folders), hidden image files (which torchvision's ImageFolder, and so the loader, reads),
+empty class folders, unreadable files and broken links, very large images, and every image is decoded
+by DALI as the loader would. ``--write-list`` writes the good images as a file list that ``DALILoader``
+accepts as its source, with the same classes and labels as the whole folder. For shards: the checks
+of ``python -m dali_resizer.shards verify`` plus a decode of every image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from pathlib import Path
+
+from dali_resizer.progress import ProgressBar
+from dali_resizer.sources import FILE_LIST_HEADER, IMG_EXTENSIONS, SHARD_IMAGE_KEYS
+
+__all__ = ["check_folder", "check_shards", "main", "write_file_list"]
+
+LARGE_PIXELS = 100_000_000  # a 10,000 x 10,000 image decodes to 300 MB
+
+
+def _decode_batches(paths: list[str], batch_size: int, bar: ProgressBar | None) -> dict[str, str]:
+    """DALI-decodes ``paths`` a batch at a time; a failing batch is probed file by file."""
+    import pipelines
+    from pipelines.probe import probe_files
+
+    problems: dict[str, str] = {}
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        try:
+            pipe = pipelines.decode_only_pipeline(chunk, batch_size=len(chunk), num_threads=2, device_id=None)
+            pipe.build()
+            pipe.run()
+        except RuntimeError:
+            problems.update(probe_files(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
+    return problems
+
+
+def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[dict[str, list[str]], list[str]]:
+    """Returns ``(problems by kind, good image files)`` for an ImageFolder layout."""
+    from PIL import Image
+
+    root = Path(root)
+    problems: dict[str, list[str]] = {}
+
+    def note(kind: str, item: str) -> None:
+        problems.setdefault(kind, []).append(item)
+
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    for entry in os.scandir(root):
+        if not entry.is_dir():
+            note("file beside the class folders (ignored)", entry.path)
+    candidates: list[str] = []
+    for name in classes:
+        before = len(candidates)
+        for dirpath, _, fnames in sorted(os.walk(root / name, followlinks=True)):
+            for fname in sorted(fnames):
+                path = os.path.join(dirpath, fname)
+                if not fname.lower().endswith(IMG_EXTENSIONS):
+                    note("not an image extension (ignored)", path)
+                    continue
+                if fname.startswith("."):
+                    note("hidden image file (read as a sample)", path)
+                if os.path.islink(path) and not os.path.exists(path):
+                    note("broken symbolic link", path)
+                    continue
+                if not os.access(path, os.R_OK):
+                    note("unreadable", path)
+                    continue
+                candidates.append(path)
+        if len(candidates) == before:
+            note("empty class folder (the loader refuses it)", str(root / name))
+
+    for path in candidates:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+            if width * height > LARGE_PIXELS:
+                note(f"very large (over {LARGE_PIXELS // 1_000_000} MP)", f"{path} ({width}x{height})")
+        except Exception:  # PIL cannot even read the header; DALI's decode below says more
+            pass
+    bar = ProgressBar(len(candidates), f"decoding {root}", unit="img") if progress else None
+    bad = _decode_batches(candidates, 64, bar)
+    if bar is not None:
+        bar.close()
+    for path, problem in bad.items():
+        note("cannot be decoded", f"{path}: {problem}")
+    good = [p for p in candidates if p not in bad]
+    return problems, good
+
+
+def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
+    """Problems by kind for a folder of shards: ``shards verify`` plus a decode of every image."""
+    import tarfile
+
+    from PIL import Image
+
+    from dali_resizer.shards import verify_shards
+
+    problems = verify_shards(shard_dir)
+    for tar in sorted(Path(shard_dir).glob("*.tar")):
+        try:
+            with tarfile.open(tar, mode="r:") as archive:
+                for member in archive:
+                    base = os.path.basename(member.name)
+                    ext = base.split(".", 1)[1].lower() if "." in base else ""
+                    if member.isfile() and ext in SHARD_IMAGE_KEYS:
+                        try:
+                            with Image.open(io.BytesIO(archive.extractfile(member).read())) as image:
+                                image.load()
+                        except Exception as e:
+                            problems.setdefault("cannot be decoded", []).append(f"{tar}: {member.name}: {e}")
+        except (tarfile.TarError, OSError):
+            pass  # reported by verify_shards as an unreadable tar
+    return problems
+
+
+def write_file_list(root: str | os.PathLike, files: list[str], path: str | os.PathLike) -> None:
+    """Writes ``files`` (under ``root``) as a list that ``DALILoader`` reads as an image folder."""
+    root = Path(root).resolve()
+    lines = [f"{FILE_LIST_HEADER}\n", f"# root: {root}\n"]
+    lines += [f"{Path(f).resolve().relative_to(root).as_posix()}\n" for f in files]
+    Path(path).write_text("".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dali_resizer.check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", help="an image folder or a folder of WebDataset shards")
+    p.add_argument("--write-list", metavar="PATH", help="image folders: write the good images as a file list")
+    args = p.parse_args(argv)
+
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"error: {data} is not a folder", file=sys.stderr)
+        return 2
+    if any(data.glob("*.tar")):
+        problems, good = check_shards(data), None
+    else:
+        problems, good = check_folder(data, progress=True)
+    for kind, items in sorted(problems.items()):
+        print(f"{kind}: {len(items)}")
+        for item in items[:10]:
+            print(f"  {item}")
+        if len(items) > 10:
+            print(f"  ... and {len(items) - 10} more")
+    if args.write_list and good is not None:
+        write_file_list(data, good, args.write_list)
+        print(f"{args.write_list}: {len(good)} good image(s)")
+    serious = {k: v for k, v in problems.items() if "ignored" not in k}
+    print("ok" if not serious else f"{sum(map(len, serious.values()))} problem(s)", file=sys.stderr)
+    return 1 if serious else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
