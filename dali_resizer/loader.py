@@ -295,16 +295,17 @@ class DALILoader:
         # decoder state and buffers) and rewind it, when the last pass ran to the end.
         reusable = not self.train and not self.shuffle and resume is None
         batches, self._finished = (self._finished if reusable else None), None
-        if done >= real_batches:
-            batches = None  # only padding was left of this epoch
-        elif batches is not None:
+        build = batches is None and done < real_batches  # (done >= real_batches: only padding was left)
+        checkpoint = resume["dali"] if resume else None
+        if batches is not None:
             batches.reset()
-        else:
-            batches = self._make_iterator(epoch, resume["dali"] if resume else None, base)
         self._active = (epoch, batches, done, base)
         last = None
-        while batches is not None:
+        while build or batches is not None:
             try:
+                if build:
+                    batches, build, checkpoint = self._make_iterator(epoch, checkpoint, base), False, None
+                    self._active = (epoch, batches, done, base)
                 for (out,) in batches:
                     if done >= len(self):  # drop_last: every shard stops after the same number of batches
                         break
@@ -324,9 +325,7 @@ class DALILoader:
                 if "pipeline" not in str(error).lower():
                     raise
                 self._on_bad_sample(epoch, done, error)
-                base = done  # the rest of the epoch, from a pipeline without the bad file
-                batches = self._make_iterator(epoch, None, base)
-                self._active = (epoch, batches, done, base)
+                base, build, batches = done, True, None  # the rest of the epoch, without the bad file
         if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             if last is None:
@@ -389,7 +388,14 @@ class DALILoader:
             indices[stand_in] = -1
         else:
             indices = None
-            labels = parse_ascii_labels(raw)
+            try:
+                labels = parse_ascii_labels(raw)
+            except ValueError as e:
+                raise BadSampleError(f"{e}, in one of {len(self.source.paths)} shard(s) ({self.source.paths[0]} ...); "
+                                     "`python -m dali_resizer.check` names the sample") from None
+            if self.source.classes is not None and bool((labels >= len(self.source.classes)).any()):
+                raise BadSampleError(f"label {int(labels.max())} is out of range for the {len(self.source.classes)} "
+                                     f"classes of {self.source.paths[0]} ...; `python -m dali_resizer.check` names the sample")
         labels = labels.to(self.device, non_blocking=True)
         if indices is not None:
             indices = indices.to(self.device, non_blocking=True)

@@ -199,7 +199,10 @@ def _index_for(tar_path: str, index_dir: str | os.PathLike | None) -> str:
     index_dir.mkdir(parents=True, exist_ok=True)
     cached = index_dir / f"{Path(tar_path).stem}-{digest}.idx"
     if not cached.is_file():
-        build_index(tar_path, cached)
+        try:
+            build_index(tar_path, cached)
+        except (tarfile.TarError, OSError) as e:
+            raise ValueError(f"{tar_path}: cannot be indexed, the tar is damaged or cut short ({e})") from None
     return str(cached)
 
 

@@ -289,3 +289,33 @@ def test_not_a_file_list(tmp_path):
     (tmp_path / "list.txt").write_text("a/1.jpg\n")
     with pytest.raises(ValueError, match="file source must be"):
         DALILoader(tmp_path / "list.txt", batch_size=2)
+
+
+def test_shard_label_out_of_range_and_cut_tar(tmp_path):
+    import webdataset as wds
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with wds.TarWriter(str(shards / "s-000000.tar")) as sink:
+        sink.write({"__key__": "a", "jpg": good_jpeg(), "cls": b"0"})
+        sink.write({"__key__": "b", "jpg": good_jpeg(seed=1), "cls": b"5"})
+    (shards / "classes.txt").write_text("x\ny\n")
+    with pytest.raises(BadSampleError, match="label 5 is out of range for the 2 classes"):
+        list(DALILoader(shards, batch_size=2, size=8, index_dir=tmp_path / "idx"))
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = (shards / "s-000000.tar").read_bytes()
+    (cut / "s-000000.tar").write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(ValueError, match=r"s-000000\.tar: cannot be indexed, the tar is damaged or cut short"):
+        DALILoader(cut, batch_size=2, size=8, index_dir=tmp_path / "idx2")
+
+
+def test_sample_without_label_in_a_shard(tmp_path):
+    import webdataset as wds
+
+    with wds.TarWriter(str(tmp_path / "s-000000.tar")) as sink:
+        sink.write({"__key__": "a", "jpg": good_jpeg(), "cls": b"0"})
+        sink.write({"__key__": "b", "jpg": good_jpeg(seed=1)})
+    with pytest.raises(BadSampleError, match=r"s-000000\.tar"):
+        list(DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx"))
