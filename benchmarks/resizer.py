@@ -1,0 +1,193 @@
+"""What the learnable resizer costs next to the backbone it feeds.
+
+    python benchmarks/resizer.py                        # 448 -> 224, batch 32, fp32 and bf16, this device
+    python benchmarks/resizer.py --input-sizes 448 896 --num-res-blocks 1 2 --json results/resizer.json
+
+Rows, all timed in the same run (warm-up, then the median of --repeats, device synchronized):
+    interpolate          F.interpolate(bilinear) 448 -> 224, the fixed resize it replaces
+    resizer              LearnableResizer (the reference module)
+    resizer-cl           the same in channels_last
+    resizer-ckpt         the stem (7x7 conv ... BN at input resolution) recomputed in backward
+                         (torch.utils.checkpoint) instead of storing its full-resolution maps
+    resnet50             torchvision ResNet-50 at the output size: the yardstick of every ratio
+Per row: forward and forward+backward ms per batch, the ratio to ResNet-50's, achieved GFLOP/s
+(FLOPs from torch.utils.flop_counter), and the activations kept for backward per image (MiB): the
+training memory the module adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from dali_resizer import LearnableResizer  # noqa: E402
+from dali_resizer.resizer import resize  # noqa: E402
+
+
+class Interpolate(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = (size, size)
+
+    def forward(self, x):
+        return resize(x, self.size)
+
+
+class CheckpointedStem(nn.Module):
+    """The reference resizer with its input-resolution stem recomputed in backward."""
+
+    def __init__(self, resizer: LearnableResizer) -> None:
+        super().__init__()
+        self.resizer = resizer
+
+    def forward(self, x):
+        r = self.resizer
+        skip = r._resize(x)
+        f = checkpoint(lambda t: r._resize(r.stem(t)), x, use_reentrant=False)
+        return r.head(r.fuse(r.res_blocks(f)) + f) + skip
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor, autocast) -> int:
+    """Bytes of the activations autograd keeps for backward (each storage once; the input and the
+    parameters, which exist anyway, left out)."""
+    seen = {p.untyped_storage().data_ptr() for p in module.parameters()} | {x.untyped_storage().data_ptr()}
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        module(x)
+    return total
+
+
+def flops(module: nn.Module, x: torch.Tensor, train: bool) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        y = module(x)
+        if train:
+            y.float().sum().backward()
+    return counter.get_total_flops()
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(name, module, x, device, dtype, repeats) -> dict:
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    xg = x.detach().requires_grad_(name != "resnet50")
+
+    def forward():
+        with torch.no_grad(), autocast:
+            module(x)
+
+    def train():
+        module.zero_grad(set_to_none=True)
+        with autocast:
+            out = module(xg)
+        out.float().sum().backward()
+
+    fwd = timed(forward, device, repeats)
+    fwd_bwd = timed(train, device, repeats)
+    with autocast:
+        f_train = flops(module, xg, train=True)
+    return {"name": name, "forward_ms": 1000 * fwd, "train_ms": 1000 * fwd_bwd,
+            "train_gflops_per_s": f_train / fwd_bwd / 1e9, "train_gflop_per_image": f_train / x.shape[0] / 1e9,
+            "saved_mib_per_image": saved_bytes(module, xg, autocast) / x.shape[0] / 2**20}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--input-sizes", type=int, nargs="+", default=[448])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--num-res-blocks", type=int, nargs="+", default=[1])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--rows", nargs="+", default=["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resnet50"])
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    import torchvision
+
+    device = torch.device(a.device)
+    rows = []
+    for precision in a.precisions:
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        resnet = torchvision.models.resnet50().to(device, memory_format=torch.channels_last)
+        x_out = torch.randn(a.batch_size, 3, a.size, a.size, device=device).to(memory_format=torch.channels_last)
+        base = measure("resnet50", resnet, x_out, device, dtype, a.repeats) if "resnet50" in a.rows else None
+        for input_size in a.input_sizes:
+            x = torch.randn(a.batch_size, 3, input_size, input_size, device=device)
+            for blocks in a.num_res_blocks:
+                torch.manual_seed(0)
+                reference = LearnableResizer(a.size, num_res_blocks=blocks).to(device)
+                variants = {
+                    "interpolate": (Interpolate(a.size), x),
+                    "resizer": (reference, x),
+                    "resizer-cl": (copy.deepcopy(reference).to(memory_format=torch.channels_last),
+                                   x.to(memory_format=torch.channels_last)),
+                    "resizer-ckpt": (CheckpointedStem(reference), x),
+                }
+                for name in [r for r in a.rows if r in variants]:
+                    if name == "interpolate" and blocks != a.num_res_blocks[0]:
+                        continue
+                    module, inp = variants[name]
+                    row = measure(name, module, inp, device, dtype, a.repeats)
+                    row |= {"precision": precision, "input_size": input_size, "num_res_blocks": blocks}
+                    rows.append(row)
+                    print(f"  {precision} {input_size} r={blocks} {name}: train {row['train_ms']:.0f} ms",
+                          file=sys.stderr, flush=True)
+        if base is not None:
+            base |= {"precision": precision, "input_size": a.size, "num_res_blocks": None}
+            rows.append(base)
+            for row in rows:
+                if row["precision"] == precision:
+                    row["forward_vs_resnet50"] = row["forward_ms"] / base["forward_ms"]
+                    row["train_vs_resnet50"] = row["train_ms"] / base["train_ms"]
+
+    print(f"\n{a.device}, batch {a.batch_size}, output {a.size}")
+    print(f"{'prec':<5} {'in':>4} {'r':>2} {'row':<13} {'fwd ms':>8} {'fwd/R50':>8} {'train ms':>9} {'train/R50':>9} "
+          f"{'GFLOP/s':>8} {'GFLOP/img':>9} {'saved MiB/img':>13}")
+    for r in rows:
+        print(f"{r['precision']:<5} {r['input_size']:>4} {r['num_res_blocks'] if r['num_res_blocks'] is not None else '-':>2} "
+              f"{r['name']:<13} {r['forward_ms']:8.1f} {r.get('forward_vs_resnet50', float('nan')):8.2f} "
+              f"{r['train_ms']:9.1f} {r.get('train_vs_resnet50', float('nan')):9.2f} {r['train_gflops_per_s']:8.1f} "
+              f"{r['train_gflop_per_image']:9.2f} {r['saved_mib_per_image']:13.1f}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({"device": a.device, "batch_size": a.batch_size, "rows": rows,
+                                            "torch": torch.__version__}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

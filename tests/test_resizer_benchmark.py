@@ -1,0 +1,52 @@
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from dali_resizer import LearnableResizer
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "resizer.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("resizer_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def outputs_and_grads(module, x):
+    x = x.detach().requires_grad_(True)
+    y = module(x)
+    y.square().mean().backward()
+    return y.detach(), x.grad, {n: p.grad for n, p in module.named_parameters()}
+
+
+def test_checkpointed_stem_equals_the_reference():
+    bench = load()
+    torch.manual_seed(0)
+    reference = LearnableResizer(9)
+    x = torch.randn(2, 3, 23, 19)
+    y0, gx0, gp0 = outputs_and_grads(reference, x)
+    for variant, inp in ((bench.CheckpointedStem(copy.deepcopy(reference)), x),
+                         (copy.deepcopy(reference).to(memory_format=torch.channels_last),
+                          x.to(memory_format=torch.channels_last))):
+        y, gx, gp = outputs_and_grads(variant, inp)
+        torch.testing.assert_close(y, y0, rtol=0, atol=1e-4)
+        torch.testing.assert_close(gx, gx0, rtol=0, atol=1e-4)
+        for name, g in gp0.items():
+            torch.testing.assert_close(gp.get(name, gp.get("resizer." + name)), g, rtol=1e-4, atol=1e-4)
+
+
+def test_benchmark_reports_every_row(tmp_path):
+    rows = load().main(["--batch-size", "2", "--input-sizes", "32", "--size", "16", "--repeats", "1",
+                        "--precisions", "fp32", "--json", str(tmp_path / "r.json")])
+    names = [r["name"] for r in rows]
+    assert names == ["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resnet50"]
+    by = {r["name"]: r for r in rows}
+    assert by["resnet50"]["train_vs_resnet50"] == 1.0
+    assert by["resizer-ckpt"]["saved_mib_per_image"] < by["resizer"]["saved_mib_per_image"]
+    assert by["resizer"]["train_gflop_per_image"] > 0 and by["resizer"]["train_ms"] > 0
