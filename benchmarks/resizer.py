@@ -82,7 +82,7 @@ def flops(module: nn.Module, x: torch.Tensor, train: bool) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
         y = module(x)
-        if train:
+        if train and y.requires_grad:
             y.float().sum().backward()
     return counter.get_total_flops()
 
@@ -103,7 +103,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 
 def measure(name, module, x, device, dtype, repeats) -> dict:
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    xg = x.detach().requires_grad_(name != "resnet50")
+    xg = x.detach()  # as in training: the images need no gradient, so the first conv skips its input grad
 
     def forward():
         with torch.no_grad(), autocast:
@@ -113,7 +113,8 @@ def measure(name, module, x, device, dtype, repeats) -> dict:
         module.zero_grad(set_to_none=True)
         with autocast:
             out = module(xg)
-        out.float().sum().backward()
+        if out.requires_grad:  # (a parameter-free resize has nothing to train)
+            out.float().sum().backward()
 
     fwd = timed(forward, device, repeats)
     fwd_bwd = timed(train, device, repeats)
