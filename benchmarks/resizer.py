@@ -9,6 +9,8 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resizer-cl           the same in channels_last
     resizer-ckpt         the stem (7x7 conv ... BN at input resolution) recomputed in backward
                          (torch.utils.checkpoint) instead of storing its full-resolution maps
+    resizer-compiled     torch.compile of the channels_last module (inductor; opt-in with --rows, it
+                         compiles for a minute or more on a small CPU)
     resnet50             torchvision ResNet-50 at the output size: the yardstick of every ratio
 Per row: forward and forward+backward ms per batch, the ratio to ResNet-50's, achieved GFLOP/s
 (FLOPs from torch.utils.flop_counter), and the activations kept for backward per image (MiB): the
@@ -158,6 +160,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                    x.to(memory_format=torch.channels_last)),
                     "resizer-ckpt": (CheckpointedStem(reference), x),
                 }
+                if "resizer-compiled" in a.rows:
+                    variants["resizer-compiled"] = (torch.compile(copy.deepcopy(reference).to(
+                        memory_format=torch.channels_last)), x.to(memory_format=torch.channels_last))
                 for name in [r for r in a.rows if r in variants]:
                     if name == "interpolate" and blocks != a.num_res_blocks[0]:
                         continue
