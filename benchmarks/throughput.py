@@ -185,7 +185,6 @@ def torch_pil(cfg: Config, data: str, threads: int, device: torch.device, interp
 
 def webdataset_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
     import webdataset as wds
-    from torchvision import transforms
 
     from dali_resizer.sources import open_source
 

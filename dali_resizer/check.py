@@ -144,22 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     if not data.is_dir():
         print(f"error: {data} is not a folder", file=sys.stderr)
         return 2
+    from dali_resizer.shards import report_problems
+
     if any(data.glob("*.tar")):
         problems, good = check_shards(data), None
     else:
         problems, good = check_folder(data, progress=True)
-    for kind, items in sorted(problems.items()):
-        print(f"{kind}: {len(items)}")
-        for item in items[:10]:
-            print(f"  {item}")
-        if len(items) > 10:
-            print(f"  ... and {len(items) - 10} more")
     if args.write_list and good is not None:
         write_file_list(data, good, args.write_list)
         print(f"{args.write_list}: {len(good)} good image(s)")
-    serious = {k: v for k, v in problems.items() if "ignored" not in k}
-    print("ok" if not serious else f"{sum(map(len, serious.values()))} problem(s)", file=sys.stderr)
-    return 1 if serious else 0
+    return report_problems(problems)
 
 
 if __name__ == "__main__":

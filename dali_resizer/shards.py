@@ -19,7 +19,7 @@ import numpy as np
 from dali_resizer.progress import ProgressBar
 from dali_resizer.sources import CLASSES_FILE, SHARD_IMAGE_KEYS, ImageFolderSource, build_index, index_problem
 
-__all__ = ["main", "verify_shards", "write_shards"]
+__all__ = ["main", "report_problems", "verify_shards", "write_shards"]
 
 
 def write_shards(
@@ -178,15 +178,21 @@ def main(argv: list[str] | None = None) -> int:
             count = build_index(tar, os.path.splitext(tar)[0] + ".idx")
             print(f"{tar}: {count} samples")
         return 0
-    problems = verify_shards(args.dir)
+    return report_problems(verify_shards(args.dir))
+
+
+def report_problems(problems: dict[str, list[str]], shown: int = 10) -> int:
+    """Prints problems by kind (the first ``shown`` of each); returns the exit status: 1 when any kind
+    but those the loader ignores anyway ("... (ignored)") is present, else 0."""
     for kind, items in sorted(problems.items()):
         print(f"{kind}: {len(items)}")
-        for item in items[:10]:
+        for item in items[:shown]:
             print(f"  {item}")
-        if len(items) > 10:
-            print(f"  ... and {len(items) - 10} more")
-    print("ok" if not problems else f"{sum(map(len, problems.values()))} problem(s)", file=sys.stderr)
-    return 1 if problems else 0
+        if len(items) > shown:
+            print(f"  ... and {len(items) - shown} more")
+    serious = sum(len(items) for kind, items in problems.items() if not kind.endswith("(ignored)"))
+    print("ok" if not serious else f"{serious} problem(s)", file=sys.stderr)
+    return 1 if serious else 0
 
 
 if __name__ == "__main__":

@@ -1,26 +1,14 @@
 """benchmarks/accuracy.py: the generated set carries its classes where it says, and the runs are paired."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 @pytest.mark.parametrize("label", range(4))
 def test_fine_cue_is_a_grating_above_the_downscaled_nyquist(label):
-    acc = load()
+    acc = load_benchmark("accuracy")
     size = 96
     image = acc.detail_image(np.random.default_rng([7, label, 0]), size, label).astype(np.float64).mean(axis=-1)
     power = np.abs(np.fft.fft2(image - image.mean())) ** 2
@@ -33,7 +21,7 @@ def test_fine_cue_is_a_grating_above_the_downscaled_nyquist(label):
 
 @pytest.mark.parametrize("label", range(4))
 def test_coarse_cue_is_the_blob_half(label):
-    acc = load()
+    acc = load_benchmark("accuracy")
     image = acc.detail_image(np.random.default_rng([3, label, 1]), 64, label).astype(np.float64).mean(axis=-1)
     top, bottom = image[:32].mean(), image[32:].mean()
     assert (top > bottom) == (label // 2 == 0)
@@ -41,7 +29,7 @@ def test_coarse_cue_is_the_blob_half(label):
 
 @pytest.mark.slow
 def test_accuracy_runs_are_paired_and_reported(tmp_path):
-    acc = load()
+    acc = load_benchmark("accuracy")
     results = acc.main(["--seeds", "0", "--epochs", "1", "--transfer-epochs", "1", "--input-size", "32", "--size", "8",
                         "--batch-size", "8", "--train-per-class", "4", "--val-per-class", "2",
                         "--output", str(tmp_path)])

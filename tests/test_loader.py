@@ -207,11 +207,10 @@ def test_classes_sidecar_for_shards(tmp_path):
 
 
 def test_non_integer_label_is_a_clear_error(tmp_path):
+    import numpy as np
     import webdataset as wds
 
     from tests.conftest import encode, random_image
-
-    import numpy as np
 
     path = tmp_path / "bad.tar"
     with wds.TarWriter(str(path)) as sink:

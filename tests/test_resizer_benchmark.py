@@ -1,21 +1,9 @@
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import torch
 
 from dali_resizer import LearnableResizer
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "resizer.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("resizer_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def outputs_and_grads(module, x):
@@ -26,7 +14,7 @@ def outputs_and_grads(module, x):
 
 
 def test_checkpointed_stem_equals_the_reference():
-    bench = load()
+    bench = load_benchmark("resizer")
     torch.manual_seed(0)
     reference = LearnableResizer(9)
     x = torch.randn(2, 3, 23, 19)
@@ -42,7 +30,7 @@ def test_checkpointed_stem_equals_the_reference():
 
 
 def test_benchmark_reports_every_row(tmp_path):
-    rows = load().main(["--batch-size", "2", "--input-sizes", "32", "--size", "16", "--repeats", "1",
+    rows = load_benchmark("resizer").main(["--batch-size", "2", "--input-sizes", "32", "--size", "16", "--repeats", "1",
                         "--precisions", "fp32", "--json", str(tmp_path / "r.json")])
     names = [r["name"] for r in rows]
     assert names == ["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resnet50"]

@@ -1,6 +1,5 @@
 """Bad images: a clear error naming the file, or (on_error="skip") skipped, counted, nothing shifted."""
 
-import io
 import os
 import random
 

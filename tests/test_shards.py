@@ -60,12 +60,11 @@ def test_verify_and_loader_catch_a_stale_index(image_folder, tmp_path):
     import os
     import time
 
+    import numpy as np
     import webdataset as wds
 
     from dali_resizer.shards import verify_shards
     from tests.conftest import encode, random_image
-
-    import numpy as np
 
     (tar,) = write_shards(image_folder, tmp_path, samples_per_shard=100)
     time.sleep(0.01)

@@ -1,15 +1,8 @@
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "startup.py"
+from tests.conftest import load_benchmark
 
 
 def test_startup_benchmark_measures_each_shard_count(tmp_path):
-    spec = importlib.util.spec_from_file_location("startup", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("startup")
     rows = module.main(["--shards", "2", "5", "--samples-per-shard", "3", "--batch-size", "4",
                         "--json", str(tmp_path / "s.json")])
     assert [(r["shards"], r["samples"]) for r in rows] == [(2, 6), (5, 15)]

@@ -1,30 +1,18 @@
 """benchmarks/throughput.py end to end on a tiny folder: every figure is computed and consistent."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from dali_resizer import make_synthetic_folder
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 @pytest.mark.slow
 def test_throughput_reports_ratios(tmp_path):
     data = make_synthetic_folder(tmp_path / "data", num_classes=2, images_per_class=5, min_side=40, max_side=60)
     out = tmp_path / "tp.json"
-    report = load().main([
+    report = load_benchmark("throughput").main([
         "--data", str(data), "--threads", "1", "--repeats", "1", "--batch-size", "4", "--size", "16",
         "--input-size", "32", "--learned-images", "4", "--json", str(out),
         "--contenders", "torch-pil-bilinear", "dali-bilinear", "dali-learned", "decode-only",
@@ -48,7 +36,7 @@ def test_throughput_reports_ratios(tmp_path):
 def test_throughput_on_shards(tmp_path, monkeypatch):
     monkeypatch.setenv("DALI_RESIZER_CACHE", str(tmp_path / "cache"))
     data = make_synthetic_folder(tmp_path / "data", num_classes=2, images_per_class=5, min_side=40, max_side=60)
-    report = load().main([
+    report = load_benchmark("throughput").main([
         "--data", str(data), "--as-shards", "--threads", "1", "--repeats", "1", "--batch-size", "4",
         "--size", "16", "--contenders", "torch-pil-bilinear", "dali-bilinear", "decode-only",
     ])
