@@ -335,7 +335,7 @@ class DALILoader:
             self._active = (epoch, None, done, base)
             yield (images, labels, indices) if self.return_index else (images, labels)
         self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
-        if reusable:
+        if reusable and base == 0:  # (a pipeline rebuilt mid-epoch around a bad file covers only the rest)
             self._finished = batches
 
     def _on_bad_sample(self, epoch: int, done: int, error: RuntimeError) -> None:

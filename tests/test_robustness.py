@@ -318,3 +318,13 @@ def test_sample_without_label_in_a_shard(tmp_path):
         sink.write({"__key__": "b", "jpg": good_jpeg(seed=1)})
     with pytest.raises(BadSampleError, match=r"s-000000\.tar"):
         list(DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx"))
+
+
+def test_skip_in_evaluation_passes_that_are_rewound(tmp_path):
+    root = make_folder(tmp_path, "2_bad.jpg", BAD["html"]())
+    loader = DALILoader(root, batch_size=4, size=16, train=False, on_error="skip", return_index=True)
+    bad_index = loader.source.files.index(str(root / "b" / "2_bad.jpg"))
+    for _ in range(3):  # the pass that met the bad file, then kept/rewound or rebuilt pipelines
+        with pytest.warns(UserWarning) if not loader.skipped else _no_warning():
+            indices = [i for _, _, idx in loader for i in idx.tolist()]
+        assert sorted(i for i in indices if i >= 0) == sorted(set(range(11)) - {bad_index})
