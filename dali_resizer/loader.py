@@ -112,6 +112,9 @@ class DALILoader:
             recorded in ``loader.skipped`` (path -> problem), a warning names it, and its place in the
             batch is taken by a padding sample (label ``PAD_LABEL``), so every good sample still comes
             exactly once, labels never shift and every rank keeps the same number of batches.
+        max_pixels: Images with more pixels (read from the file header) are never decoded: they are
+            bad samples, handled as ``on_error`` says. The default is PIL's decompression-bomb limit
+            (about 179 million pixels, 537 MB decoded); ``None`` removes the limit.
 
     Every shard yields the same number of batches per epoch (``len(loader)``, exact), so DDP never waits
     on a rank that ran out. With ``drop_last=False`` one epoch yields every sample of the source exactly
@@ -151,6 +154,7 @@ class DALILoader:
         return_index: bool = False,
         index_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
+        max_pixels: int | None = 178_956_970,
     ) -> None:
         from dali_resizer.resizer import _to_size
 
@@ -203,6 +207,7 @@ class DALILoader:
             raise ValueError("on_error='skip' works on image folders; for shards, find bad samples first with "
                              "`python -m dali_resizer.check DIR` and rewrite the shards without them")
         self.on_error = on_error
+        self.max_pixels = max_pixels
         self.skipped: dict[str, str] = {}
         self._epoch = 0
         self._finished = None  # an evaluation iterator that ran to its end, to rewind
@@ -313,6 +318,9 @@ class DALILoader:
                     if images.shape[0] == 0:  # DALI's equalisation across reader shards: an all-padding batch
                         continue
                     labels, indices = self._labels(out["targets"])
+                    oversize = out["oversize"].view(-1)
+                    if bool(oversize.any()):
+                        labels, indices = self._on_oversize(out["targets"], oversize, labels, indices)
                     if padding and done == real_batches - 1 and images.shape[0] < self.batch_size:
                         images, labels, indices = self._pad(images, labels, indices, images[-1:], padding)
                         padding = 0
@@ -337,6 +345,25 @@ class DALILoader:
         self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
         if reusable and base == 0:  # (a pipeline rebuilt mid-epoch around a bad file covers only the rest)
             self._finished = batches
+
+    def _on_oversize(self, raw: torch.Tensor, oversize: torch.Tensor, labels, indices):
+        """Images over ``max_pixels`` (placeholders in the batch): raise naming them, or mark them as
+        padding and count them as skipped."""
+        limit = f"over max_pixels={self.max_pixels:,} (not decoded; pass a larger max_pixels to read it)"
+        if not isinstance(self.source, ImageFolderSource):
+            raise BadSampleError(f"an image of {len(self.source.paths)} shard(s) ({self.source.paths[0]} ...) is {limit}")
+        ids = raw.view(-1).to(torch.int64)[oversize]
+        paths = [self.source.files[i % len(self.source)] for i in ids.tolist()]
+        if self.on_error == "raise":
+            raise BadSampleError(f"{paths[0]}: image {limit}")
+        for path in paths:
+            self.skipped[path] = f"image {limit}"
+        warnings.warn(f"skipped {len(paths)} image(s) {limit}: {', '.join(paths[:3])}", stacklevel=4)
+        mask = oversize.to(labels.device)
+        labels = labels.masked_fill(mask, PAD_LABEL)
+        if indices is not None:
+            indices = indices.masked_fill(mask, -1)
+        return labels, indices
 
     def _on_bad_sample(self, epoch: int, done: int, error: RuntimeError) -> None:
         """Names the file(s) that stopped DALI among the batches it was preparing; raises, or records
@@ -375,8 +402,8 @@ class DALILoader:
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         pipe = self._build_pipeline(epoch, checkpoint, base * self.batch_size)
         # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
-        return DALIGenericIterator([pipe], ["images", "targets"], reader_name="Reader", last_batch_policy=policy,
-                                   prepare_first_batch=False)
+        return DALIGenericIterator([pipe], ["images", "targets", "oversize"], reader_name="Reader",
+                                   last_batch_policy=policy, prepare_first_batch=False)
 
     def _labels(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Labels (and sample indices) on ``self.device`` from the reader's CPU output."""
@@ -435,6 +462,7 @@ class DALILoader:
             device_id=device_id,
             seed=_pipeline_seed(self.seed, epoch, self.shard_id),
             prefetch_queue_depth=self.prefetch_queue_depth,
+            max_pixels=min(self.max_pixels or 2**31 - 1, 2**31 - 1),  # (a DALI constant: int32)
             enable_checkpointing=True,
             checkpoint=checkpoint,
         )

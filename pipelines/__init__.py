@@ -14,7 +14,7 @@ except ImportError as e:  # pragma: no cover - exercised only where DALI is miss
     ) from e
 
 from pipelines.image_folder import decode_only_pipeline, image_folder_pipeline
-from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, decoder_device, normalize
+from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, decode, decoder_device, normalize
 from pipelines.webdataset import (
     IMAGE_EXTENSIONS,
     LABEL_EXTENSION,
@@ -26,6 +26,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
     "LABEL_EXTENSION",
     "decode",
     "decode_only_pipeline",

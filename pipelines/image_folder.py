@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, normalize
+from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, decode, normalize
 
 __all__ = ["decode_only_pipeline", "image_folder_pipeline"]
 
 
-@pipeline_def
+@pipeline_def(enable_conditionals=True)
 def image_folder_pipeline(
     files: Sequence[str],
     sample_ids: Sequence[int],
@@ -25,6 +25,7 @@ def image_folder_pipeline(
     crop_ratio: float = 0.875,
     random_area: Sequence[float] = (0.08, 1.0),
     random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    max_pixels: int = MAX_PIXELS,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ):
@@ -36,7 +37,8 @@ def image_folder_pipeline(
     (the iterator trims the padding).
 
     Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; sample ids ``(N, 1)`` int32
-    on the CPU.
+    on the CPU; ``oversize`` ``(N,)`` bool on the CPU, True where an image over ``max_pixels`` was
+    replaced by a placeholder instead of being decoded.
     """
     encoded, ids = fn.readers.file(
         files=list(files),
@@ -47,10 +49,10 @@ def image_folder_pipeline(
         pad_last_batch=True,
         name="Reader",
     )
-    images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
-                    random_area=random_area, random_aspect_ratio=random_aspect_ratio)
+    images, oversize = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
+                              random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels)
     images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
-    return images, ids
+    return images, ids, oversize
 
 
 @pipeline_def

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, decode, normalize
+from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, decode, normalize
 
 __all__ = ["IMAGE_EXTENSIONS", "LABEL_EXTENSION", "webdataset_decode_only_pipeline", "webdataset_pipeline"]
 
@@ -14,7 +14,7 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXTENSION = "cls"
 
 
-@pipeline_def
+@pipeline_def(enable_conditionals=True)
 def webdataset_pipeline(
     paths: Sequence[str],
     index_paths: Sequence[str],
@@ -30,6 +30,7 @@ def webdataset_pipeline(
     crop_ratio: float = 0.875,
     random_area: Sequence[float] = (0.08, 1.0),
     random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
+    max_pixels: int = MAX_PIXELS,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ):
@@ -39,7 +40,8 @@ def webdataset_pipeline(
     used. A sample without an image or a label is an error, not an empty tensor.
 
     Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; the ``cls`` bytes (ASCII
-    digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU.
+    digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU; ``oversize`` as in
+    :func:`pipelines.image_folder_pipeline`.
     """
     encoded, label_text = fn.readers.webdataset(
         paths=list(paths),
@@ -54,10 +56,10 @@ def webdataset_pipeline(
         pad_last_batch=True,
         name="Reader",
     )
-    images = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
-                    random_area=random_area, random_aspect_ratio=random_aspect_ratio)
+    images, oversize = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
+                              random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels)
     images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
-    return images, fn.pad(label_text, axes=(0,), fill_value=0)
+    return images, fn.pad(label_text, axes=(0,), fill_value=0), oversize
 
 
 @pipeline_def

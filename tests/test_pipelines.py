@@ -11,7 +11,7 @@ from pipelines import IMAGENET_MEAN, IMAGENET_STD
 def run_all(pipe):
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-    out = list(DALIGenericIterator([pipe], ["images", "second"], reader_name="Reader",
+    out = list(DALIGenericIterator([pipe], ["images", "second", "oversize"], reader_name="Reader",
                                    last_batch_policy=LastBatchPolicy.PARTIAL))
     return [b[0]["images"] for b in out], [b[0]["second"] for b in out]
 
@@ -29,6 +29,21 @@ def test_image_folder_pipeline_shapes(image_folder, train, size):
     images, ids = run_all(pipe)
     assert [tuple(b.shape) for b in images] == [(4, 3, *size), (4, 3, *size), (3, 3, *size)]
     assert sorted(int(i) for b in ids for i in b.flatten()) == list(range(len(files)))
+
+
+def test_images_over_max_pixels_are_not_decoded(tmp_path):
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "large.png")
+    Image.new("RGB", (40, 30), (200, 10, 30)).save(tmp_path / "small.png")
+    files = [str(tmp_path / "large.png"), str(tmp_path / "small.png")]
+    for train in (True, False):
+        pipe = pipelines.image_folder_pipeline(files, [0, 1], size=(8, 8), train=train, max_pixels=10_000,
+                                               batch_size=2, num_threads=1, device_id=None)
+        pipe.build()
+        images, ids, oversize = pipe.run()
+        assert np.array(oversize.as_tensor()).ravel().tolist() == [True, False]
+        batch = np.array(images.as_tensor())  # (2, 3, 8, 8)
+        assert (np.ptp(batch[0], axis=(1, 2)) == 0).all()  # the large one: a flat placeholder, never decoded
+        assert batch[1, 0].mean() > batch[1, 1].mean()  # the small one: its red decoded
 
 
 def test_float16_output(image_folder):

@@ -328,3 +328,18 @@ def test_skip_in_evaluation_passes_that_are_rewound(tmp_path):
         with pytest.warns(UserWarning) if not loader.skipped else _no_warning():
             indices = [i for _, _, idx in loader for i in idx.tolist()]
         assert sorted(i for i in indices if i >= 0) == sorted(set(range(11)) - {bad_index})
+
+
+def test_image_over_max_pixels_is_named_or_skipped_without_decoding(tmp_path):
+    root = make_folder(tmp_path)
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(root / "b" / "2_large.jpg")  # 60,000 pixels
+    with pytest.raises(BadSampleError, match=r"2_large\.jpg: image over max_pixels=10,000"):
+        list(DALILoader(root, batch_size=4, size=16, max_pixels=10_000))
+    loader = DALILoader(root, batch_size=4, size=16, max_pixels=10_000, on_error="skip", return_index=True)
+    with pytest.warns(UserWarning, match="2_large.jpg"):
+        indices = [i for _, _, idx in loader for i in idx.tolist()]
+    large = loader.source.files.index(str(root / "b" / "2_large.jpg"))
+    assert sorted(i for i in indices if i >= 0) == sorted(set(range(11)) - {large}) and indices.count(-1) == 1
+    assert "over max_pixels" in loader.skipped[str(root / "b" / "2_large.jpg")]
+    assert len([i for _, _, idx in DALILoader(root, batch_size=4, size=16, max_pixels=None, return_index=True)
+                for i in idx.tolist()]) == 11  # no limit: read as usual
