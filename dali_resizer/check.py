@@ -5,7 +5,8 @@
 
 For an image folder, every file is looked at: files the loader ignores (other extensions, files beside
 the class folders), hidden image files (which torchvision's ImageFolder, and so the loader, reads),
-empty class folders, unreadable files and broken links, very large images, and every image is decoded
+empty class folders, unreadable files and broken links, images over the loader's ``max_pixels``, and every
+image is decoded
 by DALI as the loader would. ``--write-list`` writes the good images as a file list that ``DALILoader``
 accepts as its source, with the same classes and labels as the whole folder. For shards: the checks
 of ``python -m dali_resizer.shards verify`` plus a decode of every image.
@@ -19,12 +20,12 @@ import os
 import sys
 from pathlib import Path
 
+from dali_resizer.loader import MAX_PIXELS
 from dali_resizer.progress import ProgressBar
 from dali_resizer.sources import FILE_LIST_HEADER, IMG_EXTENSIONS, SHARD_IMAGE_KEYS
 
 __all__ = ["check_folder", "check_shards", "main", "write_file_list"]
 
-LARGE_PIXELS = 100_000_000  # a 10,000 x 10,000 image decodes to 300 MB
 
 
 def _decode_batches(paths: list[str], batch_size: int, bar: ProgressBar | None) -> dict[str, str]:
@@ -81,14 +82,21 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
         if len(candidates) == before:
             note("empty class folder (the loader refuses it)", str(root / name))
 
-    for path in candidates:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-            if width * height > LARGE_PIXELS:
-                note(f"very large (over {LARGE_PIXELS // 1_000_000} MP)", f"{path} ({width}x{height})")
-        except Exception:  # PIL cannot even read the header; DALI's decode below says more
-            pass
+    oversize = set()
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # read sizes, however large
+    try:
+        for path in candidates:
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            except Exception:  # PIL cannot read the header; DALI's decode below says more
+                continue
+            if width * height > MAX_PIXELS:
+                oversize.add(path)
+                note(f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", f"{path} ({width}x{height})")
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+    candidates = [p for p in candidates if p not in oversize]  # never decoded here either
     bar = ProgressBar(len(candidates), f"decoding {root}", unit="img") if progress else None
     bad = _decode_batches(candidates, 64, bar)
     if bar is not None:

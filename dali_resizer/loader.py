@@ -12,9 +12,12 @@ import torch
 
 from dali_resizer.sources import ImageFolderSource, ShardSource, open_source
 
-__all__ = ["PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world", "parse_ascii_labels", "resolve_device"]
+__all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world", "parse_ascii_labels", "resolve_device"]
 
 PAD_LABEL = -100  # label of padding samples: CrossEntropyLoss's default ignore_index
+# PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS), ~537 MB decoded; the same default as
+# pipelines.MAX_PIXELS, written twice so that importing this module needs no DALI (a test holds them equal).
+MAX_PIXELS = 178_956_970
 
 
 class BadSampleError(ValueError):
@@ -154,7 +157,7 @@ class DALILoader:
         return_index: bool = False,
         index_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
-        max_pixels: int | None = 178_956_970,
+        max_pixels: int | None = MAX_PIXELS,
     ) -> None:
         from dali_resizer.resizer import _to_size
 

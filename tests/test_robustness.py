@@ -343,3 +343,16 @@ def test_image_over_max_pixels_is_named_or_skipped_without_decoding(tmp_path):
     assert "over max_pixels" in loader.skipped[str(root / "b" / "2_large.jpg")]
     assert len([i for _, _, idx in DALILoader(root, batch_size=4, size=16, max_pixels=None, return_index=True)
                 for i in idx.tolist()]) == 11  # no limit: read as usual
+
+
+def test_max_pixels_defaults_agree_and_check_flags_without_decoding(tmp_path, monkeypatch, capsys):
+    import pipelines
+    from dali_resizer import check, loader
+
+    assert loader.MAX_PIXELS == pipelines.MAX_PIXELS
+    root = make_folder(tmp_path / "data")
+    Image.new("RGB", (300, 200)).save(root / "a" / "wide.png")
+    monkeypatch.setattr(check, "MAX_PIXELS", 10_000)
+    problems, good = check.check_folder(root)
+    assert problems["over the loader's max_pixels=10,000 (not decoded)"] == [f"{root / 'a' / 'wide.png'} (300x200)"]
+    assert str(root / "a" / "wide.png") not in good and len(good) == 10
