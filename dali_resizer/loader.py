@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from dali_resizer.sources import ImageFolderSource, ShardSource, open_source
+from dali_resizer.sources import (
+    ImageFolderSource,
+    ShardSource,
+    default_index_dir,
+    open_source,
+    read_tar_member,
+    sample_key,
+    standin_index,
+)
 
 __all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world", "parse_ascii_labels", "resolve_device"]
 
@@ -18,10 +28,14 @@ PAD_LABEL = -100  # label of padding samples: CrossEntropyLoss's default ignore_
 # PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS), ~537 MB decoded; the same default as
 # pipelines.MAX_PIXELS, written twice so that importing this module needs no DALI (a test holds them equal).
 MAX_PIXELS = 178_956_970
+# pipelines' per-sample status (pipelines.STATUS_*), repeated for the same reason
+_STATUS_OVERSIZE, _STATUS_NOT_AN_IMAGE = 1, 2
+_DALI_NAMES_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
 
 
 class BadSampleError(ValueError):
-    """A sample that cannot be read or decoded; the message names the file (or the shards) and why."""
+    """A sample that cannot be read, decoded or labelled; the message names the file (or the shard and
+    the sample's key) and why."""
 
 
 def distributed_rank_and_world() -> tuple[int, int]:
@@ -60,19 +74,30 @@ def resolve_device(device: torch.device | str | int | None) -> torch.device:
 
 
 def parse_ascii_labels(raw: torch.Tensor) -> torch.Tensor:
-    """``(N, L)`` uint8 rows of ASCII digits (WebDataset ``.cls``), zero/whitespace padded, to int64 ``(N,)``."""
+    """``(N, L)`` uint8 rows of ASCII digits (WebDataset ``.cls``), zero/whitespace padded, to int64 ``(N,)``;
+    a row that is not a non-negative integer is an error."""
+    value, valid = _ascii_labels(raw)
+    if not bool(valid.all()):
+        row = raw[(~valid).nonzero()[0, 0]]
+        raise ValueError(f"WebDataset label (.cls) is not a non-negative integer: {bytes(row[row != 0].tolist())!r}")
+    return value
+
+
+def _ascii_labels(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, valid) of ``(N, L)`` rows of ASCII digits; an invalid row's value is meaningless."""
     is_digit = (raw >= ord("0")) & (raw <= ord("9"))
     is_blank = (raw == 0) | (raw == ord(" ")) | (raw == ord("\n")) | (raw == ord("\r")) | (raw == ord("\t"))
-    bad = ~(is_digit | is_blank).all(dim=1) | ~is_digit.any(dim=1)
-    if bad.any():
-        row = raw[bad.nonzero()[0, 0]]
-        text = bytes(row[row != 0].tolist())
-        raise ValueError(f"WebDataset label (.cls) is not a non-negative integer: {text!r}")
+    valid = (is_digit | is_blank).all(dim=1) & is_digit.any(dim=1) & (raw.shape[1] <= 18)  # (int64 range)
     digits = (raw.to(torch.int64) - ord("0")).clamp_(0, 9)
     value = torch.zeros(raw.shape[0], dtype=torch.int64)
     for column in range(raw.shape[1]):
         value = torch.where(is_digit[:, column], value * 10 + digits[:, column], value)
-    return value
+    return value, valid
+
+
+def _row_texts(raw: torch.Tensor) -> list[str]:
+    """Zero-padded uint8 rows (DALI's source names, labels) to strings."""
+    return [bytes(row[row != 0].tolist()).decode("utf-8", "surrogateescape") for row in raw.cpu()]
 
 
 def _pipeline_seed(*parts: int) -> int:
@@ -110,11 +135,14 @@ class DALILoader:
         prefetch_queue_depth: Batches DALI prepares ahead.
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
-        on_error: ``"raise"``: a file that cannot be read or decoded stops the iteration with a
-            :class:`BadSampleError` naming it and the problem. ``"skip"`` (image folders): it is
-            recorded in ``loader.skipped`` (path -> problem), a warning names it, and its place in the
-            batch is taken by a padding sample (label ``PAD_LABEL``), so every good sample still comes
-            exactly once, labels never shift and every rank keeps the same number of batches.
+        on_error: ``"raise"``: a sample that cannot be read, decoded or labelled stops the iteration
+            with a :class:`BadSampleError` naming the file (or the shard and the sample's key) and the
+            problem. ``"skip"``: it is recorded in ``loader.skipped`` (name -> problem), a warning names
+            it, and its place in the batch is taken by a padding sample (label ``PAD_LABEL``), so every
+            good sample still comes exactly once, labels never shift and every rank keeps the same
+            number of batches. Shards: a sample without an image or a label, a label that is not an
+            integer or is out of range, a duplicate key (a second copy left out of the index) are bad
+            samples too.
         max_pixels: Images with more pixels (read from the file header) are never decoded: they are
             bad samples, handled as ``on_error`` says. The default is PIL's decompression-bomb limit
             (about 179 million pixels, 537 MB decoded); ``None`` removes the limit.
@@ -206,18 +234,21 @@ class DALILoader:
         self.prefetch_queue_depth = int(prefetch_queue_depth)
         self.return_index = bool(return_index)
         self.source = open_source(source, index_dir)
-        if on_error == "skip" and not isinstance(self.source, ImageFolderSource):
-            raise ValueError("on_error='skip' works on image folders; for shards, find bad samples first with "
-                             "`python -m dali_resizer.check DIR` and rewrite the shards without them")
+        self._index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
         self.on_error = on_error
         self.max_pixels = max_pixels
         self.skipped: dict[str, str] = {}
+        self._bad_keys: dict[str, set[str]] = {}  # shard -> keys of its skipped samples (read as stand-ins)
         self._epoch = 0
         self._finished = None  # an evaluation iterator that ran to its end, to rewind
         self._active = None  # (epoch, DALI iterator, batches yielded) of the epoch in progress
         self._resume: dict | None = None
         if isinstance(self.source, ImageFolderSource):
             self._targets = torch.from_numpy(self.source.targets)
+        elif self.source.duplicates:
+            self._found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
+                         "and extension; this copy is left out of the index" for tar, members in
+                         self.source.duplicates.items() for member in members}, stacklevel=3)
 
     # -- DataLoader surface -------------------------------------------------------------------------
 
@@ -265,7 +296,7 @@ class DALILoader:
         its readers and random generators, or the next epoch when none is in progress."""
         state = {"epoch": self._epoch, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
                  "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.source),
-                 "skipped": dict(self.skipped)}
+                 "skipped": dict(self.skipped), "bad_keys": {tar: sorted(keys) for tar, keys in self._bad_keys.items()}}
         if self._active is not None:
             epoch, batches, done, base = self._active
             state |= {"epoch": epoch, "batches_done": done, "base": base}
@@ -282,6 +313,8 @@ class DALILoader:
                 raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}")
         self._epoch = int(state["epoch"])
         self.skipped.update(state.get("skipped", {}))
+        for tar, keys in state.get("bad_keys", {}).items():
+            self._bad_keys.setdefault(tar, set()).update(keys)
         self._resume = state if state["batches_done"] else None
 
     def __repr__(self) -> str:
@@ -305,6 +338,7 @@ class DALILoader:
         batches, self._finished = (self._finished if reusable else None), None
         build = batches is None and done < real_batches  # (done >= real_batches: only padding was left)
         checkpoint = resume["dali"] if resume else None
+        rebuilt = False  # a pipeline rebuilt mid-epoch around a bad sample
         if batches is not None:
             batches.reset()
         self._active = (epoch, batches, done, base)
@@ -320,10 +354,7 @@ class DALILoader:
                     images = out["images"]
                     if images.shape[0] == 0:  # DALI's equalisation across reader shards: an all-padding batch
                         continue
-                    labels, indices = self._labels(out["targets"])
-                    oversize = out["oversize"].view(-1)
-                    if bool(oversize.any()):
-                        labels, indices = self._on_oversize(out["targets"], oversize, labels, indices)
+                    labels, indices = self._labels(out)
                     if padding and done == real_batches - 1 and images.shape[0] < self.batch_size:
                         images, labels, indices = self._pad(images, labels, indices, images[-1:], padding)
                         padding = 0
@@ -332,11 +363,13 @@ class DALILoader:
                     self._active = (epoch, batches, done, base)
                     yield (images, labels, indices) if self.return_index else (images, labels)
                 break
-            except RuntimeError as error:  # DALI stopped: find the file, then raise or skip it
+            except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
                 if "pipeline" not in str(error).lower():
                     raise
-                self._on_bad_sample(epoch, done, error)
-                base, build, batches = done, True, None  # the rest of the epoch, without the bad file
+                checkpoint = self._on_pipeline_error(epoch, done, base, error, batches)
+                if isinstance(self.source, ImageFolderSource):
+                    base = done  # the rest of the epoch's list, the bad file replaced by a stand-in
+                build, batches, rebuilt = True, None, True
         if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             if last is None:
@@ -346,50 +379,174 @@ class DALILoader:
             self._active = (epoch, None, done, base)
             yield (images, labels, indices) if self.return_index else (images, labels)
         self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
-        if reusable and base == 0:  # (a pipeline rebuilt mid-epoch around a bad file covers only the rest)
+        if reusable and not rebuilt:  # (a pipeline rebuilt mid-epoch may cover only the rest)
             self._finished = batches
 
-    def _on_oversize(self, raw: torch.Tensor, oversize: torch.Tensor, labels, indices):
-        """Images over ``max_pixels`` (placeholders in the batch): raise naming them, or mark them as
-        padding and count them as skipped."""
-        limit = f"over max_pixels={self.max_pixels:,} (not decoded; pass a larger max_pixels to read it)"
-        if not isinstance(self.source, ImageFolderSource):
-            raise BadSampleError(f"an image of {len(self.source.paths)} shard(s) ({self.source.paths[0]} ...) is {limit}")
-        ids = raw.view(-1).to(torch.int64)[oversize]
-        paths = [self.source.files[i % len(self.source)] for i in ids.tolist()]
+    # -- bad samples --------------------------------------------------------------------------------
+
+    def _found(self, bad: dict[str, str], stacklevel: int = 5) -> None:
+        """Bad samples (name -> problem): raises naming the first (``on_error="raise"``), or records
+        them in ``skipped`` and warns."""
         if self.on_error == "raise":
-            raise BadSampleError(f"{paths[0]}: image {limit}")
-        for path in paths:
-            self.skipped[path] = f"image {limit}"
-        warnings.warn(f"skipped {len(paths)} image(s) {limit}: {', '.join(paths[:3])}", stacklevel=4)
-        mask = oversize.to(labels.device)
-        labels = labels.masked_fill(mask, PAD_LABEL)
+            name, problem = next(iter(bad.items()))
+            raise BadSampleError(f"{name}: {problem}")
+        new = {name: problem for name, problem in bad.items() if name not in self.skipped}
+        self.skipped.update(bad)
+        if new:
+            shown = "; ".join(f"{name} ({problem})" for name, problem in list(new.items())[:3])
+            warnings.warn(f"skipped {len(new)} bad sample(s), {len(self.skipped)} so far: {shown}",
+                          stacklevel=stacklevel)
+
+    def _oversize_problem(self) -> str:
+        return f"image over max_pixels={self.max_pixels:,} (not decoded; pass a larger max_pixels to read it)"
+
+    def _row_problems(self, status: torch.Tensor, files: list[str | None]) -> dict[int, str]:
+        """Problems of the rows the pipeline did not decode (``status``), from their files (folders)."""
+        from pipelines.probe import describe_bytes
+
+        problems = {}
+        for row in status.nonzero().view(-1).tolist():
+            if int(status[row]) == _STATUS_OVERSIZE:
+                problems[row] = self._oversize_problem()
+            elif files[row] is not None:
+                problems[row] = f"{describe_bytes(Path(files[row]).read_bytes())} (not decoded)"
+        return problems
+
+    def _labels(self, out: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Labels (and sample indices) of a batch on ``self.device``: bad samples the pipeline reported
+        are raised or marked as padding, and so are the stand-ins of samples skipped before."""
+        status = out["status"].view(-1)
+        if isinstance(self.source, ImageFolderSource):
+            indices = out["targets"].view(-1).to(torch.int64)
+            padding = indices >= len(self.source)  # a skipped file's place, filled by a good one
+            labels = self._targets[indices % len(self.source)]
+            if bool(status.any()):
+                files = [None if pad else self.source.files[i] for i, pad in zip(indices.tolist(), padding.tolist())]
+                problems = self._row_problems(status, files)
+                if problems:
+                    self._found({files[row]: problem for row, problem in problems.items()})
+                    padding[list(problems)] = True
+            labels[padding] = PAD_LABEL
+            indices[padding] = -1
+        else:
+            indices = None
+            labels, padding = self._shard_labels(out, status)
+            labels[padding] = PAD_LABEL
+        labels = labels.to(self.device, non_blocking=True)
         if indices is not None:
-            indices = indices.masked_fill(mask, -1)
+            indices = indices.to(self.device, non_blocking=True)
         return labels, indices
 
-    def _on_bad_sample(self, epoch: int, done: int, error: RuntimeError) -> None:
-        """Names the file(s) that stopped DALI among the batches it was preparing; raises, or records
-        them as skipped (``on_error="skip"``)."""
-        detail = next((line.strip() for line in reversed(str(error).splitlines())
-                       if line.strip() and "pipeline" not in line.lower()), "decode failed")
-        if not isinstance(self.source, ImageFolderSource):
-            raise BadSampleError(f"a sample of {len(self.source.paths)} shard(s) ({self.source.paths[0]} ...) could "
-                                 f"not be read or decoded: {detail}; `python -m dali_resizer.check` finds it") from error
-        from pipelines.probe import probe_files
+    def _shard_labels(self, out: dict, status: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels of a batch of shard samples and the rows to mark as padding (stand-ins, bad samples)."""
+        from pipelines.probe import describe_bytes
 
-        files, _ = self._epoch_samples(epoch)
-        window = files[done * self.batch_size : (done + self.prefetch_queue_depth + 2) * self.batch_size]
-        bad = probe_files(dict.fromkeys(f for f in window if f not in self.skipped))
+        labels, valid = _ascii_labels(out["targets"])
+        classes = len(self.source.classes) if self.source.classes is not None else None
+        if classes is not None:
+            valid &= labels < classes
+        padding = torch.zeros_like(valid)
+        if bool(valid.all()) and not bool(status.any()) and not self._bad_keys:
+            return labels, padding
+        names = [image or label for image, label in zip(_row_texts(out["image_name"]), _row_texts(out["label_name"]))]
+        has_image = [bool(text) for text in _row_texts(out["image_name"])]
+        has_label = [bool(text) for text in _row_texts(out["label_name"])]
+        texts = _row_texts(out["targets"])
+        bad, keys = {}, []
+        for row, name in enumerate(names):
+            tar, offset, member = name.rsplit(":", 2)
+            key = sample_key(member)
+            if key in self._bad_keys.get(tar, ()):
+                padding[row] = True  # a stand-in for a sample skipped before
+                continue
+            if int(status[row]) == _STATUS_OVERSIZE:
+                problem = self._oversize_problem()
+            elif int(status[row]) == _STATUS_NOT_AN_IMAGE:
+                problem = (f"{describe_bytes(read_tar_member(tar, int(offset))[1])} (not decoded)" if has_image[row]
+                           else "no image (.jpg/.jpeg/.png/.webp) in the sample")
+            elif not has_label[row]:
+                problem = "no label (.cls) in the sample"
+            elif not texts[row].strip().isdigit():
+                problem = f"label {texts[row]!r} is not a non-negative integer"
+            elif not bool(valid[row]):
+                problem = f"label {int(texts[row])} is out of range for the {classes} classes of classes.txt"
+            else:
+                continue
+            bad[f"{tar} (sample {key})"] = problem
+            keys.append((tar, key))
+            padding[row] = True
+        if bad:
+            self._found(bad)
+            for tar, key in keys:
+                self._bad_keys.setdefault(tar, set()).add(key)
+        return labels, padding
+
+    def _on_pipeline_error(self, epoch: int, done: int, base: int, error: RuntimeError, batches) -> bytes | None:
+        """Names the sample(s) that stopped DALI: from DALI's message when it names one, else by decoding
+        alone each sample of the batches DALI was preparing. Raises, or records them as skipped
+        (``on_error="skip"``) and returns the checkpoint to rebuild the pipeline from (shards)."""
+        from pipelines.probe import describe_bytes, probe_bytes, probe_files
+
+        text = str(error)
+        detail = next((line.strip() for line in reversed(text.splitlines())
+                       if line.strip() and "pipeline" not in line.lower()), "decode failed")
+        named = _DALI_NAMES_SAMPLE.search(text)
+        if named:  # (the sample's name is said once, in front)
+            detail = detail.replace(f" : {named.group(1).strip()}", "")
+        folder = isinstance(self.source, ImageFolderSource)
+        checkpoint = None if folder or batches is None else batches.checkpoints()[0]
+        bad: dict[str, str] = {}
+        keys: list[tuple[str, str]] = []
+        if folder:
+            if named and os.path.isfile(named.group(1).strip()):
+                path = named.group(1).strip()
+                bad[path] = f"{describe_bytes(Path(path).read_bytes())}; DALI: {detail}"
+            else:
+                files, _ = self._epoch_samples(epoch)
+                window = files[done * self.batch_size : (done + self.prefetch_queue_depth + 2) * self.batch_size]
+                bad = probe_files(dict.fromkeys(f for f in window if f not in self.skipped))
+            repeated = [path for path in bad if path in self.skipped]
+        else:
+            if named:
+                candidates = [named.group(1).strip()]
+            elif checkpoint is not None:
+                candidates = self._replay(epoch, checkpoint, min(self.prefetch_queue_depth + 2, len(self) - done))
+            else:
+                candidates = []
+            for name in dict.fromkeys(candidates):
+                tar, offset, member = name.rsplit(":", 2)
+                header_name, data = read_tar_member(tar, int(offset))
+                problem = f"{describe_bytes(data)}; DALI: {detail}" if named else probe_bytes(data)
+                if problem is not None:
+                    key = sample_key(member)
+                    if key in self._bad_keys.get(tar, ()):  # a stand-in's image: the donor sample is bad
+                        key = sample_key(header_name)
+                    bad[f"{tar} (sample {key})"] = problem
+                    keys.append((tar, key))
+            repeated = [name for name, (tar, key) in zip(bad, keys) if key in self._bad_keys.get(tar, ())]
         if not bad:
-            raise BadSampleError(f"DALI failed on a batch of {window[0]} ... (no single file fails alone): "
+            where = self.source.paths[0] if not folder else "the batch"
+            raise BadSampleError(f"DALI failed on a batch of {where} ... and no single sample fails alone: "
                                  f"{detail}") from error
+        if repeated:
+            raise BadSampleError(f"{repeated[0]}: still fails after it was skipped; DALI: {detail}") from error
         if self.on_error == "raise":
-            path, problem = next(iter(bad.items()))
-            raise BadSampleError(f"{path}: {problem}") from None
-        self.skipped.update(bad)
-        shown = ", ".join(f"{path} ({problem})" for path, problem in list(bad.items())[:3])
-        warnings.warn(f"skipped {len(bad)} bad file(s), {len(self.skipped)} so far: {shown}", stacklevel=4)
+            name, problem = next(iter(bad.items()))
+            raise BadSampleError(f"{name}: {problem}") from None
+        self._found(bad, stacklevel=6)
+        for tar, key in keys:
+            self._bad_keys.setdefault(tar, set()).add(key)
+        return checkpoint
+
+    def _replay(self, epoch: int, checkpoint: bytes, count: int) -> list[str]:
+        """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
+        pipeline that decodes nothing (shards)."""
+        pipe = self._build_pipeline(epoch, checkpoint, replay=True)
+        names = []
+        for _ in range(max(count, 1)):
+            image_names = pipe.run()[3]  # (the outputs of webdataset_pipeline)
+            names += [text for text in _row_texts(torch.from_numpy(np.array(image_names.as_tensor()))) if text]
+        return names
 
     def _pad(self, images, labels, indices, sample, count: int):
         """Appends ``count`` copies of ``sample`` marked as padding (label ``PAD_LABEL``, index -1)."""
@@ -404,32 +561,12 @@ class DALILoader:
 
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
         pipe = self._build_pipeline(epoch, checkpoint, base * self.batch_size)
+        names = ["images", "targets", "status"]
+        if not isinstance(self.source, ImageFolderSource):
+            names += ["image_name", "label_name"]
         # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
-        return DALIGenericIterator([pipe], ["images", "targets", "oversize"], reader_name="Reader",
-                                   last_batch_policy=policy, prepare_first_batch=False)
-
-    def _labels(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Labels (and sample indices) on ``self.device`` from the reader's CPU output."""
-        if isinstance(self.source, ImageFolderSource):
-            indices = raw.view(-1).to(torch.int64)
-            stand_in = indices >= len(self.source)  # a skipped file's place, filled by a good one
-            labels = self._targets[indices % len(self.source)]
-            labels[stand_in] = PAD_LABEL
-            indices[stand_in] = -1
-        else:
-            indices = None
-            try:
-                labels = parse_ascii_labels(raw)
-            except ValueError as e:
-                raise BadSampleError(f"{e}, in one of {len(self.source.paths)} shard(s) ({self.source.paths[0]} ...); "
-                                     "`python -m dali_resizer.check` names the sample") from None
-            if self.source.classes is not None and bool((labels >= len(self.source.classes)).any()):
-                raise BadSampleError(f"label {int(labels.max())} is out of range for the {len(self.source.classes)} "
-                                     f"classes of {self.source.paths[0]} ...; `python -m dali_resizer.check` names the sample")
-        labels = labels.to(self.device, non_blocking=True)
-        if indices is not None:
-            indices = indices.to(self.device, non_blocking=True)
-        return labels, indices
+        return DALIGenericIterator([pipe], names, reader_name="Reader", last_batch_policy=policy,
+                                   prepare_first_batch=False)
 
     def _epoch_samples(self, epoch: int) -> tuple[list[str], np.ndarray]:
         """This shard's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
@@ -446,7 +583,7 @@ class DALILoader:
                     files[k], mine[k] = good, mine[k] + total  # ids >= total read as padding
         return files, mine
 
-    def _build_pipeline(self, epoch: int, checkpoint: bytes | None = None, start: int = 0):
+    def _build_pipeline(self, epoch: int, checkpoint: bytes | None = None, start: int = 0, replay: bool = False):
         from nvidia.dali import types
 
         import pipelines
@@ -468,6 +605,7 @@ class DALILoader:
             max_pixels=min(self.max_pixels or 2**31 - 1, 2**31 - 1),  # (a DALI constant: int32)
             enable_checkpointing=True,
             checkpoint=checkpoint,
+            replay=replay,
         )
         if isinstance(self.source, ImageFolderSource):
             files, ids = self._epoch_samples(epoch)
@@ -476,9 +614,14 @@ class DALILoader:
             source: ShardSource = self.source
             order_rng = np.random.default_rng([self.seed, epoch])  # identical on every shard
             order = order_rng.permutation(len(source.paths)) if self.shuffle else np.arange(len(source.paths))
+            index_paths = [
+                standin_index(source.index_paths[i], self._bad_keys[source.paths[i]], self._index_dir / "standin")
+                if self._bad_keys.get(source.paths[i]) else source.index_paths[i]
+                for i in order
+            ]
             pipe = pipelines.webdataset_pipeline(
                 [source.paths[i] for i in order],
-                [source.index_paths[i] for i in order],
+                index_paths,
                 shard_id=self.shard_id,
                 num_shards=self.num_shards,
                 random_shuffle=self.shuffle,

@@ -115,6 +115,7 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                         problem = "differs from the tar's contents"
                 finally:
                     expected.unlink(missing_ok=True)
+                    Path(f"{expected}.duplicates").unlink(missing_ok=True)
             if problem is not None:
                 problems.setdefault("stale index", []).append(f"{index}: {problem}")
         try:
@@ -174,10 +175,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(paths)} shard(s) in {args.out}")
         return 0
     if args.command == "index":
+        status = 0
         for tar in args.tars:
-            count = build_index(tar, os.path.splitext(tar)[0] + ".idx")
-            print(f"{tar}: {count} samples")
-        return 0
+            index = os.path.splitext(tar)[0] + ".idx"
+            count = build_index(tar, index)
+            duplicates = Path(f"{index}.duplicates")
+            left_out = duplicates.read_text().splitlines() if duplicates.is_file() else []
+            print(f"{tar}: {count} samples" + (f"; {len(left_out)} duplicate member(s) left out, listed in "
+                                               f"{duplicates}" if left_out else ""))
+            status = status or (1 if left_out else 0)
+        return status
     return report_problems(verify_shards(args.dir))
 
 

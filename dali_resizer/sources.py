@@ -20,6 +20,9 @@ __all__ = [
     "default_cache_dir",
     "index_problem",
     "open_source",
+    "read_tar_member",
+    "sample_key",
+    "standin_index",
 ]
 
 # torchvision.datasets.folder.IMG_EXTENSIONS; DALI decodes all of them.
@@ -27,6 +30,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 CLASSES_FILE = "classes.txt"
 FILE_LIST_HEADER = "# dali_resizer file list v1"
+DUPLICATES_SUFFIX = ".duplicates"  # beside an index: the members build_index left out as duplicate keys
 
 
 def default_cache_dir() -> Path:
@@ -34,6 +38,11 @@ def default_cache_dir() -> Path:
     if "DALI_RESIZER_CACHE" in os.environ:
         return Path(os.environ["DALI_RESIZER_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dali_resizer"
+
+
+def default_index_dir() -> Path:
+    """Where the loader builds the WebDataset indexes that are missing beside their tars."""
+    return default_cache_dir() / "wds-index"
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,9 @@ class ShardSource:
     index_paths: list[str]
     counts: list[int]
     classes: list[str] | None = None
+    # tar -> members left out of its index because their sample key and extension came before
+    # (only known for indexes built by build_index, which records them beside the index)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -130,16 +142,24 @@ class ShardSource:
         counts = [_read_index_count(p) for p in index_paths]
         classes_file = Path(paths[0]).parent / CLASSES_FILE
         classes = classes_file.read_text().splitlines() if classes_file.is_file() else None
-        return cls(list(paths), index_paths, counts, classes)
+        duplicates = {}
+        for tar, index in zip(paths, index_paths):
+            if os.path.isfile(index + DUPLICATES_SUFFIX):
+                duplicates[tar] = Path(index + DUPLICATES_SUFFIX).read_text().splitlines()
+        return cls(list(paths), index_paths, counts, classes, duplicates)
 
 
 def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> int:
     """Writes DALI's WebDataset index (format v1.2) for ``tar_path``; returns the sample count.
 
     Members are grouped into samples by the name before the first dot of the file name, as
-    webdataset does; hidden files and non-regular members are left out, as DALI does.
+    webdataset does; hidden files and non-regular members are left out, as DALI does. A member whose
+    key and extension were already seen (a duplicate key) is left out of the index, not merged, and
+    listed in ``<index_path>.duplicates`` for the loader and the checks to report.
     """
     samples: dict[str, list[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    duplicates: list[str] = []
     with tarfile.open(tar_path, mode="r:") as tar:
         for member in tar:
             base = os.path.basename(member.name)
@@ -149,13 +169,75 @@ def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> i
             if any(c.isspace() for c in member.name):
                 raise ValueError(f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
             key = os.path.join(os.path.dirname(member.name), stem)
+            if (key, ext.lower()) in seen:
+                duplicates.append(member.name)
+                continue
+            seen.add((key, ext.lower()))
             samples.setdefault(key, []).append(f"{ext} {member.offset_data} {member.size} {member.name}")
-    tmp = f"{index_path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(f"v1.2 {len(samples)}\n")
-        f.writelines(" ".join(components) + "\n" for components in samples.values())
-    os.replace(tmp, index_path)  # atomic: a concurrent reader sees the old index or the whole new one
+    _write_atomic(f"{os.fspath(index_path)}{DUPLICATES_SUFFIX}", "".join(f"{name}\n" for name in duplicates) or None)
+    _write_atomic(index_path, f"v1.2 {len(samples)}\n" + "".join(" ".join(c) + "\n" for c in samples.values()))
     return len(samples)
+
+
+def _write_atomic(path: str | os.PathLike, text: str | None) -> None:
+    """Writes ``text`` to ``path`` through a rename (a concurrent reader sees the old file or the whole
+    new one); ``None`` removes ``path``."""
+    if text is None:
+        Path(path).unlink(missing_ok=True)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def sample_key(member: str) -> str:
+    """A tar member's WebDataset sample key: its path up to the first dot of its file name."""
+    return os.path.join(os.path.dirname(member), os.path.basename(member).split(".", 1)[0])
+
+
+def read_tar_member(tar_path: str | os.PathLike, offset: int) -> tuple[str, bytes]:
+    """The name and bytes of the member whose data starts at ``offset`` (as DALI's index and source
+    names give it), read through its tar header."""
+    with open(tar_path, "rb") as f:
+        f.seek(offset - tarfile.BLOCKSIZE)
+        info = tarfile.TarInfo.frombuf(f.read(tarfile.BLOCKSIZE), tarfile.ENCODING, "surrogateescape")
+        return info.name, f.read(info.size)
+
+
+def standin_index(index_path: str, keys: set[str], out_dir: str | os.PathLike) -> str:
+    """A copy of a DALI index in which the samples ``keys`` read the image of another sample of the same
+    tar, under their own names; returns its path (written once into ``out_dir``).
+
+    The loader reads it instead of the original once those samples are known to be bad: the reader
+    still counts them (so positions, checkpoints and batch counts do not move), nothing fails on them,
+    and their rows are recognised by name and marked as padding.
+    """
+    digest = hashlib.sha1("\n".join([os.path.abspath(index_path), *sorted(keys)]).encode()).hexdigest()[:16]
+    out = Path(out_dir) / f"{Path(index_path).stem}-standin-{digest}.idx"
+    if out.is_file() and out.stat().st_mtime_ns >= os.stat(index_path).st_mtime_ns:
+        return str(out)
+    lines = Path(index_path).read_text().splitlines()
+    rows = [line.split() for line in lines[1:]]
+
+    def image(row):
+        return next((i for i in range(0, len(row), 4) if row[i].lower() in SHARD_IMAGE_KEYS), None)
+
+    donor = next((row for row in rows if sample_key(row[3]) not in keys and image(row) is not None), None)
+    if donor is None:
+        raise ValueError(f"{index_path}: no good image is left in this shard to stand in for its bad samples")
+    i = image(donor)
+    for row in rows:
+        key = sample_key(row[3])
+        if key in keys:
+            j = image(row)
+            if j is None:  # a sample without an image gets one (the donor's), named after it
+                row += [donor[i], donor[i + 1], donor[i + 2], f"{key}.{donor[i]}"]
+            else:
+                row[j + 1 : j + 3] = donor[i + 1 : i + 3]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, lines[0] + "\n" + "".join(" ".join(row) + "\n" for row in rows))
+    return str(out)
 
 
 def index_problem(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> str | None:
@@ -195,7 +277,7 @@ def _index_for(tar_path: str, index_dir: str | os.PathLike | None) -> str:
                       f"(`python -m dali_resizer.shards index {tar_path}` rewrites it)", stacklevel=3)
     stat = os.stat(tar_path)
     digest = hashlib.sha1(f"{os.path.abspath(tar_path)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    index_dir = Path(index_dir) if index_dir is not None else default_cache_dir() / "wds-index"
+    index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
     index_dir.mkdir(parents=True, exist_ok=True)
     cached = index_dir / f"{Path(tar_path).stem}-{digest}.idx"
     if not cached.is_file():

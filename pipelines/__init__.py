@@ -14,7 +14,18 @@ except ImportError as e:  # pragma: no cover - exercised only where DALI is miss
     ) from e
 
 from pipelines.image_folder import decode_only_pipeline, image_folder_pipeline
-from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, decode, decoder_device, normalize
+from pipelines.stages import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_PIXELS,
+    STATUS_NOT_AN_IMAGE,
+    STATUS_OK,
+    STATUS_OVERSIZE,
+    decode,
+    decoder_device,
+    image_status,
+    normalize,
+)
 from pipelines.webdataset import (
     IMAGE_EXTENSIONS,
     LABEL_EXTENSION,
@@ -26,12 +37,16 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
-    "MAX_PIXELS",
     "LABEL_EXTENSION",
+    "MAX_PIXELS",
+    "STATUS_NOT_AN_IMAGE",
+    "STATUS_OK",
+    "STATUS_OVERSIZE",
     "decode",
     "decode_only_pipeline",
     "decoder_device",
     "image_folder_pipeline",
+    "image_status",
     "normalize",
     "webdataset_decode_only_pipeline",
     "webdataset_pipeline",

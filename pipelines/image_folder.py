@@ -28,8 +28,9 @@ def image_folder_pipeline(
     max_pixels: int = MAX_PIXELS,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    replay: bool = False,
 ):
-    """Reads ``files`` in the given order and yields ``(images, sample_ids)``.
+    """Reads ``files`` in the given order and yields ``(images, sample_ids, status)``.
 
     The reader's "label" is the sample id given for each file (its index in the source), so the torch
     side can map it to the class and can tell every sample apart. The order, shuffling included, is
@@ -37,8 +38,9 @@ def image_folder_pipeline(
     (the iterator trims the padding).
 
     Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; sample ids ``(N, 1)`` int32
-    on the CPU; ``oversize`` ``(N,)`` bool on the CPU, True where an image over ``max_pixels`` was
-    replaced by a placeholder instead of being decoded.
+    on the CPU; ``status`` ``(N,)`` uint8 on the CPU (:func:`pipelines.image_status`): not 0 where an
+    image over ``max_pixels``, or a file that is not an image, was replaced by a placeholder instead of
+    being decoded. ``replay``: see :func:`pipelines.decode`.
     """
     encoded, ids = fn.readers.file(
         files=list(files),
@@ -47,12 +49,14 @@ def image_folder_pipeline(
         num_shards=num_shards,
         random_shuffle=False,
         pad_last_batch=True,
+        dont_use_mmap=True,  # (a zero-byte file cannot be mapped: read, it is an empty sample with a status)
         name="Reader",
     )
-    images, oversize = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
-                              random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels)
+    images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
+                            random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
+                            replay=replay)
     images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
-    return images, ids, oversize
+    return images, ids, status
 
 
 @pipeline_def

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-__all__ = ["describe_bytes", "probe_files"]
+__all__ = ["describe_bytes", "probe_bytes", "probe_files"]
 
 _SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
     (b"BM", "BMP"),
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
@@ -26,6 +24,8 @@ def describe_bytes(data: bytes) -> str:
         return "empty file (0 bytes)"
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP image"
+    if data.startswith(b"GIF8"):
+        return "GIF image (DALI does not decode GIF)"
     for magic, kind in _SIGNATURES:
         if data.startswith(magic):
             if kind == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
@@ -40,27 +40,37 @@ def describe_bytes(data: bytes) -> str:
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None)
-def _one_file(path: str):
-    encoded, _ = fn.readers.file(files=[path])
-    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+def _one_sample():
+    encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+    shape = fn.peek_image_shape(encoded)
+    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB), shape
+
+
+def probe_bytes(data: bytes) -> str | None:
+    """Reads the header and decodes ``data`` alone on the CPU, as the loader would; ``None`` when that
+    works, else the problem: what the bytes are and what DALI said."""
+    pipe = _one_sample()
+    pipe.build()
+    pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
+    try:
+        pipe.run()
+    except RuntimeError as e:
+        said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
+        return f"{describe_bytes(data)}; DALI: {said[-1].strip() if said else 'decode failed'}"
+    return None
 
 
 def probe_files(paths: Iterable[str]) -> dict[str, str]:
-    """Decodes each file alone on the CPU, as the loader would; returns ``{path: problem}`` for those
-    that fail, the problem naming what the bytes are and what DALI said."""
+    """:func:`probe_bytes` on each file; returns ``{path: problem}`` for those that fail."""
     problems = {}
     for path in paths:
         try:
             with open(path, "rb") as f:
-                head = f.read()
+                data = f.read()
         except OSError as e:
             problems[path] = f"unreadable: {e.strerror or e}"
             continue
-        try:
-            pipe = _one_file(os.path.abspath(path))
-            pipe.build()
-            pipe.run()
-        except RuntimeError as e:
-            said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
-            problems[path] = f"{describe_bytes(head)}; DALI: {said[-1].strip() if said else 'decode failed'}"
+        problem = probe_bytes(data)
+        if problem is not None:
+            problems[path] = problem
     return problems

@@ -33,22 +33,25 @@ def webdataset_pipeline(
     max_pixels: int = MAX_PIXELS,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    replay: bool = False,
 ):
     """Reads samples ``<key>.{jpg,jpeg,png,webp}`` + ``<key>.cls`` from tar shards.
 
     Every tar needs its index file (``index_paths``, same order): DALI's own tar inference is never
-    used. A sample without an image or a label is an error, not an empty tensor.
+    used. A sample without an image or a label gets an empty one (a placeholder image, an empty label
+    and an empty name), for the caller to report: the pipeline itself does not stop on it.
 
     Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; the ``cls`` bytes (ASCII
-    digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU; ``oversize`` as in
-    :func:`pipelines.image_folder_pipeline`.
+    digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU; ``status`` as in
+    :func:`pipelines.image_folder_pipeline`; the source of the image and of the label as DALI names
+    them (``"<tar>:<offset>:<member>"``, zero-padded uint8 rows), which say which sample each row is.
     """
     encoded, label_text = fn.readers.webdataset(
         paths=list(paths),
         index_paths=list(index_paths),
         ext=[";".join(IMAGE_EXTENSIONS), LABEL_EXTENSION],
         case_sensitive_extensions=False,
-        missing_component_behavior="error",
+        missing_component_behavior="empty",
         shard_id=shard_id,
         num_shards=num_shards,
         random_shuffle=random_shuffle,
@@ -56,10 +59,13 @@ def webdataset_pipeline(
         pad_last_batch=True,
         name="Reader",
     )
-    images, oversize = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
-                              random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels)
+    images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
+                            random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
+                            replay=replay)
     images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
-    return images, fn.pad(label_text, axes=(0,), fill_value=0), oversize
+    image_name = fn.pad(fn.get_property(encoded, key="source_info"), axes=(0,), fill_value=0)
+    label_name = fn.pad(fn.get_property(label_text, key="source_info"), axes=(0,), fill_value=0)
+    return images, fn.pad(label_text, axes=(0,), fill_value=0), status, image_name, label_name
 
 
 @pipeline_def

@@ -8,10 +8,10 @@ import pipelines
 from pipelines import IMAGENET_MEAN, IMAGENET_STD
 
 
-def run_all(pipe):
+def run_all(pipe, extra=("status",)):
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-    out = list(DALIGenericIterator([pipe], ["images", "second", "oversize"], reader_name="Reader",
+    out = list(DALIGenericIterator([pipe], ["images", "second", *extra], reader_name="Reader",
                                    last_batch_policy=LastBatchPolicy.PARTIAL))
     return [b[0]["images"] for b in out], [b[0]["second"] for b in out]
 
@@ -39,11 +39,44 @@ def test_images_over_max_pixels_are_not_decoded(tmp_path):
         pipe = pipelines.image_folder_pipeline(files, [0, 1], size=(8, 8), train=train, max_pixels=10_000,
                                                batch_size=2, num_threads=1, device_id=None)
         pipe.build()
-        images, ids, oversize = pipe.run()
-        assert np.array(oversize.as_tensor()).ravel().tolist() == [True, False]
+        images, ids, status = pipe.run()
+        assert np.array(status.as_tensor()).ravel().tolist() == [pipelines.STATUS_OVERSIZE, pipelines.STATUS_OK]
         batch = np.array(images.as_tensor())  # (2, 3, 8, 8)
         assert (np.ptp(batch[0], axis=(1, 2)) == 0).all()  # the large one: a flat placeholder, never decoded
         assert batch[1, 0].mean() > batch[1, 1].mean()  # the small one: its red decoded
+
+
+def test_bytes_that_are_no_image_get_a_status_not_a_failure(tmp_path):
+    import io
+
+    def encoded(fmt):
+        buf = io.BytesIO()
+        Image.new("RGB", (30, 20), (200, 10, 30)).save(buf, format=fmt)
+        return buf.getvalue()
+
+    contents = {
+        "jpeg": encoded("JPEG"), "png": encoded("PNG"), "bmp": encoded("BMP"), "tiff": encoded("TIFF"),
+        "webp": encoded("WEBP"), "ppm": encoded("PPM"), "gif": encoded("GIF"), "empty": b"",
+        "html": b"<!doctype html><html><body>404</body></html>", "one-byte": b"\xff",
+        "random": np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+    }
+    files = []
+    for name, data in contents.items():
+        (tmp_path / f"{name}.jpg").write_bytes(data)
+        files.append(str(tmp_path / f"{name}.jpg"))
+    for replay in (False, True):
+        pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), size=(8, 8), train=False,
+                                               replay=replay, batch_size=len(files), num_threads=1, device_id=None)
+        pipe.build()
+        images, ids, status = pipe.run()
+        got = dict(zip(contents, np.array(status.as_tensor()).ravel().tolist()))
+        decodable = ("jpeg", "png", "bmp", "tiff", "webp", "ppm")
+        if replay:  # nothing is read or decoded; every sample is listed
+            assert set(got.values()) == {pipelines.STATUS_NOT_AN_IMAGE}
+        else:
+            assert got == {name: pipelines.STATUS_OK if name in decodable else pipelines.STATUS_NOT_AN_IMAGE
+                           for name in contents}
+        assert np.array(ids.as_tensor()).ravel().tolist() == list(range(len(files)))
 
 
 def test_float16_output(image_folder):
@@ -102,10 +135,37 @@ def test_webdataset_pipeline_reads_every_sample(shard_dir):
     pipe = pipelines.webdataset_pipeline(source.paths, source.index_paths, size=(12, 20), train=True,
                                          random_shuffle=True, initial_fill=4,
                                          batch_size=4, num_threads=2, device_id=None, seed=0)
-    images, labels = run_all(pipe)
+    images, labels = run_all(pipe, extra=("status", "image_name", "label_name"))
     assert [tuple(b.shape) for b in images] == [(4, 3, 12, 20)] * 3 + [(1, 3, 12, 20)]
     texts = [bytes(row[row > 0].tolist()) for b in labels for row in b]
     assert sorted(texts) == sorted(str(i % 3).encode() for i in range(13))
+
+
+def test_webdataset_pipeline_names_its_samples_and_reports_missing_parts(tmp_path):
+    import webdataset as wds
+
+    from dali_resizer.sources import build_index
+
+    image = (tmp_path / "x.jpg")
+    Image.new("RGB", (20, 10), (0, 90, 200)).save(image)
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:
+        sink.write({"__key__": "a", "jpg": image.read_bytes(), "cls": b"1"})
+        sink.write({"__key__": "b", "cls": b"2"})  # no image
+        sink.write({"__key__": "c", "jpg": image.read_bytes()})  # no label
+    build_index(tmp_path / "s.tar", tmp_path / "s.idx")
+    pipe = pipelines.webdataset_pipeline([str(tmp_path / "s.tar")], [str(tmp_path / "s.idx")], size=(8, 8),
+                                         train=False, batch_size=3, num_threads=1, device_id=None)
+    pipe.build()
+    _, labels, status, image_names, label_names = (np.array(t.as_tensor()) for t in pipe.run())
+
+    def text(row):
+        return bytes(row[row > 0].tolist()).decode()
+
+    assert [text(r) for r in labels] == ["1", "2", ""]
+    assert status.ravel().tolist() == [pipelines.STATUS_OK, pipelines.STATUS_NOT_AN_IMAGE, pipelines.STATUS_OK]
+    tar = str(tmp_path / "s.tar")
+    assert [text(r).split(":")[::2] for r in image_names] == [[tar, "a.jpg"], [""], [tar, "c.jpg"]]
+    assert [text(r).rsplit(":", 1)[-1] for r in label_names] == ["a.cls", "b.cls", ""]
 
 
 @pytest.mark.needs_cuda

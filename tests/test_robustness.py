@@ -102,26 +102,172 @@ def test_skip_state_survives_resume(tmp_path):
     assert rest == [9, 10]  # (samples 0-8 came in the first three batches, 8 as padding)
 
 
-def test_unreadable_file_is_named(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads files whatever their mode")
-    root = make_folder(tmp_path)
-    os.chmod(root / "a" / "1.jpg", 0)
-    with pytest.raises(BadSampleError, match=r"1\.jpg: unreadable"):
-        list(DALILoader(root, batch_size=4, size=16))
+def test_unreadable_file_is_named():
+    """The loader runs in a forked child that, when the tests run as root (root reads files whatever
+    their mode), first becomes an unprivileged user; the child reports the error through a pipe."""
+    import gc
+    import shutil
+    import signal
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import pipelines.probe  # noqa: F401  (imported here: the child may not be allowed to read the venv)
+
+    base = Path(tempfile.mkdtemp(prefix="dali-resizer-unreadable-"))  # (pytest's tmp_path is private to root)
+    try:
+        base.chmod(0o755)
+        root = make_folder(base / "data")
+        os.chmod(root / "a" / "1.jpg", 0)
+        read_end, write_end = os.pipe()
+        gc.collect()  # (no pipeline of an earlier test left to share state with the child)
+        pid = os.fork()
+        if pid == 0:  # the child
+            message = "no error"
+            try:
+                os.close(read_end)
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                list(DALILoader(root, batch_size=4, size=16, num_threads=1))
+            except BaseException as e:  # noqa: BLE001 (everything goes back to the parent)
+                message = f"{type(e).__name__}: {e}"
+            finally:
+                os.write(write_end, message.encode()[:60000])
+                os._exit(0)
+        os.close(write_end)
+        deadline = time.monotonic() + 180
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the loader hung on an unreadable file")
+            time.sleep(0.1)
+        message = os.read(read_end, 65536).decode()
+        os.close(read_end)
+        assert message.startswith(f"BadSampleError: {root / 'a' / '1.jpg'}: unreadable: Permission denied"), message
+    finally:
+        shutil.rmtree(base)
 
 
-def test_shards_raise_with_the_shards_named(tmp_path):
+# -- shards ----------------------------------------------------------------------------------------
+
+# Bad samples of a shard, each with the words its error must hold. "truncated" cuts the JPEG inside its
+# header (DALI fails without naming the sample: found by replaying the batches), "cut late" keeps the
+# header (DALI names the sample itself).
+SHARD_BAD = {
+    **{kind: ({"jpg": make()}, EXPECT[kind]) for kind, make in BAD.items()},
+    "cut late": ({"jpg": good_jpeg(seed=3, h=64, w=64)[:-300]}, "truncated JPEG"),
+    "no image": ({}, "no image (.jpg/.jpeg/.png/.webp)"),
+    "no label": ({"jpg": good_jpeg(), "cls": None}, "no label (.cls)"),
+    "non-integer label": ({"jpg": good_jpeg(), "cls": b"cat"}, "label 'cat' is not a non-negative integer"),
+    "label out of range": ({"jpg": good_jpeg(), "cls": b"99"}, "label 99 is out of range for the 50 classes"),
+}
+
+
+def write_dirty_shards(root, bad: dict[int, dict], counts=(7, 6, 7)) -> list[int]:
+    """Shards whose sample i has key k<i> and label i (classes.txt: 50 classes), except that the parts
+    given in ``bad[i]`` replace (or, as None, remove) its own; returns the good samples' labels."""
     import webdataset as wds
 
-    path = tmp_path / "s-000000.tar"
-    with wds.TarWriter(str(path)) as sink:
-        sink.write({"__key__": "good", "jpg": good_jpeg(), "cls": b"0"})
-        sink.write({"__key__": "bad", "jpg": b"<html></html>", "cls": b"1"})
-    with pytest.raises(BadSampleError, match=r"s-000000\.tar.*dali_resizer\.check"):
-        list(DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx"))
-    with pytest.raises(ValueError, match="on_error='skip' works on image folders"):
-        DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx", on_error="skip")
+    root.mkdir(parents=True, exist_ok=True)
+    i, good = 0, []
+    for shard, count in enumerate(counts):
+        with wds.TarWriter(str(root / f"s-{shard:06d}.tar")) as sink:
+            for _ in range(count):
+                sample = {"__key__": f"k{i:03d}", "jpg": good_jpeg(seed=100 + i), "cls": str(i).encode()}
+                if i in bad:
+                    sample = {"__key__": sample["__key__"], "cls": sample["cls"], **bad[i]}
+                    sample = {k: v for k, v in sample.items() if v is not None}
+                else:
+                    good.append(i)
+                sink.write(sample)
+                i += 1
+    (root / "classes.txt").write_text("".join(f"c{c}\n" for c in range(50)))
+    return good
+
+
+@pytest.mark.parametrize("kind", list(SHARD_BAD))
+def test_shard_raise_names_the_shard_the_sample_and_the_problem(tmp_path, kind):
+    parts, expected = SHARD_BAD[kind]
+    write_dirty_shards(tmp_path / "s", {9: parts})
+    loader = DALILoader(tmp_path / "s", batch_size=4, size=16, shuffle=False, index_dir=tmp_path / "idx")
+    with pytest.raises(BadSampleError) as info:
+        list(loader)
+    assert str(info.value).startswith(f"{tmp_path / 's' / 's-000001.tar'} (sample k009): ")
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shard_skip_delivers_every_good_sample_once(tmp_path, shuffle):
+    bad = {1: SHARD_BAD["truncated"][0], 5: SHARD_BAD["html"][0], 9: SHARD_BAD["cut late"][0],
+           12: SHARD_BAD["no label"][0], 16: SHARD_BAD["no image"][0], 19: SHARD_BAD["non-integer label"][0]}
+    good = write_dirty_shards(tmp_path / "s", bad)
+    loader = DALILoader(tmp_path / "s", batch_size=4, size=16, shuffle=shuffle, on_error="skip",
+                        index_dir=tmp_path / "idx")
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        with pytest.warns(UserWarning, match="skipped") if epoch == 0 else _no_warning():
+            batches = list(loader)
+        assert len(batches) == len(loader) == 5  # 20 samples: as many batches as without the bad ones
+        labels = [y for _, lab in batches for y in lab.tolist()]
+        assert sorted(y for y in labels if y != PAD_LABEL) == good  # every good sample once, its own label
+        assert labels.count(PAD_LABEL) == len(bad)
+    tar_of = {i: tmp_path / "s" / f"s-{0 if i < 7 else 1 if i < 13 else 2:06d}.tar" for i in bad}  # (7, 6, 7)
+    assert sorted(loader.skipped) == sorted(f"{tar_of[i]} (sample k{i:03d})" for i in bad)
+
+
+def test_shard_skip_across_ranks_and_resume(tmp_path):
+    bad = {2: SHARD_BAD["truncated"][0], 8: SHARD_BAD["cut late"][0], 15: SHARD_BAD["zero bytes"][0]}
+    good = write_dirty_shards(tmp_path / "s", bad)
+    common = dict(batch_size=3, size=16, shuffle=True, on_error="skip", index_dir=tmp_path / "idx", num_shards=2)
+    seen, lengths = [], []
+    for rank in range(2):
+        loader = DALILoader(tmp_path / "s", shard_id=rank, **common)
+        with pytest.warns(UserWarning):
+            batches = list(loader)
+        lengths.append(len(batches))
+        seen += [y for _, lab in batches for y in lab.tolist() if y != PAD_LABEL]
+    assert sorted(seen) == good and lengths[0] == lengths[1]
+    # Stop rank 0 after its first batches, resume in a new loader: the rest is what an uninterrupted run gave.
+    whole = DALILoader(tmp_path / "s", shard_id=0, **common)
+    with pytest.warns(UserWarning):
+        expected = [lab.tolist() for _, lab in whole]
+    first = DALILoader(tmp_path / "s", shard_id=0, **common)
+    with pytest.warns(UserWarning):
+        it = iter(first)
+        head = [next(it)[1].tolist() for _ in range(2)]
+    resumed = DALILoader(tmp_path / "s", shard_id=0, **common)
+    resumed.load_state_dict(first.state_dict())
+    assert head + [lab.tolist() for _, lab in resumed] == expected
+
+
+def test_shard_duplicate_keys_are_named_or_skipped(tmp_path):
+    import webdataset as wds
+
+    from dali_resizer.shards import verify_shards
+
+    (tmp_path / "s").mkdir()
+    tar = tmp_path / "s" / "s-000000.tar"
+    with wds.TarWriter(str(tar)) as sink:
+        for i, key in enumerate(["a", "b", "a", "c"]):  # "a" written twice, with labels 0 and 2
+            sink.write({"__key__": key, "jpg": good_jpeg(seed=i), "cls": str(i).encode()})
+    with pytest.raises(BadSampleError, match=r"s-000000\.tar \(member a\.(jpg|cls)\): duplicate key"):
+        DALILoader(tmp_path / "s", batch_size=2, size=8, index_dir=tmp_path / "idx")
+    with pytest.warns(UserWarning, match="duplicate key"):
+        loader = DALILoader(tmp_path / "s", batch_size=2, size=8, index_dir=tmp_path / "idx", on_error="skip")
+    assert sorted(y for _, lab in loader for y in lab.tolist()) == [0, 1, 3]  # the first "a" is read, once
+    assert len(loader.skipped) == 2  # its second image and second label, named
+    assert "duplicate key" in verify_shards(tmp_path / "s")
+    # An index written beside the tar by `shards index` carries the same list, and the CLI says so.
+    from dali_resizer.shards import main
+
+    assert main(["index", str(tar)]) == 1
+    listed = sorted(p.name for p in (tmp_path / "s").iterdir())
+    assert listed == ["s-000000.idx", "s-000000.idx.duplicates", "s-000000.tar"]
+    with pytest.raises(BadSampleError, match="duplicate key"):
+        DALILoader(tmp_path / "s", batch_size=2, size=8)
 
 
 # -- decoded content matches PIL ---------------------------------------------------------------------
@@ -201,16 +347,19 @@ def test_one_pixel_image(tmp_path):
 # -- fuzz ------------------------------------------------------------------------------------------
 
 
-def test_fuzzed_jpegs_never_hang_or_crash(tmp_path):
+@pytest.mark.parametrize("layout", ["folder", "shards"])
+def test_fuzzed_jpegs_never_hang_or_crash(tmp_path, layout):
     """Mutated JPEG bytes through the real decode path, in a child process with a time limit: each
-    file either decodes or is reported by name; the interpreter never dies."""
+    sample either decodes or is reported by name; the interpreter never dies."""
     import subprocess
     import sys
 
+    import webdataset as wds
+
     rng = random.Random(1234)
     seed_bytes = good_jpeg(seed=5, h=40, w=56)
-    (tmp_path / "c").mkdir()
-    for n in range(40):
+    mutated = []
+    for _ in range(40):
         data = bytearray(seed_bytes)
         for _ in range(rng.randint(1, 12)):
             op = rng.random()
@@ -221,19 +370,32 @@ def test_fuzzed_jpegs_never_hang_or_crash(tmp_path):
                 del data[pos : pos + rng.randint(1, 64)]
             else:
                 data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 32)))
-        (tmp_path / "c" / f"{n:03d}.jpg").write_bytes(bytes(data))
+        mutated.append(bytes(data))
+    source = tmp_path / "data"
+    source.mkdir()
+    if layout == "folder":
+        (source / "c").mkdir()
+        for n, data in enumerate(mutated):
+            (source / "c" / f"{n:03d}.jpg").write_bytes(data)
+    else:
+        for shard in range(2):
+            with wds.TarWriter(str(source / f"s-{shard:06d}.tar")) as sink:
+                for n in range(shard * 20, shard * 20 + 20):
+                    sink.write({"__key__": f"k{n:03d}", "jpg": mutated[n], "cls": b"0"})
     code = (
         "import sys, warnings\n"
         "warnings.simplefilter('ignore')\n"
         "from dali_resizer import DALILoader\n"
-        "loader = DALILoader(sys.argv[1], batch_size=8, size=16, on_error='skip', num_threads=2)\n"
+        "loader = DALILoader(sys.argv[1], batch_size=8, size=16, on_error='skip', num_threads=2,\n"
+        "                    index_dir=sys.argv[2])\n"
         "n = sum(int((y >= 0).sum()) for _, y in loader)\n"
         "print(n, len(loader.skipped))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=240)
+    out = subprocess.run([sys.executable, "-c", code, str(source), str(tmp_path / "idx")], capture_output=True,
+                         text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     delivered, skipped = map(int, out.stdout.split())
-    assert delivered + skipped == 40
+    assert delivered + skipped == 40 and skipped > 0
 
 
 # -- python -m dali_resizer.check -----------------------------------------------------------------
@@ -308,16 +470,6 @@ def test_shard_label_out_of_range_and_cut_tar(tmp_path):
     (cut / "s-000000.tar").write_bytes(data[: len(data) // 2 + 100])
     with pytest.raises(ValueError, match=r"s-000000\.tar: cannot be indexed, the tar is damaged or cut short"):
         DALILoader(cut, batch_size=2, size=8, index_dir=tmp_path / "idx2")
-
-
-def test_sample_without_label_in_a_shard(tmp_path):
-    import webdataset as wds
-
-    with wds.TarWriter(str(tmp_path / "s-000000.tar")) as sink:
-        sink.write({"__key__": "a", "jpg": good_jpeg(), "cls": b"0"})
-        sink.write({"__key__": "b", "jpg": good_jpeg(seed=1)})
-    with pytest.raises(BadSampleError, match=r"s-000000\.tar"):
-        list(DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx"))
 
 
 def test_skip_in_evaluation_passes_that_are_rewound(tmp_path):
