@@ -177,3 +177,24 @@ def test_mixed_decoder_outputs_on_gpu(image_folder):
     images, ids = run_all(pipe)
     assert images[0].is_cuda and images[0].shape == (4, 3, 32, 32)
     assert not ids[0].is_cuda
+
+
+@pytest.mark.needs_cuda
+def test_mixed_decoder_placeholders_for_bad_and_oversize_images(tmp_path):
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(tmp_path / "large.png")
+    Image.new("RGB", (40, 30), (200, 10, 30)).save(tmp_path / "small.jpg")
+    (tmp_path / "page.jpg").write_bytes(b"<html>not an image</html>")
+    files = [str(tmp_path / name) for name in ("large.png", "small.jpg", "page.jpg")]
+    for train in (True, False):
+        pipe = pipelines.image_folder_pipeline(files, [0, 1, 2], size=(8, 8), train=train, max_pixels=10_000,
+                                               decoder=pipelines.decoder_device(0),
+                                               batch_size=3, num_threads=1, device_id=0)
+        (images,), _ = run_all(pipe)
+        pipe = pipelines.image_folder_pipeline(files, [0, 1, 2], size=(8, 8), train=train, max_pixels=10_000,
+                                               decoder=pipelines.decoder_device(0),
+                                               batch_size=3, num_threads=1, device_id=0)
+        pipe.build()
+        status = np.array(pipe.run()[2].as_tensor()).ravel().tolist()
+        assert status == [pipelines.STATUS_OVERSIZE, pipelines.STATUS_OK, pipelines.STATUS_NOT_AN_IMAGE]
+        assert images.is_cuda and images.shape == (3, 3, 8, 8)
+        assert images[1, 0].mean() > images[1, 1].mean()  # the small one decoded on the GPU: red
