@@ -5,16 +5,23 @@
 
 Rows, all timed in the same run (warm-up, then the median of --repeats, device synchronized):
     interpolate          F.interpolate(bilinear) 448 -> 224, the fixed resize it replaces
-    resizer              LearnableResizer (the reference module)
+    resizer              LearnableResizer(memory_efficient=False): the plain (reference) module
     resizer-cl           the same in channels_last
-    resizer-ckpt         the stem (7x7 conv ... BN at input resolution) recomputed in backward
-                         (torch.utils.checkpoint) instead of storing its full-resolution maps
+    resizer-ckpt         the same with the stem (7x7 conv ... BN at input resolution) recomputed in
+                         backward (torch.utils.checkpoint) instead of storing its full-resolution maps
+    resizer-fused        LearnableResizer() (memory_efficient=True, the default) in channels_last: the
+                         stem a few images at a time, its resize folded through BatchNorm, recomputed
+                         in backward by a custom autograd function
     resizer-compiled     torch.compile of the channels_last module (inductor; opt-in with --rows, it
                          compiles for a minute or more on a small CPU)
     resnet50             torchvision ResNet-50 at the output size: the yardstick of every ratio
 Per row: forward and forward+backward ms per batch, the ratio to ResNet-50's, achieved GFLOP/s
 (FLOPs from torch.utils.flop_counter), and the activations kept for backward per image (MiB): the
 training memory the module adds.
+
+--keep-freed-memory raises glibc's mmap threshold (mallopt) before anything is allocated, so that
+freed large tensors stay in the heap instead of being unmapped and faulted in again, page by page, at
+their next allocation; it applies to every row, ResNet-50 included.
 """
 
 from __future__ import annotations
@@ -127,6 +134,19 @@ def measure(name, module, x, device, dtype, repeats) -> dict:
             "saved_mib_per_image": saved_bytes(module, xg, autocast) / x.shape[0] / 2**20}
 
 
+def keep_freed_memory() -> bool:
+    """glibc: serve large allocations from the heap and never trim it (M_MMAP_THRESHOLD 1 GiB,
+    M_TRIM_THRESHOLD 2 GiB), as a caching allocator would; True when glibc accepted both."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch-size", type=int, default=32)
@@ -136,9 +156,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rows", nargs="+", default=["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resnet50"])
+    p.add_argument("--rows", nargs="+",
+                   default=["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused", "resnet50"])
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc mallopt: keep freed large tensors in the heap (no page faults on reuse)")
     p.add_argument("--json")
     a = p.parse_args(argv)
+    if a.keep_freed_memory and not keep_freed_memory():
+        p.error("--keep-freed-memory: glibc's mallopt is not available here")
     import torchvision
 
     device = torch.device(a.device)
@@ -152,13 +177,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             x = torch.randn(a.batch_size, 3, input_size, input_size, device=device)
             for blocks in a.num_res_blocks:
                 torch.manual_seed(0)
-                reference = LearnableResizer(a.size, num_res_blocks=blocks).to(device)
+                reference = LearnableResizer(a.size, num_res_blocks=blocks, memory_efficient=False).to(device)
+                fused = copy.deepcopy(reference)
+                fused.memory_efficient = True
                 variants = {
                     "interpolate": (Interpolate(a.size), x),
                     "resizer": (reference, x),
                     "resizer-cl": (copy.deepcopy(reference).to(memory_format=torch.channels_last),
                                    x.to(memory_format=torch.channels_last)),
                     "resizer-ckpt": (CheckpointedStem(reference), x),
+                    "resizer-fused": (fused.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)),
                 }
                 if "resizer-compiled" in a.rows:
                     variants["resizer-compiled"] = (torch.compile(copy.deepcopy(reference).to(
@@ -191,7 +219,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"device": a.device, "batch_size": a.batch_size, "rows": rows,
-                                            "torch": torch.__version__}, indent=2))
+                                            "keep_freed_memory": a.keep_freed_memory, "torch": torch.__version__,
+                                            "threads": torch.get_num_threads()}, indent=2))
     return rows
 
 

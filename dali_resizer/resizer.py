@@ -19,6 +19,7 @@ import enum
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 __all__ = ["FixedResizer", "Interpolation", "LearnableResizer", "resize"]
@@ -97,6 +98,100 @@ class FixedResizer(nn.Module):
         return f"size={self.size}, interpolation={self.interpolation.value}, antialias={self.antialias}"
 
 
+def _stem_features(x, conv1: nn.Conv2d, conv2: nn.Conv2d, slope: float, params=None) -> torch.Tensor:
+    """The stem up to its BatchNorm: 7x7 conv, LeakyReLU, 1x1 conv, LeakyReLU (``params``: the two convs'
+    weights and biases to use instead of the modules' own)."""
+    w1, b1, w2, b2 = params if params is not None else (conv1.weight, conv1.bias, conv2.weight, conv2.bias)
+    x = F.leaky_relu(F.conv2d(x, w1, b1, conv1.stride, conv1.padding, conv1.dilation, conv1.groups), slope)
+    return F.leaky_relu(F.conv2d(x, w2, b2, conv2.stride, conv2.padding, conv2.dilation, conv2.groups), slope)
+
+
+def _chunks(x: torch.Tensor, channels: int, budget_bytes: int) -> list[slice]:
+    """Slices of the batch whose ``channels``-channel float32 maps at ``x``'s resolution fit the budget
+    (the working set of one step of the chunked stem, sized for a CPU's caches)."""
+    per_image = channels * x.shape[-2] * x.shape[-1] * 4
+    step = max(1, budget_bytes // per_image)
+    return [slice(i, min(i + step, x.shape[0])) for i in range(0, x.shape[0], step)]
+
+
+class _ChunkedStem(torch.autograd.Function):
+    """``resize(BN(stem_features(x)))`` with BatchNorm in training mode (batch statistics), computed a
+    few images at a time so that the full-resolution feature maps are never stored.
+
+    Exact, because the resize is linear with weights that sum to one at each output pixel (bilinear,
+    bicubic, nearest, with or without antialiasing): ``resize(BN(d)) = BN's affine map of resize(d)``
+    with the statistics of ``d``, and the two sums BatchNorm's backward needs over ``d``'s resolution
+    equal sums at the output resolution. Backward recomputes each chunk's features (one more stem
+    forward) instead of reading them back from memory.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, gamma, beta, module: LearnableResizer):
+        stem = module.stem
+        conv1, conv2, bn = stem[0], stem[2], stem[4]
+        slope, n = stem[1].negative_slope, conv2.out_channels
+        total = torch.zeros(n, dtype=torch.float64, device=x.device)
+        total_sq = torch.zeros_like(total)
+        resized = []
+        for part in _chunks(x, n, module.chunk_bytes):
+            d = _stem_features(x[part], conv1, conv2, slope)
+            total += d.sum(dim=(0, 2, 3), dtype=torch.float64)
+            total_sq += d.to(torch.float64 if d.dtype == torch.float64 else torch.float32).square().sum(
+                dim=(0, 2, 3), dtype=torch.float64)
+            resized.append(module._resize(d))
+        count = x.shape[0] * x.shape[-2] * x.shape[-1]
+        mean = total / count
+        var = (total_sq / count - mean.square()).clamp_(min=0)
+        invstd = (var + bn.eps).rsqrt()
+        r = torch.cat(resized)
+        acc = torch.float64 if r.dtype == torch.float64 else torch.float32  # (BatchNorm's own precision)
+        mean_a, invstd_a = mean.to(acc), invstd.to(acc)
+        scale = (invstd_a * gamma.to(acc))[:, None, None]
+        out = ((r.to(acc) - mean_a[:, None, None]) * scale + beta.to(acc)[:, None, None]).to(r.dtype)
+        ctx.module = module
+        ctx.count = count
+        ctx.autocast = (x.device.type, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        ctx.save_for_backward(x, w1, b1, w2, b2, gamma, r, mean_a, invstd_a)
+        var_unbiased = (var * count / max(count - 1, 1)).to(acc)
+        ctx.mark_non_differentiable(mean_a, var_unbiased)
+        return out, mean_a, var_unbiased
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, w1, b1, w2, b2, gamma, r, mean, invstd = ctx.saved_tensors
+        module = ctx.module
+        stem = module.stem
+        conv1, conv2 = stem[0], stem[2]
+        slope = stem[1].negative_slope
+        acc = mean.dtype
+        g = grad_out.to(acc)
+        xhat_r = (r.to(acc) - mean[:, None, None]) * invstd[:, None, None]
+        sum_g = g.sum(dim=(0, 2, 3))
+        sum_gx = (g * xhat_r).sum(dim=(0, 2, 3))
+        scale = gamma.to(acc) * invstd
+        k1, k2 = sum_g / ctx.count, sum_gx / ctx.count
+        params = [t.detach().requires_grad_(True) for t in (w1, b1, w2, b2)]
+        grads = [torch.zeros_like(t, dtype=acc) for t in params]
+        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        device_type, autocast_on, autocast_dtype = ctx.autocast
+        for part in _chunks(x, conv2.out_channels, module.chunk_bytes):
+            xc = x[part].detach().requires_grad_(grad_x is not None)
+            with torch.enable_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
+                d = _stem_features(xc, conv1, conv2, slope, params)
+                rc = module._resize(d)
+            xhat = (d.detach().to(acc) - mean[:, None, None]) * invstd[:, None, None]
+            g_d = -(scale[:, None, None] * (k1[:, None, None] + xhat * k2[:, None, None]))
+            g_r = g[part] * scale[:, None, None]
+            inputs = [*params, xc] if grad_x is not None else params
+            got = torch.autograd.grad([rc, d], inputs, [g_r.to(rc.dtype), g_d.to(d.dtype)])
+            for total, new in zip(grads, got):
+                total += new.to(acc)
+            if grad_x is not None:
+                grad_x[part] = got[-1]
+        grads = [total.to(t.dtype) for total, t in zip(grads, (w1, b1, w2, b2))]
+        return grad_x, *grads, sum_gx.to(gamma.dtype), sum_g.to(gamma.dtype), None
+
+
 class _ResBlock(nn.Module):
     def __init__(self, channels: int, negative_slope: float, device=None, dtype=None) -> None:
         super().__init__()
@@ -129,6 +224,10 @@ class LearnableResizer(nn.Module):
         negative_slope: Slope of the LeakyReLU activations (0.2 in the paper).
         zero_init: Zero the last 7x7 convolution, so that the module starts out as exactly the fixed
             resize and learns a residual on top of it.
+        memory_efficient: Compute the input-resolution stem a few images at a time, its resize folded
+            through BatchNorm and its features recomputed in backward, so that its full-resolution
+            maps are never stored (see ``benchmarks/resizer.py``). Same parameters, same results as
+            the plain module (``False``) up to float rounding.
         device: Device of the parameters.
         dtype: Data type of the parameters.
 
@@ -145,6 +244,8 @@ class LearnableResizer(nn.Module):
         torch.Size([2, 10])
     """
 
+    chunk_bytes = 16 * 2**20  # memory_efficient: the stem's full-resolution maps per step (fits CPU caches)
+
     def __init__(
         self,
         size: int | tuple[int, int],
@@ -154,6 +255,7 @@ class LearnableResizer(nn.Module):
         antialias: bool = False,
         negative_slope: float = 0.2,
         zero_init: bool = False,
+        memory_efficient: bool = True,
         in_channels: int = 3,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -166,6 +268,7 @@ class LearnableResizer(nn.Module):
         self.size = _to_size(size)
         self.interpolation = _to_interpolation(interpolation)
         self.antialias = bool(antialias)
+        self.memory_efficient = bool(memory_efficient)
         dd = {"device": device, "dtype": dtype}
         n = num_filters
 
@@ -193,9 +296,31 @@ class LearnableResizer(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
         skip = self._resize(x)  # (N, 3, h, w)
-        f = self._resize(self.stem(x))  # (N, n, h, w)
+        f = self._stem(x) if self.memory_efficient else self._resize(self.stem(x))  # (N, n, h, w)
         y = self.fuse(self.res_blocks(f)) + f  # (N, n, h, w)
         return self.head(y) + skip  # (N, 3, h, w)
 
-    def extra_repr(self) -> str:
-        return f"size={self.size}, interpolation={self.interpolation.value}, antialias={self.antialias}"
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """``resize(stem(x))``, chunked (see ``memory_efficient``)."""
+        conv1, conv2, bn = self.stem[0], self.stem[2], self.stem[4]
+        slope = self.stem[1].negative_slope
+        batch_stats = bn.training or bn.running_mean is None
+        if not batch_stats:  # BN is a fixed affine map: it commutes with the resize
+            scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+            shift = bn.bias - bn.running_mean * scale
+            def features(t):
+                return self._resize(_stem_features(t, conv1, conv2, slope))
+
+            grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.stem.parameters()))
+            parts = _chunks(x, conv2.out_channels, self.chunk_bytes)
+            r = torch.cat([torch.utils.checkpoint.checkpoint(features, x[part], use_reentrant=False) if grad
+                           else features(x[part]) for part in parts])
+            return (r * scale[:, None, None] + shift[:, None, None]).to(r.dtype)
+        out, mean, var = _ChunkedStem.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, bn.weight, bn.bias, self)
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+                bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
+        return out

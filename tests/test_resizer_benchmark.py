@@ -16,7 +16,7 @@ def outputs_and_grads(module, x):
 def test_checkpointed_stem_equals_the_reference():
     bench = load_benchmark("resizer")
     torch.manual_seed(0)
-    reference = LearnableResizer(9)
+    reference = LearnableResizer(9, memory_efficient=False)
     x = torch.randn(2, 3, 23, 19)
     y0, gx0, gp0 = outputs_and_grads(reference, x)
     for variant, inp in ((bench.CheckpointedStem(copy.deepcopy(reference)), x),
@@ -33,8 +33,9 @@ def test_benchmark_reports_every_row(tmp_path):
     rows = load_benchmark("resizer").main(["--batch-size", "2", "--input-sizes", "32", "--size", "16", "--repeats", "1",
                         "--precisions", "fp32", "--json", str(tmp_path / "r.json")])
     names = [r["name"] for r in rows]
-    assert names == ["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resnet50"]
+    assert names == ["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused", "resnet50"]
     by = {r["name"]: r for r in rows}
     assert by["resnet50"]["train_vs_resnet50"] == 1.0
     assert by["resizer-ckpt"]["saved_mib_per_image"] < by["resizer"]["saved_mib_per_image"]
+    assert by["resizer-fused"]["saved_mib_per_image"] < by["resizer-ckpt"]["saved_mib_per_image"]
     assert by["resizer"]["train_gflop_per_image"] > 0 and by["resizer"]["train_ms"] > 0

@@ -1,0 +1,120 @@
+"""``LearnableResizer(memory_efficient=True)`` (the default) against the plain module on the same weights."""
+
+import copy
+
+import pytest
+import torch
+
+from dali_resizer import LearnableResizer
+
+
+def pair(size, chunk_bytes=None, **kwargs):
+    """(reference, memory-efficient) resizers with the same weights; BatchNorm's affine made non-trivial."""
+    torch.manual_seed(0)
+    reference = LearnableResizer(size, memory_efficient=False, **kwargs)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    efficient = copy.deepcopy(reference)
+    efficient.memory_efficient = True
+    if chunk_bytes is not None:
+        efficient.chunk_bytes = chunk_bytes
+    return reference, efficient
+
+
+def step(module, x, autocast=False):
+    """Output, input gradient and parameter gradients of one training step."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = module(x)
+    y.float().square().mean().backward()
+    return y.detach().float(), x.grad, {name: p.grad.float() for name, p in module.named_parameters()}
+
+
+CASES = [
+    # (input shape, output size, interpolation, antialias, chunk bytes: one image per chunk / all at once)
+    ((3, 3, 23, 19), 9, "bilinear", False, 1),
+    ((5, 3, 40, 36), (17, 11), "bicubic", True, 1),
+    ((4, 3, 30, 30), 15, "nearest", False, 2**30),
+    ((6, 3, 32, 32), 16, "bilinear", False, 2 * 16 * 32 * 32 * 4),  # two images per chunk
+    ((2, 3, 12, 10), (20, 16), "bilinear", False, 1),  # an upscale
+]
+
+
+@pytest.mark.parametrize(("shape", "size", "interpolation", "antialias", "chunk_bytes"), CASES)
+def test_training_step_equals_the_reference(shape, size, interpolation, antialias, chunk_bytes):
+    reference, efficient = pair(size, chunk_bytes, interpolation=interpolation, antialias=antialias)
+    x = torch.randn(*shape) * 2 + 0.5
+    for _ in range(2):  # two steps: the running statistics of the first feed nothing, but must agree
+        y0, gx0, gp0 = step(reference, x)
+        y1, gx1, gp1 = step(efficient, x)
+        torch.testing.assert_close(y1, y0, rtol=0, atol=1e-4)
+        torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-6)
+        for name, grad in gp0.items():
+            torch.testing.assert_close(gp1[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(dict(efficient.named_buffers())[name], buffer, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_evaluation_equals_the_reference(grad):
+    reference, efficient = pair((11, 13), chunk_bytes=1)
+    x = torch.randn(4, 3, 25, 27)
+    for module in (reference, efficient):
+        module.train()
+        module(x * 3 + 1)  # running statistics that are not the defaults
+        module.eval()
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(efficient(x), reference(x), rtol=0, atol=1e-5)
+    if grad:
+        _, gx0, gp0 = step(reference, x)
+        _, gx1, gp1 = step(efficient, x)
+        torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-6)
+        for name, g in gp0.items():
+            torch.testing.assert_close(gp1[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gradcheck_in_training_mode():
+    torch.manual_seed(0)
+    resizer = LearnableResizer((4, 5), num_filters=3, dtype=torch.float64)
+    resizer.chunk_bytes = 1  # one image per chunk: the sums across chunks are part of the check
+    x = torch.randn(3, 3, 9, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(resizer, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_bf16_autocast_is_as_close_as_the_reference():
+    """Under bf16 autocast both implementations round differently; each must be as close to the fp32
+    result as the other (within a factor of two), on the output and on every parameter gradient."""
+    reference, efficient = pair(24, chunk_bytes=1)
+    x = torch.randn(4, 3, 48, 48)
+    y32, _, g32 = step(copy.deepcopy(reference), x)
+    y0, _, g0 = step(reference, x, autocast=True)
+    y1, _, g1 = step(efficient, x, autocast=True)
+
+    def error(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    assert error(y1, y32) <= 2 * error(y0, y32) + 1e-3
+    for name in g32:
+        assert error(g1[name], g32[name]) <= 2 * error(g0[name], g32[name]) + 1e-3, name
+
+
+def test_keeps_far_less_for_backward():
+    def saved(module, x):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x)
+        return total
+
+    reference, efficient = pair(32, chunk_bytes=1)
+    x = torch.randn(4, 3, 64, 64)
+    assert saved(efficient, x) < 0.4 * saved(reference, x)
