@@ -5,11 +5,11 @@
 
 Rows, all timed in the same run (warm-up, then the median of --repeats, device synchronized):
     interpolate          F.interpolate(bilinear) 448 -> 224, the fixed resize it replaces
-    resizer              LearnableResizer(memory_efficient=False): the plain (reference) module
+    resizer              LearnableResizer(): the plain (reference) module
     resizer-cl           the same in channels_last
     resizer-ckpt         the same with the stem (7x7 conv ... BN at input resolution) recomputed in
                          backward (torch.utils.checkpoint) instead of storing its full-resolution maps
-    resizer-fused        LearnableResizer() (memory_efficient=True, the default) in channels_last: the
+    resizer-fused        LearnableResizer(memory_efficient=True) in channels_last: the
                          stem a few images at a time, its resize folded through BatchNorm, recomputed
                          in backward by a custom autograd function
     resizer-compiled     torch.compile of the channels_last module (inductor; opt-in with --rows, it
