@@ -52,6 +52,7 @@ class TrainConfig:
     num_filters: int = 16
     num_res_blocks: int = 1
     zero_init: bool = False
+    memory_efficient: bool = False
     backbone: str = "resnet50"
     num_classes: int | None = None
     epochs: int = 10
@@ -85,8 +86,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
     import torchvision
 
     if cfg.resizer == "learned":
-        resizer: nn.Module = LearnableResizer(cfg.size, num_filters=cfg.num_filters,
-                                              num_res_blocks=cfg.num_res_blocks, zero_init=cfg.zero_init)
+        resizer: nn.Module = LearnableResizer(cfg.size, num_filters=cfg.num_filters, num_res_blocks=cfg.num_res_blocks,
+                                              zero_init=cfg.zero_init, memory_efficient=cfg.memory_efficient)
     else:
         resizer = FixedResizer(cfg.size, interpolation=cfg.resizer, antialias=True)
     backbone = torchvision.models.get_model(cfg.backbone, weights=None, num_classes=num_classes)
@@ -330,6 +331,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--num-filters", type=int, default=d.num_filters)
     g.add_argument("--num-res-blocks", type=int, default=d.num_res_blocks)
     g.add_argument("--zero-init", action="store_true", help="start the learned resizer as exactly the fixed resize")
+    g.add_argument("--memory-efficient", action="store_true",
+                   help="learned resizer: recompute its input-resolution stem in backward (about a third of its "
+                        "activation memory, for more compute; LearnableResizer(memory_efficient=True))")
     g.add_argument("--backbone", default=d.backbone, help="torchvision classification model name, e.g. resnet18, "
                    "resnet50, mobilenet_v2, densenet121, efficientnet_b0")
     g.add_argument("--num-classes", type=int, help="default: the number of classes in --data")

@@ -126,3 +126,15 @@ def test_resume_mid_epoch_continues_exactly(data, tmp_path):
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_efficient_resizer_trains(data, tmp_path):
+    """The flag reaches the module and a run trains with it (its equality with the plain module is
+    tested in test_resizer_memory_efficient.py: here, a 16-pixel ResNet-18 whose last BatchNorms see
+    four values per channel would amplify float rounding into different trajectories)."""
+    from dali_resizer.train import build_model, parse_args
+
+    assert build_model(parse_args(["--data", "x", "--memory-efficient"]), 3).resizer.memory_efficient
+    assert not build_model(parse_args(["--data", "x"]), 3).resizer.memory_efficient
+    history = main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path), "--memory-efficient", *TINY])
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
