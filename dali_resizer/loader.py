@@ -366,7 +366,7 @@ class DALILoader:
             except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
                 if "pipeline" not in str(error).lower():
                     raise
-                checkpoint = self._on_pipeline_error(epoch, done, base, error, batches)
+                checkpoint = self._on_pipeline_error(epoch, done, error, batches)
                 if isinstance(self.source, ImageFolderSource):
                     base = done  # the rest of the epoch's list, the bad file replaced by a stand-in
                 build, batches, rebuilt = True, None, True
@@ -409,7 +409,8 @@ class DALILoader:
             if int(status[row]) == _STATUS_OVERSIZE:
                 problems[row] = self._oversize_problem()
             elif files[row] is not None:
-                problems[row] = f"{describe_bytes(Path(files[row]).read_bytes())} (not decoded)"
+                with open(files[row], "rb") as f:
+                    problems[row] = f"{describe_bytes(f.read(4096))} (not decoded)"  # (no known signature)
         return problems
 
     def _labels(self, out: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -481,7 +482,7 @@ class DALILoader:
                 self._bad_keys.setdefault(tar, set()).add(key)
         return labels, padding
 
-    def _on_pipeline_error(self, epoch: int, done: int, base: int, error: RuntimeError, batches) -> bytes | None:
+    def _on_pipeline_error(self, epoch: int, done: int, error: RuntimeError, batches) -> bytes | None:
         """Names the sample(s) that stopped DALI: from DALI's message when it names one, else by decoding
         alone each sample of the batches DALI was preparing. Raises, or records them as skipped
         (``on_error="skip"``) and returns the checkpoint to rebuild the pipeline from (shards)."""
