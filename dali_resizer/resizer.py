@@ -317,6 +317,7 @@ class LearnableResizer(nn.Module):
         if not batch_stats:  # BN is a fixed affine map: it commutes with the resize
             scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
             shift = bn.bias - bn.running_mean * scale
+
             def features(t):
                 return self._resize(_stem_features(t, conv1, conv2, slope))
 
@@ -333,3 +334,7 @@ class LearnableResizer(nn.Module):
                 bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
                 bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
         return out
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}, interpolation={self.interpolation.value}, antialias={self.antialias}, "
+                f"memory_efficient={self.memory_efficient}")

@@ -223,3 +223,8 @@ def test_cuda_forward_backward():
     y.mean().backward()
     assert y.device.type == "cuda" and y.shape == (2, 3, 112, 112)
     assert x.grad is not None
+
+
+def test_repr_names_the_options():
+    text = repr(LearnableResizer((9, 7), interpolation="bicubic", memory_efficient=True))
+    assert "size=(9, 7), interpolation=bicubic, antialias=False, memory_efficient=True" in text
