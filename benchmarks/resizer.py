@@ -12,6 +12,8 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resizer-fused        LearnableResizer(memory_efficient=True) in channels_last: the
                          stem a few images at a time, its resize folded through BatchNorm, recomputed
                          in backward by a custom autograd function
+    resizer-inference    LearnableResizer.for_inference() in channels_last: BatchNorms folded into the
+                         convolutions, the stem's applied after the resize (forward only)
     resizer-compiled     torch.compile of the channels_last module (inductor; opt-in with --rows, it
                          compiles for a minute or more on a small CPU)
     resnet50             torchvision ResNet-50 at the output size: the yardstick of every ratio
@@ -110,7 +112,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(name, module, x, device, dtype, repeats) -> dict:
+def measure(name, module, x, device, dtype, repeats, train_too: bool = True) -> dict:
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     xg = x.detach()  # as in training: the images need no gradient, so the first conv skips its input grad
 
@@ -126,6 +128,9 @@ def measure(name, module, x, device, dtype, repeats) -> dict:
             out.float().sum().backward()
 
     fwd = timed(forward, device, repeats)
+    if not train_too:
+        return {"name": name, "forward_ms": 1000 * fwd, "train_ms": None, "train_gflops_per_s": None,
+                "train_gflop_per_image": None, "saved_mib_per_image": None}
     fwd_bwd = timed(train, device, repeats)
     with autocast:
         f_train = flops(module, xg, train=True)
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", nargs="+",
-                   default=["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused", "resnet50"])
+                   default=["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused",
+                            "resizer-inference", "resnet50"])
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc mallopt: keep freed large tensors in the heap (no page faults on reuse)")
     p.add_argument("--json")
@@ -187,6 +193,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                    x.to(memory_format=torch.channels_last)),
                     "resizer-ckpt": (CheckpointedStem(reference), x),
                     "resizer-fused": (fused.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)),
+                    "resizer-inference": (reference.for_inference().to(memory_format=torch.channels_last),
+                                          x.to(memory_format=torch.channels_last)),
                 }
                 if "resizer-compiled" in a.rows:
                     variants["resizer-compiled"] = (torch.compile(copy.deepcopy(reference).to(
@@ -195,10 +203,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     if name == "interpolate" and blocks != a.num_res_blocks[0]:
                         continue
                     module, inp = variants[name]
-                    row = measure(name, module, inp, device, dtype, a.repeats)
+                    row = measure(name, module, inp, device, dtype, a.repeats, train_too=name != "resizer-inference")
                     row |= {"precision": precision, "input_size": input_size, "num_res_blocks": blocks}
                     rows.append(row)
-                    print(f"  {precision} {input_size} r={blocks} {name}: train {row['train_ms']:.0f} ms",
+                    print(f"  {precision} {input_size} r={blocks} {name}: forward {row['forward_ms']:.0f} ms"
+                          + (f", train {row['train_ms']:.0f} ms" if row["train_ms"] is not None else ""),
                           file=sys.stderr, flush=True)
         if base is not None:
             base |= {"precision": precision, "input_size": a.size, "num_res_blocks": None}
@@ -206,16 +215,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for row in rows:
                 if row["precision"] == precision:
                     row["forward_vs_resnet50"] = row["forward_ms"] / base["forward_ms"]
-                    row["train_vs_resnet50"] = row["train_ms"] / base["train_ms"]
+                    row["train_vs_resnet50"] = row["train_ms"] / base["train_ms"] if row["train_ms"] is not None else None
 
     print(f"\n{a.device}, batch {a.batch_size}, output {a.size}")
     print(f"{'prec':<5} {'in':>4} {'r':>2} {'row':<13} {'fwd ms':>8} {'fwd/R50':>8} {'train ms':>9} {'train/R50':>9} "
           f"{'GFLOP/s':>8} {'GFLOP/img':>9} {'saved MiB/img':>13}")
+
+    def num(value, spec):
+        return "-" if value is None else format(value, spec)
+
     for r in rows:
-        print(f"{r['precision']:<5} {r['input_size']:>4} {r['num_res_blocks'] if r['num_res_blocks'] is not None else '-':>2} "
-              f"{r['name']:<13} {r['forward_ms']:8.1f} {r.get('forward_vs_resnet50', float('nan')):8.2f} "
-              f"{r['train_ms']:9.1f} {r.get('train_vs_resnet50', float('nan')):9.2f} {r['train_gflops_per_s']:8.1f} "
-              f"{r['train_gflop_per_image']:9.2f} {r['saved_mib_per_image']:13.1f}")
+        print(f"{r['precision']:<5} {r['input_size']:>4} {num(r['num_res_blocks'], 'd'):>2} {r['name']:<13} "
+              f"{r['forward_ms']:8.1f} {num(r.get('forward_vs_resnet50'), '.2f'):>8} {num(r['train_ms'], '.1f'):>9} "
+              f"{num(r.get('train_vs_resnet50'), '.2f'):>9} {num(r['train_gflops_per_s'], '.1f'):>8} "
+              f"{num(r['train_gflop_per_image'], '.2f'):>9} {num(r['saved_mib_per_image'], '.1f'):>13}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"device": a.device, "batch_size": a.batch_size, "rows": rows,

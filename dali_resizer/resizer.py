@@ -15,6 +15,7 @@ With ``num_filters=16`` and ``num_res_blocks=1`` the convolution weights hold 11
 
 from __future__ import annotations
 
+import copy
 import enum
 
 import torch
@@ -334,6 +335,22 @@ class LearnableResizer(nn.Module):
                 bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
                 bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
         return out
+
+    def for_inference(self) -> LearnableResizer:
+        """A copy for inference and export: evaluation mode, every BatchNorm that follows a convolution
+        folded into it (residual blocks, fuse), and the stem's BatchNorm applied after the resize as
+        a per-channel affine map (``memory_efficient``), so no BatchNorm pass runs at all. Same
+        outputs as ``self.eval()`` up to float rounding; ``torch.export.export(r.for_inference(),
+        (x,))`` gives a graph for serving. Not for training: the folded layers have no BatchNorm."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        model = copy.deepcopy(self).eval()
+        for block in model.res_blocks:
+            block.conv1, block.bn1 = fuse_conv_bn_eval(block.conv1, block.bn1), nn.Identity()
+            block.conv2, block.bn2 = fuse_conv_bn_eval(block.conv2, block.bn2), nn.Identity()
+        model.fuse = nn.Sequential(fuse_conv_bn_eval(model.fuse[0], model.fuse[1]), nn.Identity())
+        model.memory_efficient = True
+        return model
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, interpolation={self.interpolation.value}, antialias={self.antialias}, "

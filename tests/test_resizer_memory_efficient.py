@@ -130,3 +130,20 @@ def test_keeps_far_less_for_backward():
     reference, efficient = pair(32, chunk_bytes=1)
     x = torch.randn(4, 3, 64, 64)
     assert saved(efficient, x) < 0.4 * saved(reference, x)
+
+
+@pytest.mark.parametrize("num_res_blocks", [1, 2])
+def test_for_inference_folds_every_batchnorm_and_exports(num_res_blocks):
+    reference, _ = pair((9, 11), num_res_blocks=num_res_blocks)
+    x = torch.randn(4, 3, 23, 29)
+    reference(x * 2 + 1)  # running statistics that are not the defaults
+    reference.eval()
+    served = reference.for_inference()
+    assert reference.training is False and not reference.memory_efficient  # the original is left as it was
+    norms = [m for m in served.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms == [served.stem[4]]  # only the stem's, applied after the resize
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(served(x), expected, rtol=0, atol=1e-5)
+        exported = torch.export.export(served, (x,))
+        torch.testing.assert_close(exported.module()(x), expected, rtol=0, atol=1e-5)
