@@ -17,7 +17,8 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resizer-compiled     torch.compile of the channels_last module (inductor; opt-in with --rows, it
                          compiles for a minute or more on a small CPU)
     resnet50             torchvision ResNet-50 at the output size: the yardstick of every ratio
-Per row: forward and forward+backward ms per batch, the ratio to ResNet-50's, achieved GFLOP/s
+Per row: forward and forward+backward ms per batch, the ratio to ResNet-50's (the median of per-pair
+ratios, the row and ResNet-50 timed alternately, since this kind of machine drifts), achieved GFLOP/s
 (FLOPs from torch.utils.flop_counter), and the activations kept for backward per image (MiB): the
 training memory the module adds.
 
@@ -98,22 +99,34 @@ def flops(module: nn.Module, x: torch.Tensor, train: bool) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def _once(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def timed(fn, device: torch.device, repeats: int, against=None) -> tuple[float, float | None]:
+    """Median seconds of ``fn`` (after a warm-up) and, with ``against``, the median of the per-pair
+    ratios ``fn / against`` timed alternately: the machine's speed drifts over minutes, and a pair
+    shares the drift."""
+    fn()
+    if against is not None:
+        against()
+    times, ratios = [], []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append(_once(fn, device))
+        if against is not None:
+            ratios.append(times[-1] / _once(against, device))
+    return statistics.median(times), (statistics.median(ratios) if ratios else None)
 
 
-def measure(name, module, x, device, dtype, repeats, train_too: bool = True) -> dict:
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+def steps(module, x, dtype):
+    """(forward, training step) closures of ``module`` on ``x`` under autocast to ``dtype``."""
+    autocast = torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None)
     xg = x.detach()  # as in training: the images need no gradient, so the first conv skips its input grad
 
     def forward():
@@ -127,16 +140,27 @@ def measure(name, module, x, device, dtype, repeats, train_too: bool = True) -> 
         if out.requires_grad:  # (a parameter-free resize has nothing to train)
             out.float().sum().backward()
 
-    fwd = timed(forward, device, repeats)
+    return forward, train
+
+
+def measure(name, module, x, device, dtype, repeats, train_too: bool = True, baseline=None) -> dict:
+    """Times of one row; with ``baseline`` (ResNet-50's forward and training closures), its ratios to
+    them, each timed in alternation with the row."""
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    forward, train = steps(module, x, dtype)
+    fwd, fwd_ratio = timed(forward, device, repeats, baseline[0] if baseline else None)
+    row = {"name": name, "forward_ms": 1000 * fwd, "forward_vs_resnet50": fwd_ratio, "train_ms": None,
+           "train_vs_resnet50": None, "train_gflops_per_s": None, "train_gflop_per_image": None,
+           "saved_mib_per_image": None}
     if not train_too:
-        return {"name": name, "forward_ms": 1000 * fwd, "train_ms": None, "train_gflops_per_s": None,
-                "train_gflop_per_image": None, "saved_mib_per_image": None}
-    fwd_bwd = timed(train, device, repeats)
+        return row
+    fwd_bwd, train_ratio = timed(train, device, repeats, baseline[1] if baseline else None)
+    xg = x.detach()
     with autocast:
         f_train = flops(module, xg, train=True)
-    return {"name": name, "forward_ms": 1000 * fwd, "train_ms": 1000 * fwd_bwd,
-            "train_gflops_per_s": f_train / fwd_bwd / 1e9, "train_gflop_per_image": f_train / x.shape[0] / 1e9,
-            "saved_mib_per_image": saved_bytes(module, xg, autocast) / x.shape[0] / 2**20}
+    return row | {"train_ms": 1000 * fwd_bwd, "train_vs_resnet50": train_ratio,
+                  "train_gflops_per_s": f_train / fwd_bwd / 1e9, "train_gflop_per_image": f_train / x.shape[0] / 1e9,
+                  "saved_mib_per_image": saved_bytes(module, xg, autocast) / x.shape[0] / 2**20}
 
 
 def keep_freed_memory() -> bool:
@@ -179,6 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         resnet = torchvision.models.resnet50().to(device, memory_format=torch.channels_last)
         x_out = torch.randn(a.batch_size, 3, a.size, a.size, device=device).to(memory_format=torch.channels_last)
         base = measure("resnet50", resnet, x_out, device, dtype, a.repeats) if "resnet50" in a.rows else None
+        baseline = steps(resnet, x_out, dtype) if base is not None else None
         for input_size in a.input_sizes:
             x = torch.randn(a.batch_size, 3, input_size, input_size, device=device)
             for blocks in a.num_res_blocks:
@@ -203,19 +228,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     if name == "interpolate" and blocks != a.num_res_blocks[0]:
                         continue
                     module, inp = variants[name]
-                    row = measure(name, module, inp, device, dtype, a.repeats, train_too=name != "resizer-inference")
+                    row = measure(name, module, inp, device, dtype, a.repeats, train_too=name != "resizer-inference",
+                                  baseline=baseline)
                     row |= {"precision": precision, "input_size": input_size, "num_res_blocks": blocks}
                     rows.append(row)
                     print(f"  {precision} {input_size} r={blocks} {name}: forward {row['forward_ms']:.0f} ms"
                           + (f", train {row['train_ms']:.0f} ms" if row["train_ms"] is not None else ""),
                           file=sys.stderr, flush=True)
         if base is not None:
-            base |= {"precision": precision, "input_size": a.size, "num_res_blocks": None}
+            base |= {"precision": precision, "input_size": a.size, "num_res_blocks": None,
+                     "forward_vs_resnet50": 1.0, "train_vs_resnet50": 1.0}
             rows.append(base)
-            for row in rows:
-                if row["precision"] == precision:
-                    row["forward_vs_resnet50"] = row["forward_ms"] / base["forward_ms"]
-                    row["train_vs_resnet50"] = row["train_ms"] / base["train_ms"] if row["train_ms"] is not None else None
 
     print(f"\n{a.device}, batch {a.batch_size}, output {a.size}")
     print(f"{'prec':<5} {'in':>4} {'r':>2} {'row':<13} {'fwd ms':>8} {'fwd/R50':>8} {'train ms':>9} {'train/R50':>9} "
