@@ -449,13 +449,12 @@ class DALILoader:
         padding = torch.zeros_like(valid)
         if bool(valid.all()) and not bool(status.any()) and not self._bad_keys:
             return labels, padding
-        names = [image or label for image, label in zip(_row_texts(out["image_name"]), _row_texts(out["label_name"]))]
-        has_image = [bool(text) for text in _row_texts(out["image_name"])]
-        has_label = [bool(text) for text in _row_texts(out["label_name"])]
+        image_names, label_names = _row_texts(out["image_name"]), _row_texts(out["label_name"])
         texts = _row_texts(out["targets"])
         bad, keys = {}, []
-        for row, name in enumerate(names):
-            tar, offset, member = name.rsplit(":", 2)
+        for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
+            has_image, has_label = bool(image_name), bool(label_name)
+            tar, offset, member = (image_name or label_name).rsplit(":", 2)
             key = sample_key(member)
             if key in self._bad_keys.get(tar, ()):
                 padding[row] = True  # a stand-in for a sample skipped before
@@ -463,9 +462,9 @@ class DALILoader:
             if int(status[row]) == _STATUS_OVERSIZE:
                 problem = self._oversize_problem()
             elif int(status[row]) == _STATUS_NOT_AN_IMAGE:
-                problem = (f"{describe_bytes(read_tar_member(tar, int(offset))[1])} (not decoded)" if has_image[row]
+                problem = (f"{describe_bytes(read_tar_member(tar, int(offset))[1])} (not decoded)" if has_image
                            else "no image (.jpg/.jpeg/.png/.webp) in the sample")
-            elif not has_label[row]:
+            elif not has_label:
                 problem = "no label (.cls) in the sample"
             elif not texts[row].strip().isdigit():
                 problem = f"label {texts[row]!r} is not a non-negative integer"
@@ -486,7 +485,7 @@ class DALILoader:
         """Names the sample(s) that stopped DALI: from DALI's message when it names one, else by decoding
         alone each sample of the batches DALI was preparing. Raises, or records them as skipped
         (``on_error="skip"``) and returns the checkpoint to rebuild the pipeline from (shards)."""
-        from pipelines.probe import describe_bytes, probe_bytes, probe_files
+        from pipelines.probe import describe_bytes, probe_files, probe_samples
 
         text = str(error)
         detail = next((line.strip() for line in reversed(text.splitlines())
@@ -514,16 +513,21 @@ class DALILoader:
                 candidates = self._replay(epoch, checkpoint, min(self.prefetch_queue_depth + 2, len(self) - done))
             else:
                 candidates = []
+            members = {}  # source name -> (the tar header's member name, bytes)
             for name in dict.fromkeys(candidates):
-                tar, offset, member = name.rsplit(":", 2)
-                header_name, data = read_tar_member(tar, int(offset))
-                problem = f"{describe_bytes(data)}; DALI: {detail}" if named else probe_bytes(data)
-                if problem is not None:
-                    key = sample_key(member)
-                    if key in self._bad_keys.get(tar, ()):  # a stand-in's image: the donor sample is bad
-                        key = sample_key(header_name)
-                    bad[f"{tar} (sample {key})"] = problem
-                    keys.append((tar, key))
+                tar, offset, _ = name.rsplit(":", 2)
+                members[name] = read_tar_member(tar, int(offset))
+            if named:
+                problems = {name: f"{describe_bytes(data)}; DALI: {detail}" for name, (_, data) in members.items()}
+            else:
+                problems = probe_samples((name, data) for name, (_, data) in members.items())
+            for name, problem in problems.items():
+                tar, _, member = name.rsplit(":", 2)
+                key = sample_key(member)
+                if key in self._bad_keys.get(tar, ()):  # a stand-in's image: the donor sample is bad
+                    key = sample_key(members[name][0])
+                bad[f"{tar} (sample {key})"] = problem
+                keys.append((tar, key))
             repeated = [name for name, (tar, key) in zip(bad, keys) if key in self._bad_keys.get(tar, ())]
         if not bad:
             where = self.source.paths[0] if not folder else "the batch"

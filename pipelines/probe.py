@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-__all__ = ["describe_bytes", "probe_bytes", "probe_files"]
+__all__ = ["describe_bytes", "probe_bytes", "probe_files", "probe_samples"]
 
 _SIGNATURES = (
     (b"\xff\xd8\xff", "JPEG"),
@@ -46,31 +46,42 @@ def _one_sample():
     return fn.decoders.image(encoded, device="cpu", output_type=types.RGB), shape
 
 
+def probe_samples(samples: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+    """Reads the header and decodes each ``(name, bytes)`` alone on the CPU, as the loader would;
+    returns ``{name: problem}`` for those that fail, the problem naming what the bytes are and what
+    DALI said. One pipeline serves every sample until one fails (a failed pipeline is rebuilt)."""
+    problems = {}
+    pipe = None
+    for name, data in samples:
+        if pipe is None:
+            pipe = _one_sample(prefetch_queue_depth=1)
+            pipe.build()
+        pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
+        try:
+            pipe.run()
+        except RuntimeError as e:
+            said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
+            problems[name] = f"{describe_bytes(data)}; DALI: {said[-1].strip() if said else 'decode failed'}"
+            pipe = None
+    return problems
+
+
 def probe_bytes(data: bytes) -> str | None:
-    """Reads the header and decodes ``data`` alone on the CPU, as the loader would; ``None`` when that
-    works, else the problem: what the bytes are and what DALI said."""
-    pipe = _one_sample()
-    pipe.build()
-    pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
-    try:
-        pipe.run()
-    except RuntimeError as e:
-        said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
-        return f"{describe_bytes(data)}; DALI: {said[-1].strip() if said else 'decode failed'}"
-    return None
+    """:func:`probe_samples` of one sample: ``None`` when it decodes, else the problem."""
+    return probe_samples([("", data)]).get("")
 
 
 def probe_files(paths: Iterable[str]) -> dict[str, str]:
-    """:func:`probe_bytes` on each file; returns ``{path: problem}`` for those that fail."""
-    problems = {}
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            problems[path] = f"unreadable: {e.strerror or e}"
-            continue
-        problem = probe_bytes(data)
-        if problem is not None:
-            problems[path] = problem
-    return problems
+    """:func:`probe_samples` on each file; returns ``{path: problem}`` for those that fail."""
+    paths, problems = list(paths), {}
+
+    def readable():
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    yield path, f.read()
+            except OSError as e:
+                problems[path] = f"unreadable: {e.strerror or e}"
+
+    problems.update(probe_samples(readable()))
+    return {path: problems[path] for path in paths if path in problems}  # (in the given order)

@@ -65,7 +65,7 @@ def image_status(encoded, max_pixels: int = MAX_PIXELS, *, replay: bool = False)
         area = fn.cast(shape[0], dtype=types.INT64) * fn.cast(shape[1], dtype=types.INT64)
         status = fn.cast(area > max_pixels, dtype=types.UINT8) * STATUS_OVERSIZE
     else:
-        status = fn.cast(has_bytes, dtype=types.UINT8) * 0 + STATUS_NOT_AN_IMAGE
+        status = fn.cast(has_bytes, dtype=types.UINT8) * 0 + STATUS_NOT_AN_IMAGE  # (a per-sample constant)
     return status
 
 

@@ -502,6 +502,8 @@ def test_max_pixels_defaults_agree_and_check_flags_without_decoding(tmp_path, mo
     from dali_resizer import check, loader
 
     assert loader.MAX_PIXELS == pipelines.MAX_PIXELS
+    assert (loader._STATUS_OVERSIZE, loader._STATUS_NOT_AN_IMAGE) == (pipelines.STATUS_OVERSIZE,
+                                                                     pipelines.STATUS_NOT_AN_IMAGE)
     root = make_folder(tmp_path / "data")
     Image.new("RGB", (300, 200)).save(root / "a" / "wide.png")
     monkeypatch.setattr(check, "MAX_PIXELS", 10_000)
