@@ -200,6 +200,121 @@ class _ChunkedStem(torch.autograd.Function):
         return grad_x, *grads, sum_gx.to(gamma.dtype), sum_g.to(gamma.dtype), None
 
 
+def _resize_backward(g: torch.Tensor, input_shape, interpolation: Interpolation, antialias: bool) -> torch.Tensor:
+    """The gradient of :func:`resize` with respect to its input, from the gradient ``g`` of its output."""
+    size, shape = list(g.shape[-2:]), list(input_shape)
+    if size == shape[-2:]:
+        return g
+    aten = torch.ops.aten
+    if interpolation is Interpolation.NEAREST:
+        return aten._upsample_nearest_exact2d_backward(g, size, shape)
+    if interpolation is Interpolation.BILINEAR:
+        op = aten._upsample_bilinear2d_aa_backward if antialias else aten.upsample_bilinear2d_backward
+    else:
+        op = aten._upsample_bicubic2d_aa_backward if antialias else aten.upsample_bicubic2d_backward
+    return op(g, size, shape, False)
+
+
+class _FusedStem(torch.autograd.Function):
+    """``resize(BN(stem_features(x)))`` on the CPU with the fused kernel of ``csrc/stem.cpp``.
+
+    The 7x7 convolution runs in oneDNN (channels_last); the kernel does LeakyReLU, the 1x1
+    convolution, LeakyReLU and BatchNorm's sums in one pass over its output and, for a bilinear
+    resize to exactly half the size, the resize too (its 2x2 average); other resizes run on the
+    kernel's output. BatchNorm's affine map is applied after the resize (exact, see
+    :class:`_ChunkedStem`). Only the 7x7 convolution's output is kept for backward, where the
+    kernel recomputes the rest per pixel. ``batch_stats=False``: BatchNorm with its running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, gamma, beta, module: LearnableResizer, batch_stats: bool):
+        from . import _stem_kernel
+
+        kernel = _stem_kernel.load()
+        stem = module.stem
+        conv1, conv2, bn = stem[0], stem[2], stem[4]
+        slope, n = stem[1].negative_slope, conv2.out_channels
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype  # what conv2d would run in
+        xc = x.to(dtype, memory_format=torch.channels_last)
+        w1c, b1c = w1.to(dtype), b1.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            t = F.conv2d(xc, w1c, b1c, conv1.stride, conv1.padding, conv1.dilation, conv1.groups)
+        th = t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (N, H, W, n), contiguous
+        w2f, b2f = w2.detach().reshape(n, n).float().contiguous(), b2.detach().float().contiguous()
+        h, w = module.size
+        pool = (module.interpolation is Interpolation.BILINEAR and not module.antialias
+                and th.shape[1] == 2 * h and th.shape[2] == 2 * w)
+        # BatchNorm's sums are taken around the features of the centre pixel of the first image.
+        with torch.no_grad():
+            centre = th[0, th.shape[1] // 2, th.shape[2] // 2].float()
+            shift = F.leaky_relu(F.leaky_relu(centre, slope) @ w2f.T + b2f, slope).contiguous()
+        out, sums, squares = kernel.stem_forward(th, w2f, b2f, slope, shift, pool)
+        out = out.permute(0, 3, 1, 2)  # (N, n, ., .) channels_last
+        r = out if pool else module._resize(out)
+        count = th.shape[0] * th.shape[1] * th.shape[2]
+        if batch_stats:
+            centred = sums / count
+            mean = shift.double() + centred
+            var = (squares / count - centred.square()).clamp_(min=0)
+        else:
+            mean, var = bn.running_mean.double(), bn.running_var.double()
+        mean, var = mean.float(), var.float()
+        # BatchNorm's affine map with these statistics, in one pass at the output resolution
+        y = torch.ops.aten.native_batch_norm(r, gamma, beta, mean, var, False, 0.0, bn.eps)[0]
+        ctx.module, ctx.count, ctx.pool, ctx.batch_stats = module, count, pool, batch_stats
+        ctx.dtypes = (x.dtype, w1.dtype, b1.dtype)
+        ctx.save_for_backward(xc, w1c, th, w2, b2, gamma, r, mean, var)
+        var_unbiased = var * count / max(count - 1, 1)
+        ctx.mark_non_differentiable(mean, var_unbiased)
+        return y, mean, var_unbiased
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        from . import _stem_kernel
+
+        kernel = _stem_kernel.load()
+        xc, w1c, th, w2, b2, gamma, r, mean, var = ctx.saved_tensors
+        module = ctx.module
+        conv1, n = module.stem[0], module.stem[2].out_channels
+        slope, eps = module.stem[1].negative_slope, module.stem[4].eps
+        # g_r = grad * gamma * invstd, and the sums of grad * xhat and of grad, in one pass
+        g_r, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+            grad_out, r, gamma, mean, var, None, None, False, eps, [True, True, True])
+        invstd = (var.double() + eps).rsqrt().float()
+        if ctx.batch_stats:  # BatchNorm's backward beyond the resize, affine in the features per channel
+            scale = gamma.float() * invstd
+            k1, k2 = sum_g.float() / ctx.count, sum_gx.float() / ctx.count
+            slope_d = -scale * k2 * invstd
+            offset_d = -scale * (k1 - mean * invstd * k2)
+        else:
+            slope_d = offset_d = torch.zeros_like(invstd)
+        if not ctx.pool:
+            g_r = _resize_backward(g_r, (th.shape[0], n, th.shape[1], th.shape[2]), module.interpolation,
+                                   module.antialias)
+        g_in = g_r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        w2f, b2f = w2.detach().reshape(n, n).float().contiguous(), b2.detach().float().contiguous()
+        # The kernel takes the 7x7 convolution's weight gradient too (3 input channels: oneDNN's is slow)
+        fused_conv = (xc.shape[1] == 3 and conv1.kernel_size == (7, 7) and conv1.padding == (3, 3)
+                      and conv1.stride == (1, 1) and conv1.dilation == (1, 1) and conv1.groups == 1)
+        need_x = ctx.needs_input_grad[0]
+        g_t, g_w2, g_b2, g_w1, g_b1 = kernel.stem_backward(
+            th, w2f, b2f, slope, g_in, slope_d.contiguous(), offset_d.contiguous(), ctx.pool,
+            xc.permute(0, 2, 3, 1) if fused_conv else None, need_x)
+        g_x = None
+        if need_x or not fused_conv:
+            g_x, g_w1_, g_b1_ = torch.ops.aten.convolution_backward(
+                g_t.permute(0, 3, 1, 2), xc, w1c, [w1c.shape[0]], conv1.stride, conv1.padding, conv1.dilation,
+                False, [0, 0], conv1.groups, [need_x, not fused_conv, not fused_conv])
+            if not fused_conv:
+                g_w1, g_b1 = g_w1_, g_b1_
+        x_dtype, w1_dtype, b1_dtype = ctx.dtypes
+        return (None if g_x is None else g_x.to(x_dtype), g_w1.to(w1_dtype), g_b1.to(b1_dtype),
+                g_w2.reshape(w2.shape).to(w2.dtype), g_b2.to(b2.dtype), sum_gx.to(gamma.dtype),
+                sum_g.to(gamma.dtype), None, None)
+
+
 class _ResBlock(nn.Module):
     def __init__(self, channels: int, negative_slope: float, device=None, dtype=None) -> None:
         super().__init__()
@@ -238,6 +353,13 @@ class LearnableResizer(nn.Module):
             of 73.5 MiB per 448x448 image), for one more stem forward in backward
             (``benchmarks/resizer.py``). Same parameters, same results as the plain module up to
             float rounding; switch it on the module at any time.
+        fused_stem: On CPU tensors (float32, or bfloat16 under autocast; 8, 16 or 32 filters), run the
+            stem through a fused C++ kernel (``dali_resizer/csrc/stem.cpp``, compiled on first use,
+            needs ``g++`` and ``ninja``): the 7x7 convolution in oneDNN, then LeakyReLU, the 1x1
+            convolution, LeakyReLU, BatchNorm's statistics and (bilinear to half the size) the
+            resize in one pass, recomputed in backward. Only the 7x7 convolution's output is kept at
+            the input resolution. Same results as the plain module up to float rounding; elsewhere
+            (CUDA, other dtypes) the plain path runs. Takes precedence over ``memory_efficient``.
         device: Device of the parameters.
         dtype: Data type of the parameters.
 
@@ -266,6 +388,7 @@ class LearnableResizer(nn.Module):
         negative_slope: float = 0.2,
         zero_init: bool = False,
         memory_efficient: bool = False,
+        fused_stem: bool = False,
         in_channels: int = 3,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -279,6 +402,7 @@ class LearnableResizer(nn.Module):
         self.interpolation = _to_interpolation(interpolation)
         self.antialias = bool(antialias)
         self.memory_efficient = bool(memory_efficient)
+        self.fused_stem = bool(fused_stem)
         dd = {"device": device, "dtype": dtype}
         n = num_filters
 
@@ -306,7 +430,12 @@ class LearnableResizer(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
         skip = self._resize(x)  # (N, 3, h, w)
-        f = self._stem(x) if self.memory_efficient else self._resize(self.stem(x))  # (N, n, h, w)
+        if self._fused_stem_applies(x):
+            f = self._stem_fused(x)
+        elif self.memory_efficient:
+            f = self._stem(x)
+        else:
+            f = self._resize(self.stem(x))  # (N, n, h, w)
         y = self.fuse(self.res_blocks(f)) + f  # (N, n, h, w)
         return self.head(y) + skip  # (N, 3, h, w)
 
@@ -328,13 +457,35 @@ class LearnableResizer(nn.Module):
                            else features(x[part]) for part in parts])
             return (r * scale[:, None, None] + shift[:, None, None]).to(r.dtype)
         out, mean, var = _ChunkedStem.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, bn.weight, bn.bias, self)
+        self._track_stem_stats(mean, var)
+        return out
+
+    def _fused_stem_applies(self, x: torch.Tensor) -> bool:
+        if not self.fused_stem or x.device.type != "cpu" or self.stem[2].out_channels not in (8, 16, 32):
+            return False
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        params = (p.dtype for p in self.stem.parameters())
+        return dtype in (torch.float32, torch.bfloat16) and all(p == torch.float32 for p in params)
+
+    def _stem_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """``resize(stem(x))`` through the fused CPU kernel (see ``fused_stem``)."""
+        conv1, conv2, bn = self.stem[0], self.stem[2], self.stem[4]
+        batch_stats = bn.training or bn.running_mean is None
+        out, mean, var = _FusedStem.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, bn.weight, bn.bias,
+                                          self, batch_stats)
+        if batch_stats:
+            self._track_stem_stats(mean, var)
+        return out
+
+    def _track_stem_stats(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Updates the stem BatchNorm's running statistics from a batch's (as ``nn.BatchNorm2d`` does)."""
+        bn = self.stem[4]
         if bn.training and bn.track_running_stats:
             with torch.no_grad():
                 bn.num_batches_tracked.add_(1)
                 momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
                 bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
                 bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
-        return out
 
     def for_inference(self) -> LearnableResizer:
         """A copy for inference and export: evaluation mode, every BatchNorm that follows a convolution
@@ -354,4 +505,4 @@ class LearnableResizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, interpolation={self.interpolation.value}, antialias={self.antialias}, "
-                f"memory_efficient={self.memory_efficient}")
+                f"memory_efficient={self.memory_efficient}, fused_stem={self.fused_stem}")

@@ -1,0 +1,172 @@
+"""``LearnableResizer(fused_stem=True)`` (the C++ kernel of ``dali_resizer/csrc/stem.cpp``) against the
+plain module on the same weights. The kernel is compiled on first use (about a minute on 2 cores)."""
+
+import copy
+import shutil
+
+import pytest
+import torch
+
+from dali_resizer import LearnableResizer
+from dali_resizer import _stem_kernel
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("ninja") is None or shutil.which("c++") is None,
+    reason="the fused stem kernel is compiled with c++ and ninja, not found here",
+)
+
+
+def pair(size, **kwargs):
+    """(reference, fused) resizers with the same weights; BatchNorm's affine made non-trivial."""
+    torch.manual_seed(0)
+    reference = LearnableResizer(size, **kwargs)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    fused = copy.deepcopy(reference)
+    fused.fused_stem = True
+    return reference, fused
+
+
+def step(module, x, input_grad=True, autocast=False):
+    """Output, input gradient (or None) and parameter gradients of one training step."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(input_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = module(x)
+    y.float().square().mean().backward()
+    return y.detach().float(), x.grad, {name: p.grad.float() for name, p in module.named_parameters()}
+
+
+def test_kernel_builds_here():
+    module = _stem_kernel.load()
+    assert hasattr(module, "stem_forward") and hasattr(module, "stem_backward")
+
+
+CASES = [
+    # (input shape, output size, interpolation, antialias, channels_last)
+    ((3, 3, 32, 24), (16, 12), "bilinear", False, True),  # exactly half: the kernel takes the resize too
+    ((3, 3, 23, 19), 9, "bilinear", False, False),
+    ((5, 3, 40, 36), (17, 11), "bicubic", True, True),
+    ((4, 3, 30, 30), 15, "nearest", False, False),
+    ((2, 3, 12, 10), (20, 16), "bilinear", False, True),  # an upscale
+]
+
+
+@pytest.mark.parametrize("input_grad", [False, True], ids=["kernel-conv-grad", "onednn-conv-grad"])
+@pytest.mark.parametrize(("shape", "size", "interpolation", "antialias", "channels_last"), CASES)
+def test_training_step_equals_the_reference(shape, size, interpolation, antialias, channels_last, input_grad):
+    reference, fused = pair(size, interpolation=interpolation, antialias=antialias)
+    x = torch.randn(*shape) * 2 + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):  # two steps: the running statistics must agree too
+        y0, gx0, gp0 = step(reference, x, input_grad)
+        y1, gx1, gp1 = step(fused, x, input_grad)
+        torch.testing.assert_close(y1, y0, rtol=0, atol=1e-4)
+        if input_grad:
+            torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-6)
+        for name, grad in gp0.items():
+            torch.testing.assert_close(gp1[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(dict(fused.named_buffers())[name], buffer, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("num_filters", [8, 32])
+def test_other_filter_counts(num_filters):
+    reference, fused = pair(10, num_filters=num_filters)
+    x = torch.randn(3, 3, 20, 20)
+    y0, _, gp0 = step(reference, x, input_grad=False)
+    y1, _, gp1 = step(fused, x, input_grad=False)
+    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-4)
+    for name, grad in gp0.items():
+        torch.testing.assert_close(gp1[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_one_input_channel_takes_the_onednn_weight_gradient():
+    reference, fused = pair(8, in_channels=1)
+    x = torch.randn(2, 1, 16, 16)
+    y0, _, gp0 = step(reference, x, input_grad=False)
+    y1, _, gp1 = step(fused, x, input_grad=False)
+    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-4)
+    for name, grad in gp0.items():
+        torch.testing.assert_close(gp1[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_evaluation_equals_the_reference(grad):
+    reference, fused = pair((11, 13))
+    x = torch.randn(4, 3, 22, 26)
+    for module in (reference, fused):
+        module.train()
+        module(x * 3 + 1)  # running statistics that are not the defaults
+        module.eval()
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(fused(x), reference(x), rtol=0, atol=1e-5)
+    if grad:
+        _, gx0, gp0 = step(reference, x)
+        _, gx1, gp1 = step(fused, x)
+        torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-6)
+        for name, g in gp0.items():
+            torch.testing.assert_close(gp1[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_statistics_hold_when_the_mean_dwarfs_the_spread():
+    reference, fused = pair(8)
+    for module in (reference, fused):
+        with torch.no_grad():
+            module.stem[2].bias.add_(1000.0)  # stem features around 1000, spread about 1
+    x = torch.randn(3, 3, 16, 16)
+    y0, _, _ = step(reference, x)
+    y1, _, _ = step(fused, x)
+    torch.testing.assert_close(y1, y0, rtol=0, atol=5e-3)  # (float32 around 1000: an ulp is 6e-5)
+    torch.testing.assert_close(fused.stem[4].running_var, reference.stem[4].running_var, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_bf16_autocast_is_as_close_as_the_reference(input_grad):
+    """Under bf16 autocast both implementations round differently; each must be as close to the fp32
+    result as the other (within a factor of two), on the output and on every parameter gradient."""
+    reference, fused = pair(24)
+    x = torch.randn(4, 3, 48, 48)
+    y32, _, g32 = step(copy.deepcopy(reference), x, input_grad)
+    y0, _, g0 = step(reference, x, input_grad, autocast=True)
+    y1, _, g1 = step(fused, x, input_grad, autocast=True)
+    assert y1.dtype == y0.dtype
+
+    def error(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    assert error(y1, y32) <= 2 * error(y0, y32) + 1e-3
+    for name in g32:
+        assert error(g1[name], g32[name]) <= 2 * error(g0[name], g32[name]) + 1e-3, name
+
+
+def test_keeps_less_for_backward():
+    def saved(module, x):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            module(x)
+        return total
+
+    reference, fused = pair(32)
+    x = torch.randn(4, 3, 64, 64)
+    assert saved(fused, x) < 0.6 * saved(reference, x)
+
+
+def test_other_dtypes_and_devices_take_the_plain_path():
+    reference, fused = pair(8, dtype=torch.float64)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    assert not fused._fused_stem_applies(x)
+    torch.testing.assert_close(fused(x), reference(x), rtol=0, atol=0)
+    assert fused._fused_stem_applies(x.float()) is False  # float64 parameters: plain path too
+    assert pair(8)[1]._fused_stem_applies(torch.randn(1, 3, 16, 16))
+    assert "fused_stem=True" in repr(fused)
