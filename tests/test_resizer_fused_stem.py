@@ -7,8 +7,7 @@ import shutil
 import pytest
 import torch
 
-from dali_resizer import LearnableResizer
-from dali_resizer import _stem_kernel
+from dali_resizer import LearnableResizer, _stem_kernel
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ninja") is None or shutil.which("c++") is None,
