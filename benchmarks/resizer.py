@@ -12,6 +12,9 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resizer-fused        LearnableResizer(memory_efficient=True) in channels_last: the
                          stem a few images at a time, its resize folded through BatchNorm, recomputed
                          in backward by a custom autograd function
+    resizer-kernel       LearnableResizer(fused_stem=True) in channels_last (CPU only): the stem after its
+                         7x7 convolution in the C++ kernel of dali_resizer/csrc/stem.cpp, which also
+                         takes that convolution's weight gradient
     resizer-inference    LearnableResizer.for_inference() in channels_last: BatchNorms folded into the
                          convolutions, the stem's applied after the resize (forward only)
     resizer-compiled     torch.compile of the channels_last module (inductor; opt-in with --rows, it
@@ -19,7 +22,8 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resnet50             torchvision ResNet-50 at the output size: the yardstick of every ratio
 Per row: forward and forward+backward ms per batch, the ratio to ResNet-50's (the median of per-pair
 ratios, the row and ResNet-50 timed alternately, since this kind of machine drifts), achieved GFLOP/s
-(FLOPs from torch.utils.flop_counter), and the activations kept for backward per image (MiB): the
+(FLOPs from torch.utils.flop_counter, counted on the plain module for resizer-kernel, whose kernel
+the counter does not see), and the activations kept for backward per image (MiB): the
 training memory the module adds.
 
 --keep-freed-memory raises glibc's mmap threshold (mallopt) before anything is allocated, so that
@@ -143,9 +147,10 @@ def steps(module, x, dtype):
     return forward, train
 
 
-def measure(name, module, x, device, dtype, repeats, train_too: bool = True, baseline=None) -> dict:
+def measure(name, module, x, device, dtype, repeats, train_too: bool = True, baseline=None, flop_module=None) -> dict:
     """Times of one row; with ``baseline`` (ResNet-50's forward and training closures), its ratios to
-    them, each timed in alternation with the row."""
+    them, each timed in alternation with the row. ``flop_module``: count FLOPs on it instead (the same
+    computation, in operations the counter sees)."""
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
     forward, train = steps(module, x, dtype)
     fwd, fwd_ratio = timed(forward, device, repeats, baseline[0] if baseline else None)
@@ -157,7 +162,7 @@ def measure(name, module, x, device, dtype, repeats, train_too: bool = True, bas
     fwd_bwd, train_ratio = timed(train, device, repeats, baseline[1] if baseline else None)
     xg = x.detach()
     with autocast:
-        f_train = flops(module, xg, train=True)
+        f_train = flops(flop_module if flop_module is not None else module, xg, train=True)
     return row | {"train_ms": 1000 * fwd_bwd, "train_vs_resnet50": train_ratio,
                   "train_gflops_per_s": f_train / fwd_bwd / 1e9, "train_gflop_per_image": f_train / x.shape[0] / 1e9,
                   "saved_mib_per_image": saved_bytes(module, xg, autocast) / x.shape[0] / 2**20}
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", nargs="+",
                    default=["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused",
-                            "resizer-inference", "resnet50"])
+                            "resizer-kernel", "resizer-inference", "resnet50"])
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc mallopt: keep freed large tensors in the heap (no page faults on reuse)")
     p.add_argument("--json")
@@ -221,6 +226,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "resizer-inference": (reference.for_inference().to(memory_format=torch.channels_last),
                                           x.to(memory_format=torch.channels_last)),
                 }
+                if device.type == "cpu":  # (elsewhere fused_stem runs the plain path)
+                    kernel = copy.deepcopy(reference).to(memory_format=torch.channels_last)
+                    kernel.fused_stem = True
+                    variants["resizer-kernel"] = (kernel, x.to(memory_format=torch.channels_last))
                 if "resizer-compiled" in a.rows:
                     variants["resizer-compiled"] = (torch.compile(copy.deepcopy(reference).to(
                         memory_format=torch.channels_last)), x.to(memory_format=torch.channels_last))
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         continue
                     module, inp = variants[name]
                     row = measure(name, module, inp, device, dtype, a.repeats, train_too=name != "resizer-inference",
-                                  baseline=baseline)
+                                  baseline=baseline, flop_module=reference if name == "resizer-kernel" else None)
                     row |= {"precision": precision, "input_size": input_size, "num_res_blocks": blocks}
                     rows.append(row)
                     print(f"  {precision} {input_size} r={blocks} {name}: forward {row['forward_ms']:.0f} ms"
