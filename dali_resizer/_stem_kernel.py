@@ -34,9 +34,17 @@ def _arch_flags() -> tuple[str, list[str]]:
     return "generic", []
 
 
-@functools.cache
 def load():
-    """The compiled extension module; raises :class:`KernelUnavailable` when it can't be built."""
+    """The compiled extension module; raises :class:`KernelUnavailable` when it can't be built (the
+    failure is remembered: a process tries once)."""
+    result = _build()
+    if isinstance(result, BaseException):
+        raise KernelUnavailable(str(result)) from result
+    return result
+
+
+@functools.cache
+def _build():
     from torch.utils import cpp_extension
 
     suffix, flags = _arch_flags()
@@ -48,5 +56,5 @@ def load():
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
-    except Exception as e:  # a missing compiler or ninja, a failed build: say which, keep the reference path
-        raise KernelUnavailable(f"could not build the fused stem kernel ({_SOURCE}): {e}") from e
+    except Exception as e:  # a missing compiler or ninja, a failed build: say which
+        return KernelUnavailable(f"could not build the fused stem kernel ({_SOURCE}): {e}")

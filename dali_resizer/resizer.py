@@ -271,6 +271,7 @@ class _FusedStem(torch.autograd.Function):
         return y, mean, var_unbiased
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # (the kernel's backward is not differentiable itself)
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         from . import _stem_kernel
 
@@ -360,6 +361,8 @@ class LearnableResizer(nn.Module):
             resize in one pass, recomputed in backward. Only the 7x7 convolution's output is kept at
             the input resolution. Same results as the plain module up to float rounding; elsewhere
             (CUDA, other dtypes) the plain path runs. Takes precedence over ``memory_efficient``.
+            Raises ``dali_resizer._stem_kernel.KernelUnavailable`` (with the compiler's message) when
+            the kernel can't be built.
         device: Device of the parameters.
         dtype: Data type of the parameters.
 

@@ -169,3 +169,18 @@ def test_other_dtypes_and_devices_take_the_plain_path():
     assert fused._fused_stem_applies(x.float()) is False  # float64 parameters: plain path too
     assert pair(8)[1]._fused_stem_applies(torch.randn(1, 3, 16, 16))
     assert "fused_stem=True" in repr(fused)
+
+
+def test_a_failed_build_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built here yet
+    monkeypatch.setenv("PATH", str(tmp_path))  # and neither ninja nor a compiler to build it
+    monkeypatch.setenv("CXX", str(tmp_path / "c++"))
+    _stem_kernel._build.cache_clear()
+    try:
+        resizer = LearnableResizer(8, fused_stem=True)
+        for _ in range(2):  # the failure is remembered, and reported each time
+            with pytest.raises(_stem_kernel.KernelUnavailable, match="could not build the fused stem kernel"):
+                resizer(torch.randn(1, 3, 16, 16))
+        assert _stem_kernel._build.cache_info().misses == 1
+    finally:
+        _stem_kernel._build.cache_clear()
