@@ -12,9 +12,10 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resizer-fused        LearnableResizer(memory_efficient=True) in channels_last: the
                          stem a few images at a time, its resize folded through BatchNorm, recomputed
                          in backward by a custom autograd function
-    resizer-kernel       LearnableResizer(fused_stem=True) in channels_last (CPU only): the stem after its
+    resizer-kernel       LearnableResizer(cpu_kernels=True) in channels_last (CPU only): the stem after its
                          7x7 convolution in the C++ kernel of dali_resizer/csrc/stem.cpp, which also
-                         takes that convolution's weight gradient
+                         takes that convolution's weight gradient, and the output-resolution
+                         BatchNorms with their LeakyReLU or residual addition in csrc/batchnorm.cpp
     resizer-inference    LearnableResizer.for_inference() in channels_last: BatchNorms folded into the
                          convolutions, the stem's applied after the resize (forward only)
     resizer-compiled     torch.compile of the channels_last module (inductor; opt-in with --rows, it
@@ -226,9 +227,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "resizer-inference": (reference.for_inference().to(memory_format=torch.channels_last),
                                           x.to(memory_format=torch.channels_last)),
                 }
-                if device.type == "cpu":  # (elsewhere fused_stem runs the plain path)
+                if device.type == "cpu":  # (elsewhere cpu_kernels runs the plain path)
                     kernel = copy.deepcopy(reference).to(memory_format=torch.channels_last)
-                    kernel.fused_stem = True
+                    kernel.cpu_kernels = True
                     variants["resizer-kernel"] = (kernel, x.to(memory_format=torch.channels_last))
                 if "resizer-compiled" in a.rows:
                     variants["resizer-compiled"] = (torch.compile(copy.deepcopy(reference).to(

@@ -215,6 +215,25 @@ def _resize_backward(g: torch.Tensor, input_shape, interpolation: Interpolation,
     return op(g, size, shape, False)
 
 
+def _bn_affine(bn: nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor, count: int, sums=None):
+    """BatchNorm as the per-channel map ``x * scale + offset``, from ``sums = (sum, sum of squares,
+    shift)``, the kernels' float64 sums of ``x - shift`` and ``(x - shift)^2`` over ``count`` values
+    (``None``: from the running statistics). Returns float32 ``(scale, offset, mean, invstd)`` and
+    the unbiased variance (for the running statistics)."""
+    if sums is not None:
+        total, squares, shift = sums
+        centred = total / count
+        mean = shift.double() + centred
+        var = (squares / count - centred.square()).clamp_(min=0)
+    else:
+        mean, var = bn.running_mean.double(), bn.running_var.double()
+    invstd = (var + bn.eps).rsqrt()
+    scale = weight.detach().double() * invstd
+    offset = bias.detach().double() - mean * scale
+    var_unbiased = var * count / max(count - 1, 1)
+    return tuple(t.float().contiguous() for t in (scale, offset, mean, invstd, var_unbiased))
+
+
 class _FusedStem(torch.autograd.Function):
     """``resize(BN(stem_features(x)))`` on the CPU with the fused kernel of ``csrc/stem.cpp``.
 
@@ -228,9 +247,9 @@ class _FusedStem(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, gamma, beta, module: LearnableResizer, batch_stats: bool):
-        from . import _stem_kernel
+        from . import _kernels
 
-        kernel = _stem_kernel.load()
+        kernel = _kernels.load()
         stem = module.stem
         conv1, conv2, bn = stem[0], stem[2], stem[4]
         slope, n = stem[1].negative_slope, conv2.out_channels
@@ -254,39 +273,34 @@ class _FusedStem(torch.autograd.Function):
         out = out.permute(0, 3, 1, 2)  # (N, n, ., .) channels_last
         r = out if pool else module._resize(out)
         count = th.shape[0] * th.shape[1] * th.shape[2]
-        if batch_stats:
-            centred = sums / count
-            mean = shift.double() + centred
-            var = (squares / count - centred.square()).clamp_(min=0)
-        else:
-            mean, var = bn.running_mean.double(), bn.running_var.double()
-        mean, var = mean.float(), var.float()
+        scale, offset, mean, invstd, var_unbiased = _bn_affine(bn, gamma, beta, count,
+                                                               (sums, squares, shift) if batch_stats else None)
         # BatchNorm's affine map with these statistics, in one pass at the output resolution
-        y = torch.ops.aten.native_batch_norm(r, gamma, beta, mean, var, False, 0.0, bn.eps)[0]
+        rh = r.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        y = kernel.bn_forward(rh, scale, offset, 1.0).permute(0, 3, 1, 2)
         ctx.module, ctx.count, ctx.pool, ctx.batch_stats = module, count, pool, batch_stats
         ctx.dtypes = (x.dtype, w1.dtype, b1.dtype)
-        ctx.save_for_backward(xc, w1c, th, w2, b2, gamma, r, mean, var)
-        var_unbiased = var * count / max(count - 1, 1)
+        ctx.save_for_backward(xc, w1c, th, w2, b2, gamma, rh, scale, offset, mean, invstd)
         ctx.mark_non_differentiable(mean, var_unbiased)
         return y, mean, var_unbiased
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # (the kernel's backward is not differentiable itself)
     def backward(ctx, grad_out, _grad_mean, _grad_var):
-        from . import _stem_kernel
+        from . import _kernels
 
-        kernel = _stem_kernel.load()
-        xc, w1c, th, w2, b2, gamma, r, mean, var = ctx.saved_tensors
+        kernel = _kernels.load()
+        xc, w1c, th, w2, b2, gamma, rh, scale, offset, mean, invstd = ctx.saved_tensors
         module = ctx.module
         conv1, n = module.stem[0], module.stem[2].out_channels
-        slope, eps = module.stem[1].negative_slope, module.stem[4].eps
-        # g_r = grad * gamma * invstd, and the sums of grad * xhat and of grad, in one pass
-        g_r, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
-            grad_out, r, gamma, mean, var, None, None, False, eps, [True, True, True])
-        invstd = (var.double() + eps).rsqrt().float()
+        slope = module.stem[1].negative_slope
+        # g_r = grad * gamma * invstd, and the sums of grad and of grad * (r - mean), in one pass
+        g = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        g_r, sum_g, sum_gc = kernel.bn_backward(g, rh, scale, offset, 1.0, mean, invstd, False)
+        g_r = g_r.permute(0, 3, 1, 2)
+        sum_gx = sum_gc * invstd.double()  # the sum of grad * xhat: gamma's gradient
         if ctx.batch_stats:  # BatchNorm's backward beyond the resize, affine in the features per channel
-            scale = gamma.float() * invstd
-            k1, k2 = sum_g.float() / ctx.count, sum_gx.float() / ctx.count
+            k1, k2 = (sum_g / ctx.count).float(), (sum_gx / ctx.count).float()
             slope_d = -scale * k2 * invstd
             offset_d = -scale * (k1 - mean * invstd * k2)
         else:
@@ -316,6 +330,76 @@ class _FusedStem(torch.autograd.Function):
                 sum_g.to(gamma.dtype), None, None)
 
 
+class _BatchNormAct(torch.autograd.Function):
+    """``leaky_relu(batch_norm(x)) + residual`` on CPU channels_last tensors with the kernel of
+    ``csrc/batchnorm.cpp``: one pass for BatchNorm's statistics and one for the output (PyTorch:
+    three passes, and a slow channels_last bfloat16 BatchNorm); backward recomputes the normalized
+    values from ``x``, so BatchNorm's output is never stored. ``slope=1``: no LeakyReLU.
+    ``batch_stats=False``: BatchNorm with its running statistics."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, bn: nn.BatchNorm2d, slope: float, batch_stats: bool):
+        from . import _kernels
+
+        kernel = _kernels.load()
+        xh = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (N, H, W, C), contiguous
+        n, h, w, _ = xh.shape
+        sums = None
+        if batch_stats:  # sums around the centre pixel of the first image
+            shift = xh[0, h // 2, w // 2].float().contiguous()
+            sums = (*kernel.bn_stats(xh, shift), shift)
+        scale, offset, mean, invstd, var_unbiased = _bn_affine(bn, weight, bias, n * h * w, sums)
+        res = None if residual is None else residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        y = kernel.bn_forward(xh, scale, offset, slope, res).permute(0, 3, 1, 2)
+        ctx.slope, ctx.batch_stats, ctx.residual = slope, batch_stats, residual is not None
+        ctx.dtypes = (weight.dtype, bias.dtype)
+        ctx.save_for_backward(xh, scale, offset, mean, invstd)
+        ctx.mark_non_differentiable(mean, var_unbiased)
+        return y, mean, var_unbiased
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        from . import _kernels
+
+        xh, scale, offset, mean, invstd = ctx.saved_tensors
+        g = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        grad_x, sum_g, sum_gx = _kernels.load().bn_backward(g, xh, scale, offset, ctx.slope, mean, invstd,
+                                                                ctx.batch_stats)
+        weight_dtype, bias_dtype = ctx.dtypes
+        grad_weight = (sum_gx * invstd.double()).to(weight_dtype)
+        return (grad_x.permute(0, 3, 1, 2), grad_weight, sum_g.to(bias_dtype), grad_out if ctx.residual else None,
+                None, None, None)
+
+
+def _track_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
+    """Updates ``bn``'s running statistics from a batch's (as ``nn.BatchNorm2d`` does in training)."""
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
+
+
+def _bn_act(x: torch.Tensor, bn: nn.BatchNorm2d, slope: float = 1.0, residual: torch.Tensor | None = None,
+            fused: bool = False) -> torch.Tensor:
+    """``leaky_relu(bn(x), slope) + residual`` (``slope=1``: no LeakyReLU; no residual: none added),
+    through :class:`_BatchNormAct` when ``fused`` and the tensors suit the kernel, else PyTorch's ops."""
+    if (fused and isinstance(bn, nn.BatchNorm2d) and x.device.type == "cpu" and x.ndim == 4
+            and x.shape[1] in (8, 16, 32) and x.dtype in (torch.float32, torch.bfloat16) and bn.affine and bn.weight.dtype == bn.bias.dtype == torch.float32
+            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape))):
+        batch_stats = bn.training or bn.running_mean is None
+        y, mean, var = _BatchNormAct.apply(x, bn.weight, bn.bias, residual, bn, float(slope), batch_stats)
+        if batch_stats:
+            _track_running_stats(bn, mean, var)
+        return y
+    y = bn(x)
+    if slope != 1.0:
+        y = F.leaky_relu(y, slope)
+    return y if residual is None else y + residual
+
+
 class _ResBlock(nn.Module):
     def __init__(self, channels: int, negative_slope: float, device=None, dtype=None) -> None:
         super().__init__()
@@ -326,8 +410,9 @@ class _ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **dd)
         self.bn2 = nn.BatchNorm2d(channels, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        h = _bn_act(self.conv1(x), self.bn1, self.act.negative_slope, fused=fused)
+        return _bn_act(self.conv2(h), self.bn2, residual=x, fused=fused)
 
 
 class LearnableResizer(nn.Module):
@@ -354,15 +439,17 @@ class LearnableResizer(nn.Module):
             of 73.5 MiB per 448x448 image), for one more stem forward in backward
             (``benchmarks/resizer.py``). Same parameters, same results as the plain module up to
             float rounding; switch it on the module at any time.
-        fused_stem: On CPU tensors (float32, or bfloat16 under autocast; 8, 16 or 32 filters), run the
-            stem through a fused C++ kernel (``dali_resizer/csrc/stem.cpp``, compiled on first use,
-            needs ``g++`` and ``ninja``): the 7x7 convolution in oneDNN, then LeakyReLU, the 1x1
+        cpu_kernels: On CPU tensors (float32, or bfloat16 under autocast; 8, 16 or 32 filters), run
+            the module through fused C++ kernels (``dali_resizer/csrc/``, compiled on first use, needs
+            ``g++`` and ``ninja``). The stem: the 7x7 convolution in oneDNN, then LeakyReLU, the 1x1
             convolution, LeakyReLU, BatchNorm's statistics and (bilinear to half the size) the
-            resize in one pass, recomputed in backward. Only the 7x7 convolution's output is kept at
-            the input resolution. Same results as the plain module up to float rounding; elsewhere
-            (CUDA, other dtypes) the plain path runs. Takes precedence over ``memory_efficient``.
-            Raises ``dali_resizer._stem_kernel.KernelUnavailable`` (with the compiler's message) when
-            the kernel can't be built.
+            resize in one pass, recomputed in backward, so only the 7x7 convolution's output is kept
+            at the input resolution. At the output resolution, each BatchNorm with the LeakyReLU or
+            the residual addition after it, in one pass for its statistics and one for its output.
+            Same results as the plain module up to float rounding; elsewhere (CUDA, other dtypes)
+            the plain path runs. Takes precedence over ``memory_efficient``. Raises
+            ``dali_resizer._kernels.KernelUnavailable`` (with the compiler's message) when the
+            kernels can't be built.
         device: Device of the parameters.
         dtype: Data type of the parameters.
 
@@ -391,7 +478,7 @@ class LearnableResizer(nn.Module):
         negative_slope: float = 0.2,
         zero_init: bool = False,
         memory_efficient: bool = False,
-        fused_stem: bool = False,
+        cpu_kernels: bool = False,
         in_channels: int = 3,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -405,7 +492,7 @@ class LearnableResizer(nn.Module):
         self.interpolation = _to_interpolation(interpolation)
         self.antialias = bool(antialias)
         self.memory_efficient = bool(memory_efficient)
-        self.fused_stem = bool(fused_stem)
+        self.cpu_kernels = bool(cpu_kernels)
         dd = {"device": device, "dtype": dtype}
         n = num_filters
 
@@ -433,13 +520,17 @@ class LearnableResizer(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected an (N, C, H, W) batch, got shape {tuple(x.shape)}")
         skip = self._resize(x)  # (N, 3, h, w)
-        if self._fused_stem_applies(x):
+        fused = self._kernels_apply(x)
+        if fused:
             f = self._stem_fused(x)
         elif self.memory_efficient:
             f = self._stem(x)
         else:
             f = self._resize(self.stem(x))  # (N, n, h, w)
-        y = self.fuse(self.res_blocks(f)) + f  # (N, n, h, w)
+        y = f
+        for block in self.res_blocks:
+            y = block(y, fused=fused)
+        y = _bn_act(self.fuse[0](y), self.fuse[1], residual=f, fused=fused)  # (N, n, h, w)
         return self.head(y) + skip  # (N, 3, h, w)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -460,35 +551,25 @@ class LearnableResizer(nn.Module):
                            else features(x[part]) for part in parts])
             return (r * scale[:, None, None] + shift[:, None, None]).to(r.dtype)
         out, mean, var = _ChunkedStem.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, bn.weight, bn.bias, self)
-        self._track_stem_stats(mean, var)
+        _track_running_stats(self.stem[4], mean, var)
         return out
 
-    def _fused_stem_applies(self, x: torch.Tensor) -> bool:
-        if not self.fused_stem or x.device.type != "cpu" or self.stem[2].out_channels not in (8, 16, 32):
+    def _kernels_apply(self, x: torch.Tensor) -> bool:
+        if not self.cpu_kernels or x.device.type != "cpu" or self.stem[2].out_channels not in (8, 16, 32):
             return False
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         params = (p.dtype for p in self.stem.parameters())
         return dtype in (torch.float32, torch.bfloat16) and all(p == torch.float32 for p in params)
 
     def _stem_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """``resize(stem(x))`` through the fused CPU kernel (see ``fused_stem``)."""
+        """``resize(stem(x))`` through the fused CPU kernel (see ``cpu_kernels``)."""
         conv1, conv2, bn = self.stem[0], self.stem[2], self.stem[4]
         batch_stats = bn.training or bn.running_mean is None
         out, mean, var = _FusedStem.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, bn.weight, bn.bias,
                                           self, batch_stats)
         if batch_stats:
-            self._track_stem_stats(mean, var)
+            _track_running_stats(self.stem[4], mean, var)
         return out
-
-    def _track_stem_stats(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        """Updates the stem BatchNorm's running statistics from a batch's (as ``nn.BatchNorm2d`` does)."""
-        bn = self.stem[4]
-        if bn.training and bn.track_running_stats:
-            with torch.no_grad():
-                bn.num_batches_tracked.add_(1)
-                momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-                bn.running_var.lerp_(var.to(bn.running_var.dtype), momentum)
 
     def for_inference(self) -> LearnableResizer:
         """A copy for inference and export: evaluation mode, every BatchNorm that follows a convolution
@@ -508,4 +589,4 @@ class LearnableResizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"size={self.size}, interpolation={self.interpolation.value}, antialias={self.antialias}, "
-                f"memory_efficient={self.memory_efficient}, fused_stem={self.fused_stem}")
+                f"memory_efficient={self.memory_efficient}, cpu_kernels={self.cpu_kernels}")

@@ -53,7 +53,7 @@ class TrainConfig:
     num_res_blocks: int = 1
     zero_init: bool = False
     memory_efficient: bool = False
-    fused_stem: bool = False
+    cpu_kernels: bool = False
     backbone: str = "resnet50"
     num_classes: int | None = None
     epochs: int = 10
@@ -89,7 +89,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
     if cfg.resizer == "learned":
         resizer: nn.Module = LearnableResizer(cfg.size, num_filters=cfg.num_filters, num_res_blocks=cfg.num_res_blocks,
                                               zero_init=cfg.zero_init, memory_efficient=cfg.memory_efficient,
-                                              fused_stem=cfg.fused_stem)
+                                              cpu_kernels=cfg.cpu_kernels)
     else:
         resizer = FixedResizer(cfg.size, interpolation=cfg.resizer, antialias=True)
     backbone = torchvision.models.get_model(cfg.backbone, weights=None, num_classes=num_classes)
@@ -336,9 +336,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--memory-efficient", action="store_true",
                    help="learned resizer: recompute its input-resolution stem in backward (about a third of its "
                         "activation memory, for more compute; LearnableResizer(memory_efficient=True))")
-    g.add_argument("--fused-stem", action="store_true",
-                   help="learned resizer on CPU: its stem through the C++ kernel (compiled on first use; "
-                        "LearnableResizer(fused_stem=True))")
+    g.add_argument("--cpu-kernels", action="store_true",
+                   help="learned resizer on CPU: its stem and BatchNorms through fused C++ kernels (compiled on "
+                        "first use; LearnableResizer(cpu_kernels=True))")
     g.add_argument("--backbone", default=d.backbone, help="torchvision classification model name, e.g. resnet18, "
                    "resnet50, mobilenet_v2, densenet121, efficientnet_b0")
     g.add_argument("--num-classes", type=int, help="default: the number of classes in --data")

@@ -140,12 +140,12 @@ def test_memory_efficient_resizer_trains(data, tmp_path):
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
 
 
-def test_fused_stem_flag_reaches_the_resizer(data, tmp_path):
-    """--fused-stem builds the resizer with the C++ stem kernel and a run trains with it (its equality
-    with the plain module is tested in test_resizer_fused_stem.py)."""
+def test_cpu_kernels_flag_reaches_the_resizer(data, tmp_path):
+    """--cpu-kernels builds the resizer with the C++ stem kernel and a run trains with it (its equality
+    with the plain module is tested in test_resizer_cpu_kernels.py)."""
     from dali_resizer.train import build_model, parse_args
 
-    assert build_model(parse_args(["--data", "x", "--fused-stem"]), 3).resizer.fused_stem
-    assert not build_model(parse_args(["--data", "x"]), 3).resizer.fused_stem
-    history = main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path), "--fused-stem", *TINY])
+    assert build_model(parse_args(["--data", "x", "--cpu-kernels"]), 3).resizer.cpu_kernels
+    assert not build_model(parse_args(["--data", "x"]), 3).resizer.cpu_kernels
+    history = main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path), "--cpu-kernels", *TINY])
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))

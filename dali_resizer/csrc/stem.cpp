@@ -16,68 +16,13 @@
 // around a per-channel shift (a value close to the mean) so that a large mean does not cancel the
 // variance.
 
-#include <torch/extension.h>
-
-#include <ATen/Parallel.h>
+#include "kernels.h"
 
 #include <cmath>
-#include <cstdint>
-#include <cstring>
 #include <vector>
 
+namespace dali_resizer {
 namespace {
-
-// One pixel's C channels as one GCC/Clang vector (C = 16 floats: one AVX-512 register).
-template <int C>
-struct VecTypes {
-  typedef float f32 __attribute__((vector_size(C * sizeof(float))));
-  typedef uint32_t u32 __attribute__((vector_size(C * sizeof(uint32_t))));
-  typedef uint16_t u16 __attribute__((vector_size(C * sizeof(uint16_t))));
-};
-template <int C>
-using Vec = typename VecTypes<C>::f32;
-template <int C>
-using U32 = typename VecTypes<C>::u32;
-template <int C>
-using U16 = typename VecTypes<C>::u16;
-
-template <int C>
-inline Vec<C> load(const float* p) {
-  Vec<C> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <int C>
-inline Vec<C> load(const at::BFloat16* p) {
-  U16<C> h;
-  std::memcpy(&h, p, sizeof(h));
-  U32<C> u = __builtin_convertvector(h, U32<C>) << 16;
-  Vec<C> v;
-  std::memcpy(&v, &u, sizeof(v));
-  return v;
-}
-
-template <int C>
-inline void store(float* p, Vec<C> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-template <int C>
-inline void store(at::BFloat16* p, Vec<C> v) {  // round to nearest even, NaN kept a NaN
-  U32<C> u;
-  std::memcpy(&u, &v, sizeof(u));
-  U32<C> rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  U32<C> nan = U32<C>{} + 0x7FC0u;
-  U32<C> bits = (v != v) ? nan : rounded;
-  U16<C> h = __builtin_convertvector(bits, U16<C>);
-  std::memcpy(p, &h, sizeof(h));
-}
-
-template <int C>
-inline Vec<C> lrelu(Vec<C> v, float slope) {
-  return v > 0.f ? v : v * slope;
-}
 
 // Per-channel constants, loaded once.
 template <int C>
@@ -332,14 +277,6 @@ void check_inputs(const at::Tensor& t, const at::Tensor& w, const at::Tensor& bi
   TORCH_CHECK(!pool || (t.size(1) % 2 == 0 && t.size(2) % 2 == 0), "stem kernel: 2x2 average needs even H and W");
 }
 
-#define STEM_DISPATCH_C(C_VALUE, ...)                                          \
-  switch (C_VALUE) {                                                           \
-    case 8: { constexpr int C = 8; __VA_ARGS__; break; }                       \
-    case 16: { constexpr int C = 16; __VA_ARGS__; break; }                     \
-    case 32: { constexpr int C = 32; __VA_ARGS__; break; }                     \
-    default: TORCH_CHECK(false, "stem kernel: 8, 16 or 32 channels, got ", C_VALUE); \
-  }
-
 }  // namespace
 
 // Returns (out, sums, squares): out is d (N, H, W, C) or its 2x2 average (N, H/2, W/2, C) in t's dtype;
@@ -353,7 +290,7 @@ std::vector<at::Tensor> stem_forward(const at::Tensor& t, const at::Tensor& w, c
   at::Tensor sums = at::zeros({C}, t.options().dtype(at::kDouble));
   at::Tensor sqs = at::zeros({C}, t.options().dtype(at::kDouble));
   at::Tensor sh = shift.contiguous();
-  STEM_DISPATCH_C(C, {
+  KERNEL_DISPATCH_C("stem kernel", C, {
     if (t.scalar_type() == at::kFloat)
       forward_impl<C, float>(t, w, bias, static_cast<float>(slope), sh, pool, out, sums, sqs);
     else
@@ -393,7 +330,7 @@ std::vector<at::Tensor> stem_backward(const at::Tensor& t, const at::Tensor& w, 
   at::Tensor grad_b1 = xin.defined() ? at::empty({C}, t.options().dtype(at::kFloat)) : at::Tensor();
   at::Tensor sd = slope_d.contiguous(), od = offset_d.contiguous();
   const float s = static_cast<float>(slope);
-  STEM_DISPATCH_C(C, {
+  KERNEL_DISPATCH_C("stem kernel", C, {
     if (t.scalar_type() == at::kFloat)
       backward_impl<C, float, float>(t, w, bias, s, g, sd, od, pool, xin, grad_t, grad_w, grad_bias, grad_w1, grad_b1);
     else if (g.scalar_type() == at::kFloat)
@@ -406,9 +343,18 @@ std::vector<at::Tensor> stem_backward(const at::Tensor& t, const at::Tensor& w, 
   return {grad_t, grad_w, grad_bias, grad_w1, grad_b1};
 }
 
+}  // namespace dali_resizer
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace dali_resizer;
   m.def("stem_forward", &stem_forward, "lrelu -> 1x1 conv -> lrelu, BatchNorm sums, optional 2x2 average");
   m.def("stem_backward", &stem_backward, "gradients of stem_forward with BatchNorm's statistics term",
         py::arg("t"), py::arg("w"), py::arg("bias"), py::arg("slope"), py::arg("g"), py::arg("slope_d"),
         py::arg("offset_d"), py::arg("pool"), py::arg("x") = py::none(), py::arg("want_grad_t") = true);
+  m.def("bn_stats", &bn_stats, "BatchNorm's sums around a shift, channels_last", py::arg("x"), py::arg("shift"));
+  m.def("bn_forward", &bn_forward, "lrelu(x * scale + offset) + residual, channels_last", py::arg("x"),
+        py::arg("scale"), py::arg("offset"), py::arg("slope"), py::arg("residual") = py::none());
+  m.def("bn_backward", &bn_backward, "gradients of bn_forward, with or without BatchNorm's statistics term",
+        py::arg("g"), py::arg("x"), py::arg("scale"), py::arg("offset"), py::arg("slope"), py::arg("mean"),
+        py::arg("invstd"), py::arg("batch_stats"));
 }

@@ -1,6 +1,8 @@
-"""Builds and loads the fused CPU kernel of the resizer's stem (``csrc/stem.cpp``).
+"""Builds and loads the resizer's fused CPU kernels (``csrc/``): its input-resolution stem
+(``stem.cpp``) and its output-resolution BatchNorms with the LeakyReLU or residual addition that
+follows them (``batchnorm.cpp``).
 
-The kernel is compiled on first use with the C++ compiler PyTorch's extensions use (``torch.utils.
+The extension is compiled on first use with the C++ compiler PyTorch's extensions use (``torch.utils.
 cpp_extension``, needs ``g++`` and ``ninja``) and cached under ``TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``). It is compiled for the vector instructions this CPU has, under a name
 that says which, so a cache shared by machines with different CPUs never loads a build the CPU can't run.
@@ -16,11 +18,12 @@ import torch
 
 __all__ = ["KernelUnavailable", "load"]
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "stem.cpp")
+_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+_SOURCES = [os.path.join(_CSRC, name) for name in ("stem.cpp", "batchnorm.cpp")]
 
 
 class KernelUnavailable(RuntimeError):
-    """The fused stem kernel could not be built or loaded here (the message says why)."""
+    """The CPU kernels could not be built or loaded here (the message says why)."""
 
 
 def _arch_flags() -> tuple[str, list[str]]:
@@ -50,11 +53,11 @@ def _build():
     suffix, flags = _arch_flags()
     try:
         return cpp_extension.load(
-            name=f"dali_resizer_stem_{suffix}",
-            sources=[_SOURCE],
+            name=f"dali_resizer_kernels_{suffix}",
+            sources=_SOURCES,
             extra_cflags=["-O3", "-fopenmp", *flags],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
     except Exception as e:  # a missing compiler or ninja, a failed build: say which
-        return KernelUnavailable(f"could not build the fused stem kernel ({_SOURCE}): {e}")
+        return KernelUnavailable(f"could not build the CPU kernels ({_CSRC}): {e}")

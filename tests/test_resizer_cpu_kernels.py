@@ -1,5 +1,6 @@
-"""``LearnableResizer(fused_stem=True)`` (the C++ kernel of ``dali_resizer/csrc/stem.cpp``) against the
-plain module on the same weights. The kernel is compiled on first use (about a minute on 2 cores)."""
+"""``LearnableResizer(cpu_kernels=True)`` (the C++ kernels of ``dali_resizer/csrc/``) against the plain
+module on the same weights, and the BatchNorm kernel against PyTorch's. The kernels are compiled on first
+use (about a minute on 2 cores)."""
 
 import copy
 import shutil
@@ -7,11 +8,12 @@ import shutil
 import pytest
 import torch
 
-from dali_resizer import LearnableResizer, _stem_kernel
+from dali_resizer import LearnableResizer, _kernels
+from dali_resizer.resizer import _bn_act
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ninja") is None or shutil.which("c++") is None,
-    reason="the fused stem kernel is compiled with c++ and ninja, not found here",
+    reason="the CPU kernels are compiled with c++ and ninja, not found here",
 )
 
 
@@ -25,7 +27,7 @@ def pair(size, **kwargs):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.3, 0.3)
     fused = copy.deepcopy(reference)
-    fused.fused_stem = True
+    fused.cpu_kernels = True
     return reference, fused
 
 
@@ -40,8 +42,9 @@ def step(module, x, input_grad=True, autocast=False):
 
 
 def test_kernel_builds_here():
-    module = _stem_kernel.load()
-    assert hasattr(module, "stem_forward") and hasattr(module, "stem_backward")
+    module = _kernels.load()
+    for name in ("stem_forward", "stem_backward", "bn_stats", "bn_forward", "bn_backward"):
+        assert hasattr(module, name), name
 
 
 CASES = [
@@ -77,8 +80,10 @@ def test_training_step_equals_the_reference(shape, size, interpolation, antialia
     ({"num_filters": 8}, 3),
     ({"num_filters": 32}, 3),
     ({"in_channels": 1}, 1),  # not 3 input channels: oneDNN takes the 7x7 weight gradient
-], ids=["8-filters", "32-filters", "1-input-channel"])
-def test_other_shapes_of_the_stem(kwargs, in_channels):
+    ({"num_res_blocks": 0}, 3),
+    ({"num_res_blocks": 2}, 3),
+], ids=["8-filters", "32-filters", "1-input-channel", "no-res-block", "2-res-blocks"])
+def test_other_shapes(kwargs, in_channels):
     reference, fused = pair(10, **kwargs)
     x = torch.randn(3, in_channels, 20, 20)
     y0, _, gp0 = step(reference, x, input_grad=False)
@@ -155,26 +160,81 @@ def test_keeps_less_for_backward():
     assert saved(fused, x) < 0.6 * saved(reference, x)
 
 
+def batch_norm(channels, training, momentum=0.1):
+    torch.manual_seed(1)
+    bn = torch.nn.BatchNorm2d(channels, momentum=momentum)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.3, 0.3)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    return bn.train(training)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("slope", [1.0, 0.2], ids=["no-act", "lrelu"])
+def test_batchnorm_kernel_equals_pytorch(slope, residual, training):
+    """leaky_relu(bn(x)) + residual through the kernel against PyTorch's ops: output, the gradients of
+    x, the residual, the weight and the bias, and the running statistics (odd sizes: an odd row)."""
+    x = (torch.randn(3, 16, 7, 9) * 2 + 0.5).contiguous(memory_format=torch.channels_last)
+    r = torch.randn_like(x) if residual else None
+    g = torch.randn_like(x)
+    results = []
+    for fused in (False, True):
+        bn = batch_norm(16, training, momentum=None)  # (a cumulative average)
+        xs = x.detach().requires_grad_(True)
+        rs = r.detach().requires_grad_(True) if residual else None
+        y = _bn_act(xs, bn, slope, rs, fused=fused)
+        y.backward(g)
+        y = _bn_act(xs, bn, slope, rs, fused=fused)  # a second step: the running statistics' average
+        results.append([y, xs.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var,
+                        *([rs.grad] if residual else [])])
+    assert results[1][0].is_contiguous(memory_format=torch.channels_last)
+    for got, want in zip(*reversed(results)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [8, 32])
+def test_batchnorm_kernel_statistics_hold_when_the_mean_dwarfs_the_spread(channels):
+    x = (torch.randn(4, channels, 10, 10) + 1000).contiguous(memory_format=torch.channels_last)
+    bn0, bn1 = batch_norm(channels, True), batch_norm(channels, True)
+    torch.testing.assert_close(_bn_act(x, bn1, fused=True), _bn_act(x, bn0), rtol=0, atol=5e-3)
+    torch.testing.assert_close(bn1.running_var, bn0.running_var, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(bn1.running_mean, bn0.running_mean, rtol=1e-6, atol=0)
+
+
+def test_for_inference_runs_with_the_kernels():
+    """for_inference() folds the output-resolution BatchNorms into the convolutions: the kernels'
+    path must take the layers it finds."""
+    reference, fused = pair(12)
+    x = torch.randn(2, 3, 24, 24)
+    for module in (reference, fused):
+        module(x * 3 + 1)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.for_inference()(x), reference.for_inference()(x), rtol=0, atol=1e-5)
+
+
 def test_other_dtypes_and_devices_take_the_plain_path():
     reference, fused = pair(8, dtype=torch.float64)
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
-    assert not fused._fused_stem_applies(x)
+    assert not fused._kernels_apply(x)
     torch.testing.assert_close(fused(x), reference(x), rtol=0, atol=0)
-    assert fused._fused_stem_applies(x.float()) is False  # float64 parameters: plain path too
-    assert pair(8)[1]._fused_stem_applies(torch.randn(1, 3, 16, 16))
-    assert "fused_stem=True" in repr(fused)
+    assert fused._kernels_apply(x.float()) is False  # float64 parameters: plain path too
+    assert pair(8)[1]._kernels_apply(torch.randn(1, 3, 16, 16))
+    assert "cpu_kernels=True" in repr(fused)
 
 
 def test_a_failed_build_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built here yet
     monkeypatch.setenv("PATH", str(tmp_path))  # and neither ninja nor a compiler to build it
     monkeypatch.setenv("CXX", str(tmp_path / "c++"))
-    _stem_kernel._build.cache_clear()
+    _kernels._build.cache_clear()
     try:
-        resizer = LearnableResizer(8, fused_stem=True)
+        resizer = LearnableResizer(8, cpu_kernels=True)
         for _ in range(2):  # the failure is remembered, and reported each time
-            with pytest.raises(_stem_kernel.KernelUnavailable, match="could not build the fused stem kernel"):
+            with pytest.raises(_kernels.KernelUnavailable, match="could not build the CPU kernels"):
                 resizer(torch.randn(1, 3, 16, 16))
-        assert _stem_kernel._build.cache_info().misses == 1
+        assert _kernels._build.cache_info().misses == 1
     finally:
-        _stem_kernel._build.cache_clear()
+        _kernels._build.cache_clear()
