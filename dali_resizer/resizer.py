@@ -349,8 +349,9 @@ class _BatchNormAct(torch.autograd.Function):
             shift = xh[0, h // 2, w // 2].float().contiguous()
             sums = (*kernel.bn_stats(xh, shift), shift)
         scale, offset, mean, invstd, var_unbiased = _bn_affine(bn, weight, bias, n * h * w, sums)
-        res = None if residual is None else residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        y = kernel.bn_forward(xh, scale, offset, slope, res).permute(0, 3, 1, 2)
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        y = kernel.bn_forward(xh, scale, offset, slope, residual).permute(0, 3, 1, 2)
         ctx.slope, ctx.batch_stats, ctx.residual = slope, batch_stats, residual is not None
         ctx.dtypes = (weight.dtype, bias.dtype)
         ctx.save_for_backward(xh, scale, offset, mean, invstd)
@@ -386,8 +387,9 @@ def _bn_act(x: torch.Tensor, bn: nn.BatchNorm2d, slope: float = 1.0, residual: t
             fused: bool = False) -> torch.Tensor:
     """``leaky_relu(bn(x), slope) + residual`` (``slope=1``: no LeakyReLU; no residual: none added),
     through :class:`_BatchNormAct` when ``fused`` and the tensors suit the kernel, else PyTorch's ops."""
-    if (fused and isinstance(bn, nn.BatchNorm2d) and x.device.type == "cpu" and x.ndim == 4
-            and x.shape[1] in (8, 16, 32) and x.dtype in (torch.float32, torch.bfloat16) and bn.affine and bn.weight.dtype == bn.bias.dtype == torch.float32
+    if (fused and isinstance(bn, nn.BatchNorm2d) and bn.affine and bn.weight.dtype == bn.bias.dtype == torch.float32
+            and x.device.type == "cpu" and x.ndim == 4 and x.shape[1] in (8, 16, 32)
+            and x.dtype in (torch.float32, torch.bfloat16)
             and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape))):
         batch_stats = bn.training or bn.running_mean is None
         y, mean, var = _BatchNormAct.apply(x, bn.weight, bn.bias, residual, bn, float(slope), batch_stats)

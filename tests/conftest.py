@@ -91,3 +91,52 @@ def shard_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shards")
     write_shards(root, [5, 4, 4])  # 13 samples
     return root
+
+
+def resizer_pair(size, variant: dict, **kwargs):
+    """(reference, variant) ``LearnableResizer``s with the same weights, BatchNorm's affine made
+    non-trivial; ``variant``: the attributes set on the second (e.g. ``{"cpu_kernels": True}``)."""
+    import copy
+
+    from dali_resizer import LearnableResizer
+
+    torch.manual_seed(0)
+    reference = LearnableResizer(size, **kwargs)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.3, 0.3)
+    other = copy.deepcopy(reference)
+    for name, value in variant.items():
+        setattr(other, name, value)
+    return reference, other
+
+
+def training_step(module, x, input_grad=True, autocast=False):
+    """Output, input gradient (or None) and parameter gradients of one training step."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(input_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = module(x)
+    y.float().square().mean().backward()
+    return y.detach().float(), x.grad, {name: p.grad.float() for name, p in module.named_parameters()}
+
+
+def saved_bytes(module, x) -> int:
+    """Bytes autograd keeps for backward in a forward of ``module`` (every saved tensor's storage)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return total
+
+
+def relative_error(a, b) -> float:
+    """Largest absolute difference, relative to the largest magnitude of ``b``."""
+    return float((a - b).abs().max() / b.abs().max())

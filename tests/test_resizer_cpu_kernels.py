@@ -10,6 +10,8 @@ import torch
 
 from dali_resizer import LearnableResizer, _kernels
 from dali_resizer.resizer import _bn_act
+from tests.conftest import relative_error, resizer_pair, saved_bytes
+from tests.conftest import training_step as step
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ninja") is None or shutil.which("c++") is None,
@@ -18,33 +20,39 @@ pytestmark = pytest.mark.skipif(
 
 
 def pair(size, **kwargs):
-    """(reference, fused) resizers with the same weights; BatchNorm's affine made non-trivial."""
-    torch.manual_seed(0)
-    reference = LearnableResizer(size, **kwargs)
-    with torch.no_grad():
-        for module in reference.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.3, 0.3)
-    fused = copy.deepcopy(reference)
-    fused.cpu_kernels = True
-    return reference, fused
-
-
-def step(module, x, input_grad=True, autocast=False):
-    """Output, input gradient (or None) and parameter gradients of one training step."""
-    module.zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_(input_grad)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        y = module(x)
-    y.float().square().mean().backward()
-    return y.detach().float(), x.grad, {name: p.grad.float() for name, p in module.named_parameters()}
+    """(reference, cpu_kernels) resizers with the same weights."""
+    return resizer_pair(size, {"cpu_kernels": True}, **kwargs)
 
 
 def test_kernel_builds_here():
     module = _kernels.load()
     for name in ("stem_forward", "stem_backward", "bn_stats", "bn_forward", "bn_backward"):
         assert hasattr(module, name), name
+
+
+@pytest.mark.parametrize(("shape", "pool"), [((2, 40, 37), False), ((3, 16, 64), True), ((1, 9, 5), False)])
+def test_amx_weight_gradient_equals_the_fma_one(shape, pool):
+    """bf16, 16 channels: the 7x7 convolution's weight gradient on AMX tiles (where the CPU has them;
+    elsewhere both calls take the FMA path) against the FMA path, within bf16 rounding of the
+    gradient; every other output identical. A bf16 oneDNN convolution afterwards (AMX too) still
+    gives the same result: the kernel leaves the thread's tile configuration as it found it."""
+    kernel = _kernels.load()
+    torch.manual_seed(0)
+    n, h, w = shape
+    t = torch.randn(n, h, w, 16).bfloat16()
+    x = torch.randn(n, h, w, 3).bfloat16()
+    g = torch.randn(n, h // 2 if pool else h, w // 2 if pool else w, 16).bfloat16()
+    w2, b2 = torch.randn(16, 16) * 0.2, torch.randn(16) * 0.1
+    slope_d, offset_d = torch.randn(16) * 0.01, torch.randn(16) * 0.01
+    conv_in = torch.randn(2, 64, 20, 20).bfloat16().contiguous(memory_format=torch.channels_last)
+    conv_w = torch.randn(64, 64, 3, 3).bfloat16()
+    before = torch.nn.functional.conv2d(conv_in, conv_w, padding=1)
+    fma = kernel.stem_backward(t, w2, b2, 0.2, g, slope_d, offset_d, pool, x, True, allow_amx=False)
+    amx = kernel.stem_backward(t, w2, b2, 0.2, g, slope_d, offset_d, pool, x, True, allow_amx=True)
+    assert relative_error(amx[3], fma[3]) < 1e-2  # (gt rounded to bf16: ~2e-3 here)
+    for got, want in zip(amx[:3] + amx[4:], fma[:3] + fma[4:]):
+        assert torch.equal(got, want)
+    assert torch.equal(torch.nn.functional.conv2d(conv_in, conv_w, padding=1), before)
 
 
 CASES = [
@@ -72,6 +80,7 @@ def test_training_step_equals_the_reference(shape, size, interpolation, antialia
             torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-6)
         for name, grad in gp0.items():
             torch.testing.assert_close(gp1[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+            assert float((gp1[name] - grad).abs().max()) <= 1e-4, name  # and within 1e-4 absolute
     for name, buffer in reference.named_buffers():
         torch.testing.assert_close(dict(fused.named_buffers())[name], buffer, rtol=1e-5, atol=1e-6, msg=name)
 
@@ -133,31 +142,15 @@ def test_bf16_autocast_is_as_close_as_the_reference(input_grad):
     y0, _, g0 = step(reference, x, input_grad, autocast=True)
     y1, _, g1 = step(fused, x, input_grad, autocast=True)
     assert y1.dtype == y0.dtype
-
-    def error(a, b):
-        return float((a - b).abs().max() / b.abs().max())
-
-    assert error(y1, y32) <= 2 * error(y0, y32) + 1e-3
+    assert relative_error(y1, y32) <= 2 * relative_error(y0, y32) + 1e-3
     for name in g32:
-        assert error(g1[name], g32[name]) <= 2 * error(g0[name], g32[name]) + 1e-3, name
+        assert relative_error(g1[name], g32[name]) <= 2 * relative_error(g0[name], g32[name]) + 1e-3, name
 
 
 def test_keeps_less_for_backward():
-    def saved(module, x):
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            module(x)
-        return total
-
     reference, fused = pair(32)
     x = torch.randn(4, 3, 64, 64)
-    assert saved(fused, x) < 0.6 * saved(reference, x)
+    assert saved_bytes(fused, x) < 0.6 * saved_bytes(reference, x)
 
 
 def batch_norm(channels, training, momentum=0.1):

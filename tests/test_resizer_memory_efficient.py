@@ -6,32 +6,14 @@ import pytest
 import torch
 
 from dali_resizer import LearnableResizer
+from tests.conftest import relative_error, resizer_pair, saved_bytes
+from tests.conftest import training_step as step
 
 
 def pair(size, chunk_bytes=None, **kwargs):
-    """(reference, memory-efficient) resizers with the same weights; BatchNorm's affine made non-trivial."""
-    torch.manual_seed(0)
-    reference = LearnableResizer(size, memory_efficient=False, **kwargs)
-    with torch.no_grad():
-        for module in reference.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.3, 0.3)
-    efficient = copy.deepcopy(reference)
-    efficient.memory_efficient = True
-    if chunk_bytes is not None:
-        efficient.chunk_bytes = chunk_bytes
-    return reference, efficient
-
-
-def step(module, x, autocast=False):
-    """Output, input gradient and parameter gradients of one training step."""
-    module.zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        y = module(x)
-    y.float().square().mean().backward()
-    return y.detach().float(), x.grad, {name: p.grad.float() for name, p in module.named_parameters()}
+    """(reference, memory-efficient) resizers with the same weights."""
+    variant = {"memory_efficient": True} | ({} if chunk_bytes is None else {"chunk_bytes": chunk_bytes})
+    return resizer_pair(size, variant, **kwargs)
 
 
 CASES = [
@@ -105,31 +87,15 @@ def test_bf16_autocast_is_as_close_as_the_reference():
     y32, _, g32 = step(copy.deepcopy(reference), x)
     y0, _, g0 = step(reference, x, autocast=True)
     y1, _, g1 = step(efficient, x, autocast=True)
-
-    def error(a, b):
-        return float((a - b).abs().max() / b.abs().max())
-
-    assert error(y1, y32) <= 2 * error(y0, y32) + 1e-3
+    assert relative_error(y1, y32) <= 2 * relative_error(y0, y32) + 1e-3
     for name in g32:
-        assert error(g1[name], g32[name]) <= 2 * error(g0[name], g32[name]) + 1e-3, name
+        assert relative_error(g1[name], g32[name]) <= 2 * relative_error(g0[name], g32[name]) + 1e-3, name
 
 
 def test_keeps_far_less_for_backward():
-    def saved(module, x):
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            module(x)
-        return total
-
     reference, efficient = pair(32, chunk_bytes=1)
     x = torch.randn(4, 3, 64, 64)
-    assert saved(efficient, x) < 0.4 * saved(reference, x)
+    assert saved_bytes(efficient, x) < 0.4 * saved_bytes(reference, x)
 
 
 @pytest.mark.parametrize("num_res_blocks", [1, 2])

@@ -19,7 +19,16 @@
 #include "kernels.h"
 
 #include <cmath>
+#include <memory>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__linux__)
+#define STEM_AMX 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace dali_resizer {
 namespace {
@@ -167,6 +176,143 @@ inline void conv_weight_grad_row(const T* x, int64_t H, int64_t W, int64_t n, in
   }
 }
 
+#ifdef STEM_AMX
+// The same weight gradient for 16 channels of bfloat16 features on AMX's tile units (Intel's
+// TDPBF16PS: a 16x32 by 32x16 bfloat16 product added to 16x16 floats in one instruction, ~20x the
+// multiply-adds of AVX-512 FMAs here). gt is rounded to bfloat16 (as in oneDNN's bfloat16 backward)
+// and written in pixel pairs (tile B: 16 pairs x 16 channels); each input row is kept as three
+// zero-padded planes, one per input channel, so that the 7 taps kx of 32 pixels are one tile A of
+// 7 rows loaded with a stride of one element (row kx starts kx pixels on). Per kernel row ky and
+// input channel c a tile C (7 taps x 16 channels) sums the row's 32-pixel blocks; it is added to the
+// float64 accumulators once per row, as the AVX-512 path does.
+
+struct TileConfig {  // the LDTILECFG / STTILECFG memory layout
+  uint8_t palette_id = 0;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Whether this CPU has AMX-BF16 and Linux lets the process use the tile registers (asked once).
+bool amx_usable() {
+  static const bool usable = [] {
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // arch_prctl(ARCH_REQ_XCOMP_PERM, ...)
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return usable;
+}
+
+// One thread's tiles and buffers; the thread's previous tile configuration (oneDNN's, say) is
+// restored when it goes.
+class AmxConvGrad {
+ public:
+  static constexpr int kC = 16;
+  __attribute__((target("amx-tile"))) explicit AmxConvGrad(int64_t W)
+      : blocks_((W + 31) / 32),
+        plane_len_(blocks_ * 32 + 32),
+        planes_(kSize * kIn * plane_len_, 0),
+        tags_(kSize, -1),
+        gt_pairs_(blocks_ * 16 * 32, 0) {
+    // (inline assembly with memory operands: GCC 12's builtins for these two are not seen to read
+    // and write their operand, and the configuration's stores were dropped as dead)
+    asm volatile("sttilecfg %0" : "=m"(saved_));
+    TileConfig cfg;
+    cfg.palette_id = 1;
+    for (int t : {0, 1, 2, 3, 5, 6}) {  // C tiles (7 taps x 16 floats), A tiles (7 taps x 32 pixels)
+      cfg.rows[t] = kSize;
+      cfg.colsb[t] = 64;
+    }
+    cfg.rows[4] = 16;  // B: 16 pixel pairs x 16 channels x 2
+    cfg.colsb[4] = 64;
+    asm volatile("ldtilecfg %0" : : "m"(cfg));
+  }
+  __attribute__((target("amx-tile"))) ~AmxConvGrad() {
+    if (saved_.palette_id != 0) {
+      asm volatile("ldtilecfg %0" : : "m"(saved_));
+    } else {
+      _tile_release();
+    }
+  }
+  AmxConvGrad(const AmxConvGrad&) = delete;
+  AmxConvGrad& operator=(const AmxConvGrad&) = delete;
+
+  // Adds output row y of image n's contribution to the weight gradient, from the row's gt (float, W x 16).
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16"))) void row(
+      const at::BFloat16* x, int64_t H, int64_t W, int64_t n, int64_t y, const float* gt) {
+    constexpr int P = kSize / 2;
+    // gt in pixel pairs, (gt[2p][o], gt[2p + 1][o]) for o = 0..15 in one 64-byte row; zero past W
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int64_t p = 0; p < (W + 1) / 2; ++p) {
+      const __m512 g0 = _mm512_loadu_ps(gt + 2 * p * kC);
+      const __m512 g1 = 2 * p + 1 < W ? _mm512_loadu_ps(gt + (2 * p + 1) * kC) : _mm512_setzero_ps();
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(g1, g0);  // g0 in the low half, g1 in the high
+      _mm512_storeu_si512(gt_pairs_.data() + p * 32, _mm512_permutexvar_epi16(interleave, both));
+    }
+    alignas(64) float sums[kIn][kSize][kC];
+    for (int ky = 0; ky < kSize; ++ky) {
+      const int64_t iy = y + ky - P;
+      if (iy < 0 || iy >= H) continue;
+      const uint16_t* planes = input_row(x, H, W, n, iy);
+      const uint16_t* p0 = planes;
+      const uint16_t* p1 = planes + plane_len_;
+      const uint16_t* p2 = planes + 2 * plane_len_;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      for (int64_t b = 0; b < blocks_; ++b) {
+        _tile_loadd(4, gt_pairs_.data() + b * 16 * 32, 64);
+        _tile_loadd(3, p0 + b * 32, sizeof(uint16_t));  // row kx: the block's pixels shifted by kx
+        _tile_loadd(5, p1 + b * 32, sizeof(uint16_t));
+        _tile_loadd(6, p2 + b * 32, sizeof(uint16_t));
+        _tile_dpbf16ps(0, 3, 4);
+        _tile_dpbf16ps(1, 5, 4);
+        _tile_dpbf16ps(2, 6, 4);
+      }
+      _tile_stored(0, sums[0], 64);
+      _tile_stored(1, sums[1], 64);
+      _tile_stored(2, sums[2], 64);
+      double* acc = &w1_[ky][0][0][0];
+      const float* sp = &sums[0][0][0];
+      for (int i = 0; i < kIn * kSize * kC; ++i) acc[i] += sp[i];
+    }
+  }
+
+  // Adds this thread's sums to gr.w1 (the first convolution's weight gradient, [o][c][ky][kx]).
+  void add_to(Grads<kC>& gr) const {
+    for (int ky = 0; ky < kSize; ++ky)
+      for (int c = 0; c < kIn; ++c)
+        for (int kx = 0; kx < kSize; ++kx)
+          for (int o = 0; o < kC; ++o) gr.w1[o][c][ky][kx] += w1_[ky][c][kx][o];
+  }
+
+ private:
+  // Input row iy of image n as kIn planes of plane_len_ bfloat16 (P zeros, the row, zeros), from a
+  // ring of kSize rows: each input row is converted once for the kSize output rows that use it.
+  const uint16_t* input_row(const at::BFloat16* x, int64_t H, int64_t W, int64_t n, int64_t iy) {
+    constexpr int P = kSize / 2;
+    const int64_t slot = iy % kSize, tag = n * H + iy;
+    uint16_t* planes = planes_.data() + slot * kIn * plane_len_;
+    if (tags_[slot] != tag) {
+      tags_[slot] = tag;
+      const at::BFloat16* row = x + (n * H + iy) * W * kIn;
+      for (int64_t px = 0; px < W; ++px)
+        for (int c = 0; c < kIn; ++c) planes[c * plane_len_ + P + px] = row[px * kIn + c].x;
+    }
+    return planes;
+  }
+
+  int64_t blocks_, plane_len_;
+  std::vector<uint16_t> planes_;
+  std::vector<int64_t> tags_;
+  std::vector<uint16_t> gt_pairs_;
+  double w1_[kSize][kIn][kSize][kC] = {};  // [ky][c][kx][o]: the tiles' order, summed per row in float64
+  TileConfig saved_;
+};
+#endif
+
 // Backward. g: the gradient reaching d through the resize (pool: of the 2x2 average, output size;
 // else of d, input size). BatchNorm adds slope_d * d + offset_d to d's gradient (its statistics'
 // part, affine in d per channel). Per row, in three passes over buffers that stay in cache:
@@ -174,8 +320,8 @@ inline void conv_weight_grad_row(const T* x, int64_t H, int64_t W, int64_t n, in
 template <int C, typename T, typename G>
 void backward_impl(const at::Tensor& t, const at::Tensor& w, const at::Tensor& bias, float slope,
                    const at::Tensor& g_, const at::Tensor& slope_d_, const at::Tensor& offset_d_, bool pool,
-                   const at::Tensor& x_, at::Tensor& grad_t, at::Tensor& grad_w, at::Tensor& grad_bias,
-                   at::Tensor& grad_w1, at::Tensor& grad_b1) {
+                   const at::Tensor& x_, bool allow_amx, at::Tensor& grad_t, at::Tensor& grad_w,
+                   at::Tensor& grad_bias, at::Tensor& grad_w1, at::Tensor& grad_b1) {
   const int64_t N = t.size(0), H = t.size(1), W = t.size(2);
   const T* tp = t.data_ptr<T>();
   T* gtp = grad_t.defined() ? grad_t.data_ptr<T>() : nullptr;
@@ -190,6 +336,10 @@ void backward_impl(const at::Tensor& t, const at::Tensor& w, const at::Tensor& b
   at::parallel_for(0, N * H, 1, [&](int64_t begin, int64_t end) {
     Grads<C>& gr = per_thread[at::get_thread_num()];
     std::vector<float> a_buf(W * C), gb_buf(W * C), gt_buf(xp ? W * C : 0), xpad_buf(xp ? (W + kSize) * kIn : 0);
+#ifdef STEM_AMX
+    constexpr bool amx_shape = C == AmxConvGrad::kC && std::is_same_v<T, at::BFloat16>;
+    std::unique_ptr<AmxConvGrad> amx(amx_shape && xp && allow_amx && amx_usable() ? new AmxConvGrad(W) : nullptr);
+#endif
     float* a = a_buf.data();
     float* gbs = gb_buf.data();
     float* gts = gt_buf.data();
@@ -223,7 +373,19 @@ void backward_impl(const at::Tensor& t, const at::Tensor& w, const at::Tensor& b
         }
       }
       if (xp) {
+#ifdef STEM_AMX
+        if constexpr (amx_shape) {
+          if (amx) {
+            amx->row(xp, H, W, n, y, gts);
+          } else {
+            conv_weight_grad_row<C>(xp, H, W, n, y, gts, xpad_buf.data(), gr);
+          }
+        } else {
+          conv_weight_grad_row<C>(xp, H, W, n, y, gts, xpad_buf.data(), gr);
+        }
+#else
         conv_weight_grad_row<C>(xp, H, W, n, y, gts, xpad_buf.data(), gr);
+#endif
         for (int o = 0; o < C; ++o) gr.b1[o] += gb1[o];
       }
       // the gradient of W: sum over the row of gb a^T, m[i][o] = d/dW[o][i]
@@ -238,6 +400,11 @@ void backward_impl(const at::Tensor& t, const at::Tensor& w, const at::Tensor& b
         for (int i = 0; i < C; ++i) gr.w[o][i] += m[i][o];
       }
     }
+#ifdef STEM_AMX
+    if constexpr (amx_shape) {
+      if (amx) amx->add_to(gr);
+    }
+#endif
   });
   Grads<C>& total = per_thread[0];
   for (size_t k = 1; k < per_thread.size(); ++k) {
@@ -303,10 +470,12 @@ std::vector<at::Tensor> stem_forward(const at::Tensor& t, const at::Tensor& w, c
 // in t's dtype, or an undefined tensor; when given, the kernel also returns that convolution's
 // weight and bias gradients (float32; it must be 3 -> C, 7x7, padding 3, stride 1) and writes
 // grad_t (t's dtype) only if want_grad_t; without x, grad_t is always written and grad_w1, grad_b1
-// are undefined.
+// are undefined. allow_amx: take that weight gradient on AMX tiles where it applies (bfloat16, 16
+// channels, a CPU and kernel that allow it); else with AVX-512 (or whatever the build targets) FMAs.
 std::vector<at::Tensor> stem_backward(const at::Tensor& t, const at::Tensor& w, const at::Tensor& bias, double slope,
                                       const at::Tensor& g, const at::Tensor& slope_d, const at::Tensor& offset_d,
-                                      bool pool, const c10::optional<at::Tensor>& x, bool want_grad_t) {
+                                      bool pool, const c10::optional<at::Tensor>& x, bool want_grad_t,
+                                      bool allow_amx) {
   check_inputs(t, w, bias, pool);
   const int64_t N = t.size(0), H = t.size(1), W = t.size(2), C = t.size(3);
   TORCH_CHECK(g.is_contiguous() && g.dim() == 4 && g.size(0) == N && g.size(3) == C &&
@@ -332,12 +501,13 @@ std::vector<at::Tensor> stem_backward(const at::Tensor& t, const at::Tensor& w, 
   const float s = static_cast<float>(slope);
   KERNEL_DISPATCH_C("stem kernel", C, {
     if (t.scalar_type() == at::kFloat)
-      backward_impl<C, float, float>(t, w, bias, s, g, sd, od, pool, xin, grad_t, grad_w, grad_bias, grad_w1, grad_b1);
+      backward_impl<C, float, float>(t, w, bias, s, g, sd, od, pool, xin, allow_amx, grad_t, grad_w, grad_bias, grad_w1,
+                                     grad_b1);
     else if (g.scalar_type() == at::kFloat)
-      backward_impl<C, at::BFloat16, float>(t, w, bias, s, g, sd, od, pool, xin, grad_t, grad_w, grad_bias, grad_w1,
+      backward_impl<C, at::BFloat16, float>(t, w, bias, s, g, sd, od, pool, xin, allow_amx, grad_t, grad_w, grad_bias, grad_w1,
                                             grad_b1);
     else
-      backward_impl<C, at::BFloat16, at::BFloat16>(t, w, bias, s, g, sd, od, pool, xin, grad_t, grad_w, grad_bias,
+      backward_impl<C, at::BFloat16, at::BFloat16>(t, w, bias, s, g, sd, od, pool, xin, allow_amx, grad_t, grad_w, grad_bias,
                                                    grad_w1, grad_b1);
   });
   return {grad_t, grad_w, grad_bias, grad_w1, grad_b1};
@@ -350,7 +520,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stem_forward", &stem_forward, "lrelu -> 1x1 conv -> lrelu, BatchNorm sums, optional 2x2 average");
   m.def("stem_backward", &stem_backward, "gradients of stem_forward with BatchNorm's statistics term",
         py::arg("t"), py::arg("w"), py::arg("bias"), py::arg("slope"), py::arg("g"), py::arg("slope_d"),
-        py::arg("offset_d"), py::arg("pool"), py::arg("x") = py::none(), py::arg("want_grad_t") = true);
+        py::arg("offset_d"), py::arg("pool"), py::arg("x") = py::none(), py::arg("want_grad_t") = true, py::arg("allow_amx") = true);
   m.def("bn_stats", &bn_stats, "BatchNorm's sums around a shift, channels_last", py::arg("x"), py::arg("shift"));
   m.def("bn_forward", &bn_forward, "lrelu(x * scale + offset) + residual, channels_last", py::arg("x"),
         py::arg("scale"), py::arg("offset"), py::arg("slope"), py::arg("residual") = py::none());
