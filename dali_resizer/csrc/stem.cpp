@@ -18,7 +18,9 @@
 
 #include "kernels.h"
 
+#include <array>
 #include <cmath>
+#include <initializer_list>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -204,39 +206,53 @@ bool amx_usable() {
   return usable;
 }
 
-// One thread's tiles and buffers; the thread's previous tile configuration (oneDNN's, say) is
-// restored when it goes.
-class AmxConvGrad {
+// A thread's tile configuration for as long as it lives; the thread's previous one (oneDNN's, say)
+// is restored when it goes. (Inline assembly with memory operands: GCC 12's builtins for these two
+// instructions are not seen to read and write their operand, and a configuration's stores were
+// dropped as dead.)
+class TileScope {
  public:
-  static constexpr int kC = 16;
-  __attribute__((target("amx-tile"))) explicit AmxConvGrad(int64_t W)
-      : blocks_((W + 31) / 32),
-        plane_len_(blocks_ * 32 + 32),
-        planes_(kSize * kIn * plane_len_, 0),
-        tags_(kSize, -1),
-        gt_pairs_(blocks_ * 16 * 32, 0) {
-    // (inline assembly with memory operands: GCC 12's builtins for these two are not seen to read
-    // and write their operand, and the configuration's stores were dropped as dead)
+  explicit TileScope(const TileConfig& cfg) {
     asm volatile("sttilecfg %0" : "=m"(saved_));
-    TileConfig cfg;
-    cfg.palette_id = 1;
-    for (int t : {0, 1, 2, 3, 5, 6}) {  // C tiles (7 taps x 16 floats), A tiles (7 taps x 32 pixels)
-      cfg.rows[t] = kSize;
-      cfg.colsb[t] = 64;
-    }
-    cfg.rows[4] = 16;  // B: 16 pixel pairs x 16 channels x 2
-    cfg.colsb[4] = 64;
     asm volatile("ldtilecfg %0" : : "m"(cfg));
   }
-  __attribute__((target("amx-tile"))) ~AmxConvGrad() {
+  ~TileScope() {
     if (saved_.palette_id != 0) {
       asm volatile("ldtilecfg %0" : : "m"(saved_));
     } else {
-      _tile_release();
+      asm volatile("tilerelease" ::: "memory");
     }
   }
-  AmxConvGrad(const AmxConvGrad&) = delete;
-  AmxConvGrad& operator=(const AmxConvGrad&) = delete;
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+
+ private:
+  TileConfig saved_;
+};
+
+TileConfig tile_config(std::initializer_list<std::array<int, 3>> tiles) {  // {tile, rows, bytes per row}
+  TileConfig cfg;
+  cfg.palette_id = 1;
+  for (const auto& [t, rows, colsb] : tiles) {
+    cfg.rows[t] = static_cast<uint8_t>(rows);
+    cfg.colsb[t] = static_cast<uint16_t>(colsb);
+  }
+  return cfg;
+}
+
+// One thread's tiles and buffers for the weight gradient.
+class AmxConvGrad {
+ public:
+  static constexpr int kC = 16;
+  explicit AmxConvGrad(int64_t W)
+      : tiles_(tile_config({{0, kSize, 64}, {1, kSize, 64}, {2, kSize, 64},  // C: 7 taps x 16 floats
+                            {3, kSize, 64}, {5, kSize, 64}, {6, kSize, 64},  // A: 7 taps x 32 pixels
+                            {4, 16, 64}})),                                  // B: 16 pixel pairs x 16 x 2
+        blocks_((W + 31) / 32),
+        plane_len_(blocks_ * 32 + 32),
+        planes_(kSize * kIn * plane_len_, 0),
+        tags_(kSize, -1),
+        gt_pairs_(blocks_ * 16 * 32, 0) {}
 
   // Adds output row y of image n's contribution to the weight gradient, from the row's gt (float, W x 16).
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512bf16"))) void row(
@@ -304,12 +320,12 @@ class AmxConvGrad {
     return planes;
   }
 
+  TileScope tiles_;
   int64_t blocks_, plane_len_;
   std::vector<uint16_t> planes_;
   std::vector<int64_t> tags_;
   std::vector<uint16_t> gt_pairs_;
   double w1_[kSize][kIn][kSize][kC] = {};  // [ky][c][kx][o]: the tiles' order, summed per row in float64
-  TileConfig saved_;
 };
 #endif
 
