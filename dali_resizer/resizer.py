@@ -446,7 +446,8 @@ class LearnableResizer(nn.Module):
             ``g++`` and ``ninja``). The stem: the 7x7 convolution in oneDNN, then LeakyReLU, the 1x1
             convolution, LeakyReLU, BatchNorm's statistics and (bilinear to half the size) the
             resize in one pass, recomputed in backward, so only the 7x7 convolution's output is kept
-            at the input resolution. At the output resolution, each BatchNorm with the LeakyReLU or
+            at the input resolution; backward also takes the 7x7 convolution's weight gradient (on
+            AMX tiles for bfloat16 where the CPU has them). At the output resolution, each BatchNorm with the LeakyReLU or
             the residual addition after it, in one pass for its statistics and one for its output.
             Same results as the plain module up to float rounding; elsewhere (CUDA, other dtypes)
             the plain path runs. Takes precedence over ``memory_efficient``. Raises
