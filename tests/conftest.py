@@ -140,3 +140,33 @@ def saved_bytes(module, x) -> int:
 def relative_error(a, b) -> float:
     """Largest absolute difference, relative to the largest magnitude of ``b``."""
     return float((a - b).abs().max() / b.abs().max())
+
+
+def assert_evaluation_equal(reference, other, x, grad: bool) -> None:
+    """After a training forward (running statistics that are not the defaults), both modules in
+    evaluation mode give the same outputs and, with ``grad``, the same gradients."""
+    for module in (reference, other):
+        module.train()
+        module(x * 3 + 1)
+        module.eval()
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(other(x), reference(x), rtol=0, atol=1e-5)
+    if grad:
+        _, gx0, gp0 = training_step(reference, x)
+        _, gx1, gp1 = training_step(other, x)
+        torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-6)
+        for name, g in gp0.items():
+            torch.testing.assert_close(gp1[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def assert_statistics_hold_when_the_mean_dwarfs_the_spread(reference, other) -> None:
+    """Stem features around 1000 with a spread of about 1: the same training step and running
+    variance from both modules (BatchNorm's variance must not cancel)."""
+    for module in (reference, other):
+        with torch.no_grad():
+            module.stem[2].bias.add_(1000.0)
+    x = torch.randn(3, 3, 16, 16)
+    y0, _, _ = training_step(reference, x)
+    y1, _, _ = training_step(other, x)
+    torch.testing.assert_close(y1, y0, rtol=0, atol=5e-3)  # (float32 around 1000: an ulp is 6e-5)
+    torch.testing.assert_close(other.stem[4].running_var, reference.stem[4].running_var, rtol=1e-3, atol=1e-4)

@@ -15,31 +15,6 @@
 namespace dali_resizer {
 namespace {
 
-template <int C>
-struct Sums {  // per thread, float64
-  double s[2][C] = {};
-};
-
-template <int C>
-void add_up(const std::vector<Sums<C>>& per_thread, at::Tensor& first, at::Tensor& second) {
-  double* a = first.data_ptr<double>();
-  double* b = second.data_ptr<double>();
-  for (const Sums<C>& st : per_thread) {
-    for (int c = 0; c < C; ++c) {
-      a[c] += st.s[0][c];
-      b[c] += st.s[1][c];
-    }
-  }
-}
-
-template <int C>
-inline void add_row(Sums<C>& st, Vec<C> s, Vec<C> q) {
-  for (int c = 0; c < C; ++c) {
-    st.s[0][c] += s[c];
-    st.s[1][c] += q[c];
-  }
-}
-
 template <int C, typename T>
 void stats_impl(const at::Tensor& x, const at::Tensor& shift_, at::Tensor& sums, at::Tensor& sqs) {
   const int64_t rows = x.size(0) * x.size(1), W = x.size(2);

@@ -66,6 +66,33 @@ inline Vec<C> lrelu(Vec<C> v, float slope) {
   return v > 0.f ? v : v * slope;
 }
 
+// Two per-channel sums, one per thread, in float64; a row's float sums are added to them.
+template <int C>
+struct Sums {
+  double s[2][C] = {};
+};
+
+template <int C>
+inline void add_row(Sums<C>& st, Vec<C> s, Vec<C> q) {
+  for (int c = 0; c < C; ++c) {
+    st.s[0][c] += s[c];
+    st.s[1][c] += q[c];
+  }
+}
+
+// Adds the threads' sums to two float64 (C,) tensors.
+template <int C>
+void add_up(const std::vector<Sums<C>>& per_thread, at::Tensor& first, at::Tensor& second) {
+  double* a = first.data_ptr<double>();
+  double* b = second.data_ptr<double>();
+  for (const Sums<C>& st : per_thread) {
+    for (int c = 0; c < C; ++c) {
+      a[c] += st.s[0][c];
+      b[c] += st.s[1][c];
+    }
+  }
+}
+
 #define KERNEL_DISPATCH_C(NAME, C_VALUE, ...)                                       \
   switch (C_VALUE) {                                                                \
     case 8: { constexpr int C = 8; __VA_ARGS__; break; }                            \

@@ -77,11 +77,6 @@ inline void row_activations(const T* in, int64_t W, float slope, float* a) {
   for (int64_t x = 0; x < W; ++x) store<C>(a + x * C, lrelu<C>(load<C>(in + x * C), slope));
 }
 
-template <int C>
-struct Sums {  // per thread, float64
-  double s[2][C] = {};
-};
-
 // Forward. pool: write the 2x2 average of d (H, W even); else write d.
 template <int C, typename T>
 void forward_impl(const at::Tensor& t, const at::Tensor& w, const at::Tensor& bias, float slope,
@@ -126,20 +121,10 @@ void forward_impl(const at::Tensor& t, const at::Tensor& w, const at::Tensor& bi
         T* o = op + r * (W / 2) * C;
         for (int64_t x = 0; x < W / 2; ++x) store<C>(o + x * C, load<C>(avg + x * C) * 0.25f);
       }
-      for (int c = 0; c < C; ++c) {
-        st.s[0][c] += s[c];
-        st.s[1][c] += q[c];
-      }
+      add_row<C>(st, s, q);
     }
   });
-  double* sp = sums.data_ptr<double>();
-  double* qp = sqs.data_ptr<double>();
-  for (const Sums<C>& st : per_thread) {
-    for (int c = 0; c < C; ++c) {
-      sp[c] += st.s[0][c];
-      qp[c] += st.s[1][c];
-    }
-  }
+  add_up<C>(per_thread, sums, sqs);
 }
 
 constexpr int kIn = 3;  // the first convolution, when its weight gradient is taken here: 3 -> C, 7x7, padding 3
