@@ -181,10 +181,13 @@ struct TileConfig {  // the LDTILECFG / STTILECFG memory layout
   uint8_t rows[16] = {};
 };
 
-// Whether this CPU has AMX-BF16 and Linux lets the process use the tile registers (asked once).
+// Whether this CPU has AMX-BF16 (and AVX512-BF16, for the conversions) and Linux lets the process
+// use the tile registers (asked once).
 bool amx_usable() {
   static const bool usable = [] {
-    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16")) return false;
+    if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+        !__builtin_cpu_supports("avx512bf16"))
+      return false;
     constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // arch_prctl(ARCH_REQ_XCOMP_PERM, ...)
     return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
   }();
