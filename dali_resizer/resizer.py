@@ -163,6 +163,7 @@ class _ChunkedStem(torch.autograd.Function):
         return out, mean_a, var_unbiased
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # (its recomputation is not recorded for a second backward)
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         x, w1, b1, w2, b2, gamma, r, mean, invstd = ctx.saved_tensors
         module = ctx.module

@@ -170,3 +170,12 @@ def assert_statistics_hold_when_the_mean_dwarfs_the_spread(reference, other) -> 
     y1, _, _ = training_step(other, x)
     torch.testing.assert_close(y1, y0, rtol=0, atol=5e-3)  # (float32 around 1000: an ulp is 6e-5)
     torch.testing.assert_close(other.stem[4].running_var, reference.stem[4].running_var, rtol=1e-3, atol=1e-4)
+
+
+def assert_double_backward_raises(module) -> None:
+    """A second derivative through ``module`` fails loudly (its backward is not differentiable)
+    instead of coming out wrong."""
+    x = torch.randn(2, 3, 12, 12, requires_grad=True)
+    (grad,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="marked with @once_differentiable"):
+        grad.sum().backward()

@@ -11,6 +11,7 @@ import torch
 from dali_resizer import LearnableResizer, _kernels
 from dali_resizer.resizer import _bn_act
 from tests.conftest import (
+    assert_double_backward_raises,
     assert_evaluation_equal,
     assert_statistics_hold_when_the_mean_dwarfs_the_spread,
     relative_error,
@@ -192,6 +193,11 @@ def test_for_inference_runs_with_the_kernels():
         module(x * 3 + 1)
     with torch.no_grad():
         torch.testing.assert_close(fused.for_inference()(x), reference.for_inference()(x), rtol=0, atol=1e-5)
+
+
+def test_double_backward_is_a_clear_error():
+    """The kernels' backward is not differentiable itself."""
+    assert_double_backward_raises(pair(6)[1])
 
 
 def test_other_dtypes_and_devices_take_the_plain_path():

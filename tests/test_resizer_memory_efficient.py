@@ -7,6 +7,7 @@ import torch
 
 from dali_resizer import LearnableResizer
 from tests.conftest import (
+    assert_double_backward_raises,
     assert_evaluation_equal,
     assert_statistics_hold_when_the_mean_dwarfs_the_spread,
     relative_error,
@@ -99,3 +100,8 @@ def test_for_inference_folds_every_batchnorm_and_exports(num_res_blocks):
         torch.testing.assert_close(served(x), expected, rtol=0, atol=1e-5)
         exported = torch.export.export(served, (x,))
         torch.testing.assert_close(exported.module()(x), expected, rtol=0, atol=1e-5)
+
+
+def test_double_backward_is_a_clear_error():
+    """The chunked stem's backward recomputes features outside the recorded graph."""
+    assert_double_backward_raises(pair(6, chunk_bytes=1)[1])
