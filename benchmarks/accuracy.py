@@ -1,31 +1,51 @@
-"""Accuracy at the same backbone resolution: learned resizer against a fixed bilinear resize.
+"""Accuracy at the same backbone resolution: learned resizers against a fixed resize, with seeds and intervals.
 
-    python benchmarks/accuracy.py                          # generated "fine detail" set, ~11 min on 2 cores
-    python benchmarks/accuracy.py --data DIR --input-size 448 --size 224 --epochs 30   # any real folder
+    python benchmarks/accuracy.py            # both generated tasks, 3 seeds, ~30 min on 2 CPU cores
+    python benchmarks/accuracy.py --quick    # a smoke run (tiny sets, 1 epoch, 1 seed), for CI
+    python benchmarks/accuracy.py --data DIR --input-size 448 --size 224 --backbone resnet50   # a real folder
 
-Both sides get the same data, loader, backbone, epochs, recipe and seeds; only the module in front of
-the backbone differs (``LearnableResizer`` or ``FixedResizer(bilinear, antialias=True)``, torchvision's
-default). Reports top-1 per seed, mean ± std, and the paired difference.
+Every arm trains through ``dali_resizer.train`` (the real DALI loader, the shipped recipe) with the same
+data, backbone, epochs, recipe and seeds; only the module in front of the backbone differs:
 
-The transfer experiment (the paper's section on resizers across backbones): a resizer trained with
-backbone A is fine-tuned briefly with backbone B, against B trained for the same steps behind a
-randomly initialised resizer.
+- ``learned``: ``LearnableResizer`` (Talebi & Milanfar);
+- ``muller``: ``MullerResizer`` (Tu, Talebi & Milanfar; 4 parameters);
+- ``bilinear``: ``FixedResizer(bilinear, antialias=True)``, torchvision's default downscale;
+- ``control`` (the "fine" task): the same backbone on the full-resolution input, with no resize at
+  all: it shows that the task is learnable by this backbone and recipe, so a fixed resize that stays
+  at chance loses the cue, not the training.
 
-The generated set (``make_detail_set``) is built so that its classes depend on detail a fixed 4x
-downscale loses, which is where a learned resizer can help: each ``size x size`` PNG holds colored 1/f
-noise, a soft blob in the top or the bottom half (a coarse cue, visible at any resolution), and, inside
-the blob, a fine grating of period 2.5-3 px or 4.5-5.5 px in a random orientation (a fine cue: both
-periods are below the 4x-downscaled Nyquist limit of 8 px, so an antialiased resize removes them).
-The class is (coarse cue, fine cue): 4 classes. A classifier that sees only the downscaled image can
-reach about 50% (the coarse cue); one that keeps the fine cue can reach 100%. Crops and rescaling
-would change the grating periods, so this set trains with full-image crops and flips only, and
-evaluates with ``crop_ratio=1``.
+The generated tasks (``make_detail_set``) put the class in detail that a fixed 4x downscale loses: each
+``size x size`` PNG holds colored 1/f noise, a soft blob in the top or the bottom half (a coarse cue,
+visible at any resolution) and, inside the blob, a fine grating of period 2.5-3 px or 4.5-5.5 px in a
+random orientation (a fine cue: both periods are below the 4x-downscaled Nyquist limit of 8 px, so an
+antialiased resize removes them).
+
+- Task ``fine``: 2 classes, the fine cue alone (the blob's half is random). A fixed downscale leaves
+  chance, 50%; keeping the fine cue allows 100%.
+- Task ``coarse+fine``: 4 classes, (coarse cue, fine cue). A fixed downscale caps top-1 near 50% (the
+  coarse cue); keeping the fine cue allows 100%.
+
+Crops and rescaling would change the grating periods, so the generated sets train with full-image
+crops and flips only, and evaluate with ``crop_ratio=1``.
+
+For each task and arm: validation top-1 per seed, the mean, the paired difference of each learned arm
+against ``bilinear`` with a 95% confidence interval (Student's t over seeds), and the last epoch's
+training loss beside the chance loss, ``ln(classes)``, so that an arm that stays at chance on
+validation can be told apart from one that did not train. The JSON (``--output``/accuracy.json) holds
+every run's per-epoch curve.
+
+On a real folder (``--data``), the paper's scale on one GPU (not run on the CPU machines; estimated
+at under 10 minutes per seed on one H200, all three arms):
+
+    python benchmarks/accuracy.py --data imagenette2 --input-size 448 --size 224 --backbone resnet50 \
+        --precision bf16 --batch-size 128 --epochs 16 --seeds 0 1 2 --arms learned muller bilinear
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -40,9 +60,14 @@ from dali_resizer.train import main as train_main  # noqa: E402
 FINE_PERIODS = ((2.5, 3.0), (4.5, 5.5))  # px at the input size; both below 8 px (Nyquist after 4x)
 
 
-def detail_image(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
-    """One ``(size, size, 3)`` uint8 image of class ``label`` in [0, 4): coarse = label // 2, fine = label % 2."""
-    coarse, fine = divmod(label, 2)
+def detail_image(rng: np.random.Generator, size: int, label: int, task: str = "coarse+fine") -> np.ndarray:
+    """One ``(size, size, 3)`` uint8 image of class ``label``. Task ``"coarse+fine"``: label in [0, 4),
+    coarse = label // 2, fine = label % 2. Task ``"fine"``: label in [0, 2) is the fine cue alone, and the
+    blob's half is drawn at random (a nuisance, not a cue)."""
+    if task == "fine":
+        coarse, fine = int(rng.integers(2)), label
+    else:
+        coarse, fine = divmod(label, 2)
     f = np.sqrt(np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2)
     f[0, 0] = 1
     noise = np.stack([np.fft.irfft2((rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f, s=(size, size))
@@ -59,106 +84,188 @@ def detail_image(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
     return np.clip(110 + 45 * image, 0, 255).astype(np.uint8)
 
 
-def make_detail_set(root: Path, *, size: int, train_per_class: int, val_per_class: int, seed: int = 0) -> Path:
+TASKS = {"fine": 2, "coarse+fine": 4}  # task: number of classes
+
+
+def make_detail_set(root: Path, *, size: int, train_per_class: int, val_per_class: int, seed: int = 0,
+                    task: str = "coarse+fine") -> Path:
     """Writes ``root/train/<class>/*.png`` and ``root/val/<class>/*.png`` (lossless: JPEG would blur the
     gratings); reuses a complete earlier set."""
     from PIL import Image
 
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {tuple(TASKS)}, got {task!r}")
     marker = root / ".complete"
     if marker.is_file():
         return root
     for split, count, split_seed in (("train", train_per_class, seed), ("val", val_per_class, seed + 1)):
-        for label in range(4):
+        for label in range(TASKS[task]):
             folder = root / split / f"class_{label}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 rng = np.random.default_rng([split_seed, label, i])
-                Image.fromarray(detail_image(rng, size, label)).save(folder / f"{i:05d}.png")
+                Image.fromarray(detail_image(rng, size, label, task)).save(folder / f"{i:05d}.png")
     marker.touch()
     return root
+
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # Student's t, df 1..10
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the two ends of its 95% confidence interval (Student's t); a single value has none."""
+    m = statistics.mean(values)
+    if len(values) < 2:
+        return m, math.nan, math.nan
+    t = T_975[len(values) - 2] if len(values) <= len(T_975) + 1 else 1.96
+    half = t * statistics.stdev(values) / math.sqrt(len(values))
+    return m, m - half, m + half
 
 
 def run(args: list[str]) -> dict:
     t0 = time.perf_counter()
     history = train_main(args + ["--quiet"])
-    return {"val_top1": history[-1]["val_top1"], "val_loss": history[-1]["val_loss"],
+    return {"val_top1": history[-1]["val_top1"], "train_loss": history[-1]["train_loss"],
             "seconds": time.perf_counter() - t0, "history": history}
 
 
-def summary(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+ARMS = {  # arm: (--resizer, output size: the backbone's input, or None for the input size)
+    "learned": ("learned", "size"),
+    "muller": ("muller", "size"),
+    "bilinear": ("bilinear", "size"),
+    "control": ("bilinear", "input"),  # a resize to the input's own size is no resize at all
+}
+QUICK = ["--seeds", "0", "--epochs", "1", "--input-size", "32", "--size", "8", "--batch-size", "8",
+         "--train-per-class", "8", "--val-per-class", "4"]
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="a real image folder with train/ and val/ (default: the generated detail set)")
+    p.add_argument("--data", help="a real image folder with train/ and val/ (default: the generated tasks)")
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), help="generated tasks to run")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), help="default: all on 'fine'; all but control elsewhere")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--backbone", default="resnet18", help="backbone A")
-    p.add_argument("--transfer-backbone", default="mobilenet_v2", help="backbone B of the transfer experiment")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--transfer-epochs", type=int, default=4)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--input-size", type=int, default=96)
     p.add_argument("--size", type=int, default=24, help="backbone input: input-size / 4 by default")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=0.01, help="0.01: both sides train stably here (0.05, the paper's, left the training loss above chance for several epochs)")
-    p.add_argument("--train-per-class", type=int, default=150)
-    p.add_argument("--val-per-class", type=int, default=50)
+    p.add_argument("--recipe", default="adamw", help="dali_resizer.train's --recipe, the same for every arm")
+    p.add_argument("--precision", default="fp32", help="dali_resizer.train's --precision")
+    p.add_argument("--train-per-class", type=int, default=1000, help="generated tasks: 2,000 / 4,000 training images")
+    p.add_argument("--val-per-class", type=int, default=250)
     p.add_argument("--output", default="runs/accuracy", help="runs, checkpoints and accuracy.json go here")
-    p.add_argument("--no-transfer", action="store_true")
-    a = p.parse_args(argv)
+    p.add_argument("--transfer", action="store_true",
+                   help="also fine-tune the first seed's learned resizer with --transfer-backbone, against a "
+                        "random-init resizer for the same epochs (the paper's transfer across backbones)")
+    p.add_argument("--transfer-backbone", default="mobilenet_v2")
+    p.add_argument("--transfer-epochs", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="smoke run: " + " ".join(QUICK))
+    p.add_argument("extra", nargs="*", help="after --: more dali_resizer.train options for every arm")
+    raw = list(sys.argv[1:] if argv is None else argv)
+    a = p.parse_args(QUICK + raw if "--quick" in raw else raw)
 
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
-    if a.data:
-        data, crops = a.data, []
-    else:
-        data = str(make_detail_set(out / f"detail-set-{a.input_size}", size=a.input_size,
-                                   train_per_class=a.train_per_class, val_per_class=a.val_per_class))
-        crops = ["--random-area", "1", "1", "--random-aspect-ratio", "1", "1", "--crop-ratio", "1"]
-    common = ["--data", data, "--input-size", str(a.input_size), "--size", str(a.size), "--batch-size",
-              str(a.batch_size), "--lr", str(a.lr), *crops]
-
-    results: dict = {"args": vars(a), "runs": {}}
-    for seed in a.seeds:
-        for resizer in ("bilinear", "learned"):
-            name = f"{a.backbone}-{resizer}-seed{seed}"
-            print(f"{name} ...", file=sys.stderr, flush=True)
-            results["runs"][name] = run([*common, "--backbone", a.backbone, "--resizer", resizer, "--seed", str(seed),
-                                         "--epochs", str(a.epochs), "--output", str(out / name)])
-            print(f"  top-1 {results['runs'][name]['val_top1']:.2f}%  ({results['runs'][name]['seconds']:.0f} s)",
-                  file=sys.stderr, flush=True)
-
-    bil = [results["runs"][f"{a.backbone}-bilinear-seed{s}"]["val_top1"] for s in a.seeds]
-    lrn = [results["runs"][f"{a.backbone}-learned-seed{s}"]["val_top1"] for s in a.seeds]
-    diff = [b - c for b, c in zip(lrn, bil)]
-    results["comparison"] = {"bilinear": bil, "learned": lrn, "learned_minus_bilinear": diff}
-
-    if not a.no_transfer:
-        seed = a.seeds[0]
-        donor = out / f"{a.backbone}-learned-seed{seed}" / "checkpoint.pt"
-        for init in ("transferred", "random"):
-            name = f"{a.transfer_backbone}-{init}-resizer-seed{seed}"
-            extra = ["--init-resizer", str(donor)] if init == "transferred" else []
-            print(f"{name} ...", file=sys.stderr, flush=True)
-            results["runs"][name] = run([*common, "--backbone", a.transfer_backbone, "--resizer", "learned",
-                                         "--seed", str(seed), "--epochs", str(a.transfer_epochs),
-                                         "--output", str(out / name), *extra])
-            print(f"  top-1 {results['runs'][name]['val_top1']:.2f}%", file=sys.stderr, flush=True)
-        results["transfer"] = {k: results["runs"][f"{a.transfer_backbone}-{k}-resizer-seed{seed}"]["val_top1"]
-                               for k in ("transferred", "random")}
-
-    print(f"\n{a.backbone}, {a.input_size} -> {a.size}, {a.epochs} epochs, seeds {a.seeds}: validation top-1 (%)")
-    print(f"  bilinear (fixed, antialiased)  {summary(bil)}   per seed {[round(v, 2) for v in bil]}")
-    print(f"  learned resizer                {summary(lrn)}   per seed {[round(v, 2) for v in lrn]}")
-    print(f"  learned - bilinear (paired)    {summary(diff)}")
-    if "transfer" in results:
-        t = results["transfer"]
-        print(f"transfer to {a.transfer_backbone}, {a.transfer_epochs} epochs: resizer from {a.backbone} "
-              f"{t['transferred']:.2f}%  vs random-init resizer {t['random']:.2f}%")
+    tasks = ["data"] if a.data else a.tasks
+    results: dict = {"args": vars(a), "tasks": {}}
+    for task in tasks:
+        if a.data:
+            data, crops, classes = a.data, [], None
+        else:
+            data = str(make_detail_set(out / f"set-{task}-{a.input_size}-{a.train_per_class}-{a.val_per_class}",
+                                       size=a.input_size, train_per_class=a.train_per_class,
+                                       val_per_class=a.val_per_class, task=task))
+            crops, classes = ["--random-area", "1", "1", "--random-aspect-ratio", "1", "1", "--crop-ratio", "1"], TASKS[task]
+        arms = a.arms or [arm for arm in ARMS if arm != "control" or task == "fine"]
+        common = ["--data", data, "--input-size", str(a.input_size), "--batch-size", str(a.batch_size),
+                  "--recipe", a.recipe, "--precision", a.precision, "--epochs", str(a.epochs), "--backbone", a.backbone,
+                  *crops, *a.extra]
+        runs: dict = {}
+        for seed in a.seeds:
+            for arm in arms:
+                resizer, size = ARMS[arm]
+                name = f"{task}-{arm}-seed{seed}"
+                print(f"{name} ...", file=sys.stderr, flush=True)
+                r = run([*common, "--resizer", resizer, "--size", str(a.size if size == "size" else a.input_size),
+                         "--seed", str(seed), "--output", str(out / name)])
+                runs.setdefault(arm, []).append(r | {"seed": seed})
+                print(f"  top-1 {r['val_top1']:.2f}%  train loss {r['train_loss']:.3f}  ({r['seconds']:.0f} s)",
+                      file=sys.stderr, flush=True)
+        results["tasks"][task] = summarise(runs, classes)
+        if a.transfer and "learned" in runs:
+            results["tasks"][task]["transfer"] = transfer(a, common, out, task)
+    report(a, results)
     (out / "accuracy.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def summarise(runs: dict, classes: int | None) -> dict:
+    top1 = {arm: [r["val_top1"] for r in rs] for arm, rs in runs.items()}
+    summary = {"classes": classes, "chance_loss": math.log(classes) if classes else None, "runs": runs,
+               "top1": {arm: dict(zip(("mean", "low", "high"), interval(v))) | {"per_seed": v} for arm, v in top1.items()},
+               "train_loss": {arm: [r["train_loss"] for r in rs] for arm, rs in runs.items()}, "paired": {}}
+    if "bilinear" in top1:
+        for arm in (a for a in top1 if a in ("learned", "muller")):
+            diff = [x - y for x, y in zip(top1[arm], top1["bilinear"])]
+            summary["paired"][f"{arm}-bilinear"] = dict(zip(("mean", "low", "high"), interval(diff))) | {"per_seed": diff}
+    return summary
+
+
+def transfer(a, common: list[str], out: Path, task: str) -> dict:
+    seed = a.seeds[0]
+    donor = out / f"{task}-learned-seed{seed}" / "checkpoint.pt"
+    common = list(common)
+    common[common.index("--backbone") + 1] = a.transfer_backbone
+    common[common.index("--epochs") + 1] = str(a.transfer_epochs)
+    result = {}
+    for init in ("transferred", "random"):
+        name = f"{task}-{a.transfer_backbone}-{init}-resizer-seed{seed}"
+        extra = ["--init-resizer", str(donor)] if init == "transferred" else []
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        result[init] = run([*common, "--resizer", "learned", "--size", str(a.size), "--seed", str(seed),
+                            "--output", str(out / name), *extra])
+    return result
+
+
+def fmt(s: dict) -> str:
+    if math.isnan(s["low"]):
+        return f"{s['mean']:6.2f}"
+    return f"{s['mean']:6.2f} [{s['low']:6.2f}, {s['high']:6.2f}]"
+
+
+def report(a, results: dict) -> None:
+    print(f"\n{a.backbone}, {a.input_size} -> {a.size}, recipe {a.recipe}, {a.epochs} epochs, seeds {a.seeds}: "
+          "validation top-1 (%), mean [95% CI]")
+    for task, t in results["tasks"].items():
+        chance = f", chance loss ln({t['classes']}) = {t['chance_loss']:.3f}" if t["classes"] else ""
+        print(f"task {task}{chance}")
+        for arm, s in t["top1"].items():
+            loss = " ".join(f"{v:.3f}" for v in t["train_loss"][arm])
+            print(f"  {arm:10s} {fmt(s)}   per seed {[round(v, 1) for v in s['per_seed']]}   last train loss {loss}")
+        for name, s in t["paired"].items():
+            print(f"  {name:18s} (paired) {fmt(s)}   per seed {[round(v, 1) for v in s['per_seed']]}")
+        if "transfer" in t:
+            tr = t["transfer"]
+            print(f"  transfer to {a.transfer_backbone}, {a.transfer_epochs} epochs: trained resizer "
+                  f"{tr['transferred']['val_top1']:.2f}% vs random-init {tr['random']['val_top1']:.2f}%")
+    checks = []
+    if "fine" in results["tasks"]:
+        top = results["tasks"]["fine"]["top1"]
+        checks += [("fine: learned >= 90% on every seed", "learned", lambda v: min(v) >= 90),
+                   ("fine: bilinear <= 60% on every seed", "bilinear", lambda v: max(v) <= 60),
+                   ("fine: control >= 95% on every seed", "control", lambda v: min(v) >= 95)]
+        checks = [(text, top[arm]["per_seed"], test) for text, arm, test in checks if arm in top]
+    if "coarse+fine" in results["tasks"]:
+        d = results["tasks"]["coarse+fine"]["paired"].get("learned-bilinear")
+        if d:
+            checks.append(("coarse+fine: learned - bilinear >= +20 points, CI above 0", d,
+                           lambda d: d["mean"] >= 20 and d["low"] > 0))
+    results["checks"] = {}
+    for text, value, test in checks:
+        ok = bool(test(value))
+        results["checks"][text] = ok
+        print(f"check: {'yes' if ok else 'NO '}  {text}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Importing this package needs torch only; DALI is imported when a loader is itera
 """
 
 from dali_resizer.loader import DALILoader
-from dali_resizer.resizer import FixedResizer, Interpolation, LearnableResizer
+from dali_resizer.resizer import FixedResizer, Interpolation, LearnableResizer, MullerResizer
 from dali_resizer.synthetic import make_synthetic_folder
 
-__all__ = ["DALILoader", "FixedResizer", "Interpolation", "LearnableResizer", "make_synthetic_folder"]
+__all__ = ["DALILoader", "FixedResizer", "Interpolation", "LearnableResizer", "MullerResizer",
+           "make_synthetic_folder"]
 __version__ = "0.1.0"

@@ -3,10 +3,18 @@
     python -m dali_resizer.train --data imagenet --backbone resnet50 --resizer learned --epochs 30
     torchrun --nproc_per_node=8 -m dali_resizer.train --data imagenet --backbone resnet50
 
-The defaults follow Talebi & Milanfar (ICCV 2021): SGD with momentum 0.9, lr 0.05 from scratch or 0.005
-when fine-tuning (``--init-backbone``), decayed by 0.94 every 2 epochs, label smoothing 0.1. With
-``--resizer bilinear|bicubic`` the same data path and backbone are trained with a fixed resize in the
-resizer's place: the baseline to compare against.
+Two recipes (``--recipe``), each a set of defaults that the single options override:
+
+- ``adamw`` (the default): AdamW, lr 1e-3, weight decay 0.05 on convolution and linear weights only,
+  a one-epoch linear warm-up, then a cosine decay to zero, label smoothing 0.1. It trains the
+  learned resizer at small and large scale alike.
+- ``paper``: Talebi & Milanfar (ICCV 2021): SGD with momentum 0.9, lr 0.05 from scratch or 0.005 when
+  fine-tuning (``--init-backbone``), decayed by 0.94 every 2 epochs, weight decay 1e-4 on every
+  parameter, label smoothing 0.1. At small scale SGD leaves the resizer at its initialisation
+  (``benchmarks/recipe.py`` measures why); ``--resizer-lr`` gives the resizer its own lr.
+
+With ``--resizer bilinear|bicubic`` the same data path and backbone are trained with a fixed resize in
+the resizer's place: the baseline to compare against.
 
 ``--data`` is an image folder or WebDataset shards; a folder holding ``train/`` and ``val/`` is split
 that way, otherwise pass ``--val-data``. Each epoch writes ``checkpoint.pt`` (model, optimizer,
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -33,12 +42,24 @@ from torch import nn
 
 from dali_resizer.loader import PAD_LABEL, DALILoader
 from dali_resizer.progress import ProgressBar
-from dali_resizer.resizer import FixedResizer, LearnableResizer
+from dali_resizer.resizer import FixedResizer, LearnableResizer, MullerResizer
 
-__all__ = ["TrainConfig", "build_model", "main", "train"]
+__all__ = ["RECIPES", "TrainConfig", "build_model", "main", "make_optimizer", "make_schedule", "resolve_recipe",
+           "train"]
 
-RESIZERS = ("learned", "bilinear", "bicubic")
+RESIZERS = ("learned", "muller", "bilinear", "bicubic")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "step")
+
+# Each recipe fills the optimisation options left unset (None) in TrainConfig.
+RECIPES: dict[str, dict] = {
+    "adamw": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "decay_norm_and_bias": False,
+              "schedule": "cosine", "warmup_epochs": 1.0},
+    "paper": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 1e-4, "decay_norm_and_bias": True,
+              "schedule": "step", "warmup_epochs": 0.0},
+}
+PAPER_FINETUNE_LR = 0.005  # the paper's lr with a warm-started backbone (--init-backbone)
 
 
 @dataclass
@@ -61,9 +82,15 @@ class TrainConfig:
     random_area: tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_ratio: float = 0.875
+    recipe: str = "adamw"
+    optimizer: str | None = None
     lr: float | None = None
+    resizer_lr: float | None = None
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
+    decay_norm_and_bias: bool | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
     lr_decay: float = 0.94
     decay_every: int = 2
     label_smoothing: float = 0.1
@@ -82,6 +109,65 @@ class TrainConfig:
     quiet: bool = False
 
 
+def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every optimisation option left ``None`` taken from ``cfg.recipe``."""
+    if cfg.recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {cfg.recipe!r}")
+    values = {k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None}
+    if "lr" in values and cfg.recipe == "paper" and cfg.init_backbone:
+        values["lr"] = PAPER_FINETUNE_LR
+    cfg = TrainConfig(**{**asdict(cfg), **values})
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    for name in ("lr", "resizer_lr"):
+        if getattr(cfg, name) is not None and not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)!r}")
+    if cfg.weight_decay < 0 or cfg.warmup_epochs < 0:
+        raise ValueError(f"weight_decay and warmup_epochs must be >= 0, got {cfg.weight_decay!r} and "
+                         f"{cfg.warmup_epochs!r}")
+    return cfg
+
+
+def make_optimizer(model: nn.Sequential, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of a resolved ``cfg`` (see :func:`resolve_recipe`).
+
+    Parameter groups, in this order: the backbone's decayed weights, its BatchNorm weights and biases,
+    then the same two for the resizer. Without ``decay_norm_and_bias`` the tensors of one or no
+    dimension (BatchNorm's affine terms, biases, MULLER's scalars) get no weight decay. The resizer's
+    groups use ``resizer_lr`` when it is set.
+    """
+    groups = []
+    for part, lr in (("backbone", cfg.lr), ("resizer", cfg.resizer_lr or cfg.lr)):
+        params = [p for p in getattr(model, part).parameters() if p.requires_grad] if hasattr(model, part) else []
+        if cfg.decay_norm_and_bias:
+            split = [(params, cfg.weight_decay)]
+        else:
+            split = [([p for p in params if p.ndim > 1], cfg.weight_decay), ([p for p in params if p.ndim <= 1], 0.0)]
+        groups += [{"params": ps, "lr": lr, "weight_decay": wd, "name": part} for ps, wd in split if ps]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A per-step ``LambdaLR``: a linear warm-up over ``warmup_epochs``, then the recipe's decay
+    (``cosine`` to zero at the last step, or ``step``: ``lr_decay`` every ``decay_every`` epochs)."""
+    steps_per_epoch = max(steps_per_epoch, 1)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    total = cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+        return cfg.lr_decay ** ((step // steps_per_epoch) // cfg.decay_every)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
     """``Sequential(resizer=..., backbone=...)``: the resizer is the model's first stage."""
     import torchvision
@@ -90,6 +176,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
         resizer: nn.Module = LearnableResizer(cfg.size, num_filters=cfg.num_filters, num_res_blocks=cfg.num_res_blocks,
                                               zero_init=cfg.zero_init, memory_efficient=cfg.memory_efficient,
                                               cpu_kernels=cfg.cpu_kernels)
+    elif cfg.resizer == "muller":
+        resizer = MullerResizer(cfg.size)
     else:
         resizer = FixedResizer(cfg.size, interpolation=cfg.resizer, antialias=True)
     backbone = torchvision.models.get_model(cfg.backbone, weights=None, num_classes=num_classes)
@@ -169,6 +257,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         raise ValueError(f"resizer must be one of {RESIZERS}, got {cfg.resizer!r}")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {cfg.precision!r}")
+    cfg = resolve_recipe(cfg)
     rank, world, local_rank = _distributed()
     if cfg.device is None:
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -191,13 +280,13 @@ def train(cfg: TrainConfig) -> list[dict]:
     if cfg.init_backbone:
         _load_part(model, cfg.init_backbone, "backbone")
     if cfg.init_resizer:
-        if cfg.resizer != "learned":
-            raise ValueError("--init-resizer needs --resizer learned")
+        if cfg.resizer not in ("learned", "muller"):
+            raise ValueError("--init-resizer needs a learned resizer (--resizer learned or muller)")
         _load_part(model, cfg.init_resizer, "resizer")
     model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    lr = cfg.lr if cfg.lr is not None else (0.005 if cfg.init_backbone else 0.05)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.decay_every, gamma=cfg.lr_decay)
+    steps = _all_min(len(train_loader), device)  # every rank runs the same number of steps per epoch
+    optimizer = make_optimizer(model, cfg)
+    schedule = make_schedule(optimizer, cfg, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -223,7 +312,9 @@ def train(cfg: TrainConfig) -> list[dict]:
         out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a: None) if (rank != 0 or cfg.quiet) else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(f"{cfg.backbone} + {cfg.resizer} resizer {cfg.input_size}->{cfg.size}, {num_classes} classes, "
-        f"{len(train_loader.source)} train samples, world {world}, device {device}, lr {lr}")
+        f"{len(train_loader.source)} train samples, world {world}, device {device}, recipe {cfg.recipe}: "
+        f"{cfg.optimizer} lr {cfg.lr}" + (f" (resizer {cfg.resizer_lr})" if cfg.resizer_lr else "")
+        + f", {cfg.schedule} schedule, {cfg.warmup_epochs:g} warm-up epoch(s)")
 
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_steps is not None and step >= cfg.max_steps:
@@ -231,7 +322,6 @@ def train(cfg: TrainConfig) -> list[dict]:
             break
         if partial is None:
             train_loader.set_epoch(epoch)  # (a resumed epoch continues from the loader's saved state)
-        steps = _all_min(len(train_loader), device)  # every rank runs the same number of steps
         model.train()
         first, seen, loss_sum, correct = partial or (0, 0, 0.0, 0.0)
         partial, seen_before = None, seen
@@ -240,6 +330,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         autocast = torch.autocast(device.type, dtype=PRECISIONS[cfg.precision],
                                   enabled=PRECISIONS[cfg.precision] is not None)
         stopped = None  # the running sums when --max-steps ends the run inside this epoch
+        lr_used = optimizer.param_groups[0]["lr"]
         for i, (images, labels) in enumerate(train_loader, start=first):
             if i >= steps:
                 break
@@ -248,8 +339,10 @@ def train(cfg: TrainConfig) -> list[dict]:
                 loss = criterion(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            lr_used = optimizer.param_groups[0]["lr"]
             scaler.step(optimizer)
             scaler.update()
+            schedule.step()
             step += 1
             seen += labels.shape[0]
             loss_sum += float(loss.detach()) * labels.shape[0]
@@ -273,8 +366,6 @@ def train(cfg: TrainConfig) -> list[dict]:
             break
         elapsed = time.perf_counter() - t0
         loss_sum, correct, seen_all, seen_now = _all_sum([loss_sum, correct, seen, seen - seen_before], device)
-        lr_used = optimizer.param_groups[0]["lr"]
-        schedule.step()
         row = {"epoch": epoch, "step": step, "lr": lr_used,
                "train_loss": loss_sum / max(seen_all, 1), "train_top1": 100 * correct / max(seen_all, 1),
                "images_per_s": seen_now / elapsed, "epoch_s": elapsed}
@@ -327,7 +418,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--crop-ratio", type=float, default=d.crop_ratio, help="evaluation center-crop ratio")
     g = p.add_argument_group("model")
     g.add_argument("--resizer", choices=RESIZERS, default=d.resizer,
-                   help="learned, or a fixed bilinear/bicubic resize at the same output size (the baseline)")
+                   help="learned (Talebi & Milanfar), muller (Tu et al., 4 parameters), or a fixed bilinear/bicubic "
+                        "resize at the same output size (the baseline)")
     g.add_argument("--size", type=int, default=d.size, help="backbone input size (resizer output)")
     g.add_argument("--input-size", type=int, default=d.input_size, help="resizer input size (loader output)")
     g.add_argument("--num-filters", type=int, default=d.num_filters)
@@ -345,12 +437,21 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--init-backbone", metavar="CKPT", help="warm-start the backbone from a checkpoint of this tool "
                    "(the paper's fine-tuning: backbone from a bilinear run, resizer random)")
     g.add_argument("--init-resizer", metavar="CKPT", help="start the resizer from another run's checkpoint")
-    g = p.add_argument_group("optimisation (the paper's recipe by default)")
+    g = p.add_argument_group("optimisation (a --recipe sets the defaults; each option below overrides it)")
+    g.add_argument("--recipe", choices=list(RECIPES), default=d.recipe,
+                   help="adamw: AdamW lr 1e-3, wd 0.05 (not on norms and biases), 1 warm-up epoch, cosine; "
+                        "paper: SGD momentum 0.9, lr 0.05 (0.005 with --init-backbone), wd 1e-4, x0.94 every 2 epochs")
     g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--lr", type=float, help="default 0.05 from scratch, 0.005 with --init-backbone")
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--lr-decay", type=float, default=d.lr_decay, help="factor applied every --decay-every epochs")
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float, help="peak learning rate (after warm-up)")
+    g.add_argument("--resizer-lr", type=float, help="the resizer's own learning rate (default: --lr)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight decay on BatchNorm weights and biases too (paper: yes; adamw: no)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="cosine to zero, or step: x--lr-decay every --decay-every epochs")
+    g.add_argument("--warmup-epochs", type=float, help="linear warm-up, in epochs (fractions allowed)")
+    g.add_argument("--lr-decay", type=float, default=d.lr_decay, help="step schedule: factor every --decay-every epochs")
     g.add_argument("--decay-every", type=int, default=d.decay_every)
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     g.add_argument("--precision", choices=list(PRECISIONS), default=d.precision,

@@ -1,7 +1,10 @@
 """benchmarks/accuracy.py: the generated set carries its classes where it says, and the runs are paired."""
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import load_benchmark
 
@@ -27,17 +30,38 @@ def test_coarse_cue_is_the_blob_half(label):
     assert (top > bottom) == (label // 2 == 0)
 
 
-@pytest.mark.slow
-def test_accuracy_runs_are_paired_and_reported(tmp_path):
+def test_fine_task_carries_its_class_in_the_grating_alone():
     acc = load_benchmark("accuracy")
-    results = acc.main(["--seeds", "0", "--epochs", "1", "--transfer-epochs", "1", "--input-size", "32", "--size", "8",
-                        "--batch-size", "8", "--train-per-class", "4", "--val-per-class", "2",
-                        "--output", str(tmp_path)])
-    runs = results["runs"]
-    assert set(runs) == {"resnet18-bilinear-seed0", "resnet18-learned-seed0",
-                         "mobilenet_v2-transferred-resizer-seed0", "mobilenet_v2-random-resizer-seed0"}
-    assert all(r["history"][-1]["val_samples"] == 8 for r in runs.values())
-    c = results["comparison"]
-    assert c["learned_minus_bilinear"] == [c["learned"][0] - c["bilinear"][0]]
+    halves = {label: [] for label in range(2)}
+    for label in range(2):
+        for i in range(12):
+            image = acc.detail_image(np.random.default_rng([5, label, i]), 64, label, task="fine").astype(float).mean(-1)
+            halves[label].append(image[:32].mean() > image[32:].mean())
+    assert all(0 < sum(v) < len(v) for v in halves.values())  # the blob's half is drawn for both classes
+
+
+def test_interval_is_students_t():
+    acc = load_benchmark("accuracy")
+    mean, low, high = acc.interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and high - mean == pytest.approx(4.303 * 1.0 / 3**0.5)
+    assert np.isnan(acc.interval([5.0])[1])
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_arm_paired(tmp_path):
+    acc = load_benchmark("accuracy")
+    results = acc.main(["--quick", "--output", str(tmp_path), "--", "--num-threads", "1"])
+    fine, both = results["tasks"]["fine"], results["tasks"]["coarse+fine"]
+    assert set(fine["runs"]) == {"learned", "muller", "bilinear", "control"}
+    assert set(both["runs"]) == {"learned", "muller", "bilinear"}  # the control belongs to "fine"
+    assert all(r[0]["history"][-1]["val_samples"] == 8 for r in fine["runs"].values())  # 2 classes x 4
+    assert all(r[0]["history"][-1]["val_samples"] == 16 for r in both["runs"].values())  # 4 classes x 4
+    assert fine["chance_loss"] == pytest.approx(np.log(2)) and both["chance_loss"] == pytest.approx(np.log(4))
+    d = both["paired"]["learned-bilinear"]
+    assert d["per_seed"] == [both["top1"]["learned"]["per_seed"][0] - both["top1"]["bilinear"]["per_seed"][0]]
+    assert set(results["checks"]) >= {"fine: control >= 95% on every seed"}
     assert (tmp_path / "accuracy.json").is_file()
-    assert len(list((tmp_path / "detail-set-32" / "train").rglob("*.png"))) == 16
+    assert len(list((tmp_path / "set-fine-32-8-4" / "train").rglob("*.png"))) == 16
+    control = json.loads((tmp_path / "fine-control-seed0" / "metrics.json").read_text())
+    assert control and torch.load(tmp_path / "fine-control-seed0" / "checkpoint.pt",
+                                  weights_only=False)["args"]["size"] == 32  # full resolution, no resize

@@ -29,7 +29,7 @@ def test_trains_evaluates_and_writes(data, tmp_path):
     assert [row["epoch"] for row in history] == [0, 1]
     assert all(row["val_samples"] == 6 for row in history)  # train/ and val/ were split, each val sample once
     assert all(0 <= row["val_top1"] <= 100 and row["val_top5"] == 100 for row in history)  # 3 classes: top-5 = all
-    assert [row["lr"] for row in history] == [0.01, 0.01]  # decays every 2 epochs
+    assert history[0]["lr"] > history[1]["lr"] > 0  # the default recipe's cosine decay, per step
     assert json.loads((tmp_path / "metrics.json").read_text()) == history
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,lr,train_loss")
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
@@ -38,11 +38,16 @@ def test_trains_evaluates_and_writes(data, tmp_path):
     assert any(k.startswith("resizer.stem") for k in ckpt["model"])
 
 
-def test_resume_continues_exactly(data, tmp_path):
-    full = main(["--data", str(data), "--epochs", "3", "--output", str(tmp_path / "a"), *TINY])
-    assert full[2]["lr"] == pytest.approx(0.01 * 0.94)
-    main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path / "b"), *TINY])
-    resumed = main(["--data", str(data), "--epochs", "3", "--output", str(tmp_path / "b"), "--resume", *TINY])
+@pytest.mark.parametrize("recipe", ["adamw", "paper"])
+def test_resume_continues_exactly(data, tmp_path, recipe):
+    full = main(["--data", str(data), "--epochs", "3", "--output", str(tmp_path / "a"), "--recipe", recipe, *TINY])
+    if recipe == "paper":
+        assert [row["lr"] for row in full] == pytest.approx([0.01, 0.01, 0.01 * 0.94])  # x0.94 every 2 epochs
+    # stopped after its first epoch (3 steps) of 3: the run's length is part of its schedule (cosine)
+    main(["--data", str(data), "--epochs", "3", "--max-steps", "3", "--output", str(tmp_path / "b"), "--recipe", recipe,
+          *TINY])
+    resumed = main(["--data", str(data), "--epochs", "3", "--output", str(tmp_path / "b"), "--resume",
+                    "--recipe", recipe, *TINY])
     for a, b in zip(full, resumed):
         for key in ("train_loss", "val_loss", "val_top1", "lr", "step"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
@@ -79,7 +84,7 @@ def test_bf16_autocast_on_cpu(data, tmp_path):
 
 
 def test_bad_arguments(data, tmp_path):
-    with pytest.raises(ValueError, match="needs --resizer learned"):
+    with pytest.raises(ValueError, match="needs a learned resizer"):
         main(["--data", str(data), "--resizer", "bicubic", "--init-resizer", "x.pt", "--output", str(tmp_path), *TINY])
     with pytest.raises(SystemExit):
         main(["--data", str(data), "--resizer", "lanczos", *TINY])
@@ -149,3 +154,90 @@ def test_cpu_kernels_flag_reaches_the_resizer(data, tmp_path):
     assert not build_model(parse_args(["--data", "x"]), 3).resizer.cpu_kernels
     history = main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path), "--cpu-kernels", *TINY])
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+
+
+def test_recipes_fill_what_is_left_unset():
+    from dali_resizer.train import TrainConfig, resolve_recipe
+
+    adamw = resolve_recipe(TrainConfig())
+    assert (adamw.optimizer, adamw.lr, adamw.weight_decay, adamw.schedule, adamw.warmup_epochs) == \
+        ("adamw", 1e-3, 0.05, "cosine", 1.0)
+    assert adamw.decay_norm_and_bias is False
+    paper = resolve_recipe(TrainConfig(recipe="paper"))
+    assert (paper.optimizer, paper.lr, paper.weight_decay, paper.schedule, paper.warmup_epochs) == \
+        ("sgd", 0.05, 1e-4, "step", 0.0)
+    assert paper.decay_norm_and_bias is True
+    assert resolve_recipe(TrainConfig(recipe="paper", init_backbone="b.pt")).lr == 0.005  # the paper's fine-tuning
+    mixed = resolve_recipe(TrainConfig(recipe="paper", lr=0.2, optimizer="adamw", warmup_epochs=0.5))
+    assert (mixed.optimizer, mixed.lr, mixed.warmup_epochs, mixed.schedule) == ("adamw", 0.2, 0.5, "step")
+    for bad, match in (({"recipe": "lamb"}, "recipe must be one of"), ({"optimizer": "rmsprop"}, "optimizer must be"),
+                       ({"schedule": "poly"}, "schedule must be"), ({"resizer_lr": 0.0}, "resizer_lr must be positive"),
+                       ({"weight_decay": -1.0}, "weight_decay")):
+        with pytest.raises(ValueError, match=match):
+            resolve_recipe(TrainConfig(**bad))
+
+
+@pytest.mark.parametrize("recipe", ["adamw", "paper"])
+def test_optimizer_groups(recipe):
+    from dali_resizer.train import TrainConfig, build_model, make_optimizer, resolve_recipe
+
+    cfg = resolve_recipe(TrainConfig(recipe=recipe, backbone="resnet18", size=16, resizer_lr=0.5))
+    model = build_model(cfg, 3)
+    optimizer = make_optimizer(model, cfg)
+    assert isinstance(optimizer, torch.optim.AdamW if recipe == "adamw" else torch.optim.SGD)
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # every parameter, once
+    lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert {lr[id(p)] for p in model.resizer.parameters()} == {0.5}
+    assert {lr[id(p)] for p in model.backbone.parameters()} == {cfg.lr}
+    bn, conv = model.resizer.stem[4].weight, model.resizer.stem[0].weight
+    assert decay[id(conv)] == cfg.weight_decay
+    assert decay[id(bn)] == (cfg.weight_decay if recipe == "paper" else 0.0)
+    assert decay[id(model.backbone.fc.bias)] == (cfg.weight_decay if recipe == "paper" else 0.0)
+
+
+def test_schedule_warms_up_then_decays():
+    from dali_resizer.train import TrainConfig, make_schedule, resolve_recipe
+
+    cfg = resolve_recipe(TrainConfig(epochs=4, lr=1.0))  # adamw: 1 warm-up epoch, then cosine to 0
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])  # linear warm-up to the peak
+    assert lrs[10] == pytest.approx(1.0) and lrs[25] == pytest.approx(0.5, abs=0.06)
+    assert all(a > b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
+
+    step_cfg = resolve_recipe(TrainConfig(recipe="paper", epochs=6, lr=1.0, warmup_epochs=1.0))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = make_schedule(optimizer, step_cfg, steps_per_epoch=2)
+    lrs = []
+    for _ in range(12):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert lrs == pytest.approx([0.5, 1, 1, 1, 0.94, 0.94, 0.94, 0.94, 0.94**2, 0.94**2, 0.94**2, 0.94**2])
+
+
+def test_muller_resizer_trains_through_the_cli(data, tmp_path):
+    history = main(["--data", str(data), "--epochs", "1", "--resizer", "muller", "--output", str(tmp_path), *TINY])
+    assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["model"]
+    assert sorted(k for k in state if k.startswith("resizer.")) == ["resizer.bias", "resizer.weight"]
+    assert state["resizer.weight"].abs().sum() > 0  # it left its zero start
+
+
+def test_recipe_options_reach_the_run(data, tmp_path):
+    main(["--data", str(data), "--epochs", "1", "--recipe", "paper", "--resizer-lr", "0.2", "--warmup-epochs", "0.5",
+          "--no-decay-norm-and-bias", "--output", str(tmp_path), *TINY])
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    args = ckpt["args"]
+    assert (args["recipe"], args["optimizer"], args["lr"], args["resizer_lr"], args["warmup_epochs"]) == \
+        ("paper", "sgd", 0.01, 0.2, 0.5)
+    assert args["decay_norm_and_bias"] is False
+    groups = ckpt["optimizer"]["param_groups"]
+    assert {g["name"]: g["initial_lr"] for g in groups} == {"backbone": 0.01, "resizer": 0.2}
