@@ -5,6 +5,7 @@
 
 Rows, all timed in the same run (warm-up, then the median of --repeats, device synchronized):
     interpolate          F.interpolate(bilinear) 448 -> 224, the fixed resize it replaces
+    muller               MullerResizer(): the multilayer Laplacian resizer (Tu et al., 2 layers, 4 parameters)
     resizer              LearnableResizer(): the plain (reference) module
     resizer-cl           the same in channels_last
     resizer-ckpt         the same with the stem (7x7 conv ... BN at input resolution) recomputed in
@@ -49,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dali_resizer import LearnableResizer  # noqa: E402
+from dali_resizer import LearnableResizer, MullerResizer  # noqa: E402
 from dali_resizer.resizer import resize  # noqa: E402
 
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", nargs="+",
-                   default=["interpolate", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused",
+                   default=["interpolate", "muller", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused",
                             "resizer-kernel", "resizer-inference", "resnet50"])
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc mallopt: keep freed large tensors in the heap (no page faults on reuse)")
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 fused.memory_efficient = True
                 variants = {
                     "interpolate": (Interpolate(a.size), x),
+                    "muller": (MullerResizer(a.size).to(device), x),
                     "resizer": (reference, x),
                     "resizer-cl": (copy.deepcopy(reference).to(memory_format=torch.channels_last),
                                    x.to(memory_format=torch.channels_last)),
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     variants["resizer-compiled"] = (torch.compile(copy.deepcopy(reference).to(
                         memory_format=torch.channels_last)), x.to(memory_format=torch.channels_last))
                 for name in [r for r in a.rows if r in variants]:
-                    if name == "interpolate" and blocks != a.num_res_blocks[0]:
+                    if name in ("interpolate", "muller") and blocks != a.num_res_blocks[0]:
                         continue
                     module, inp = variants[name]
                     row = measure(name, module, inp, device, dtype, a.repeats, train_too=name != "resizer-inference",

@@ -17,22 +17,25 @@ import numpy as np
 import torch
 
 from dali_resizer.loader import DALILoader
-from dali_resizer.resizer import LearnableResizer, resize
+from dali_resizer.resizer import LearnableResizer, MullerResizer, resize
 
 __all__ = ["load_resizer", "main", "render_grid"]
 
 COLUMNS = ("input", "bilinear", "learned", "|learned - bilinear|")
 
 
-def load_resizer(checkpoint: str) -> tuple[LearnableResizer, dict]:
+def load_resizer(checkpoint: str) -> tuple[LearnableResizer | MullerResizer, dict]:
     """The learned resizer of a ``dali_resizer.train`` checkpoint (eval mode) and the run's arguments."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     args = ckpt.get("args", {})
     state = {k[len("resizer."):]: v for k, v in ckpt["model"].items() if k.startswith("resizer.")}
     if not state:
         raise ValueError(f"{checkpoint}: holds no learned resizer (was it trained with --resizer learned?)")
-    resizer = LearnableResizer(args.get("size", 224), num_filters=args.get("num_filters", 16),
-                               num_res_blocks=args.get("num_res_blocks", 1))
+    if args.get("resizer") == "muller":
+        resizer: LearnableResizer | MullerResizer = MullerResizer(args.get("size", 224), num_layers=len(state["weight"]))
+    else:
+        resizer = LearnableResizer(args.get("size", 224), num_filters=args.get("num_filters", 16),
+                                   num_res_blocks=args.get("num_res_blocks", 1))
     resizer.load_state_dict(state)
     return resizer.eval(), args
 
@@ -46,7 +49,7 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
-def render_grid(images: torch.Tensor, resizer: LearnableResizer) -> np.ndarray:
+def render_grid(images: torch.Tensor, resizer: torch.nn.Module) -> np.ndarray:
     """``(N, 3, H, W)`` normalized inputs to one uint8 grid, a row per image. Outputs smaller than the
     input are shown enlarged by an integer factor (nearest neighbour), so their pixels stay visible."""
     with torch.inference_mode():

@@ -30,3 +30,20 @@ def test_cli_writes_png_from_a_training_checkpoint(tmp_path, image_folder):
                 "--output", str(tmp_path / "grid.png")])
     image = Image.open(out)
     assert image.size == (24 + 3 * 24 + 5 * 4, 16 + 3 * (24 + 4) + 4)  # 12 px outputs shown 2x
+
+
+def test_cli_reads_a_muller_checkpoint(tmp_path, image_folder):
+    from dali_resizer import MullerResizer
+    from dali_resizer.visualize import load_resizer
+
+    model = torch.nn.Sequential()
+    model.add_module("resizer", MullerResizer(12))
+    with torch.no_grad():
+        model.resizer.weight.fill_(0.7)
+    torch.save({"model": model.state_dict(), "args": {"size": 12, "input_size": 24, "resizer": "muller"}},
+               tmp_path / "ckpt.pt")
+    resizer, _ = load_resizer(str(tmp_path / "ckpt.pt"))
+    assert isinstance(resizer, MullerResizer) and torch.equal(resizer.weight, model.resizer.weight)
+    out = main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--data", str(image_folder), "--num-images", "2",
+                "--output", str(tmp_path / "grid.png")])
+    assert Image.open(out).size[0] == 24 + 3 * 24 + 5 * 4
