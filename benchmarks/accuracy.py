@@ -10,6 +10,9 @@ data, backbone, epochs, recipe and seeds; only the module in front of the backbo
 - ``learned``: ``LearnableResizer`` (Talebi & Milanfar);
 - ``muller``: ``MullerResizer`` (Tu, Talebi & Milanfar; 4 parameters);
 - ``bilinear``: ``FixedResizer(bilinear, antialias=True)``, torchvision's default downscale;
+- ``bilinear-aliased``: ``FixedResizer(bilinear, antialias=False)``, a plain ``F.interpolate``: it
+  samples the image and aliases fine detail into coarser patterns, as the learned resizers' own
+  internal resizes do (their papers' default); it tells how much of a cue survives by aliasing alone;
 - ``control`` (the "fine" task): the same backbone on the full-resolution input, with no resize at
   all: it shows that the task is learnable by this backbone and recipe, so a fixed resize that stays
   at chance loses the cue, not the training.
@@ -129,11 +132,12 @@ def run(args: list[str]) -> dict:
             "seconds": time.perf_counter() - t0, "history": history}
 
 
-ARMS = {  # arm: (--resizer, output size: the backbone's input, or None for the input size)
-    "learned": ("learned", "size"),
-    "muller": ("muller", "size"),
-    "bilinear": ("bilinear", "size"),
-    "control": ("bilinear", "input"),  # a resize to the input's own size is no resize at all
+ARMS = {  # arm: (train options, output size: the backbone's input, or the input's own size)
+    "learned": (["--resizer", "learned"], "size"),
+    "muller": (["--resizer", "muller"], "size"),
+    "bilinear": (["--resizer", "bilinear"], "size"),
+    "bilinear-aliased": (["--resizer", "bilinear", "--no-antialias"], "size"),
+    "control": (["--resizer", "bilinear"], "input"),  # a resize to the input's own size is no resize at all
 }
 QUICK = ["--seeds", "0", "--epochs", "1", "--input-size", "32", "--size", "8", "--batch-size", "8",
          "--train-per-class", "8", "--val-per-class", "4"]
@@ -184,10 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
         runs: dict = {}
         for seed in a.seeds:
             for arm in arms:
-                resizer, size = ARMS[arm]
+                options, size = ARMS[arm]
                 name = f"{task}-{arm}-seed{seed}"
                 print(f"{name} ...", file=sys.stderr, flush=True)
-                r = run([*common, "--resizer", resizer, "--size", str(a.size if size == "size" else a.input_size),
+                r = run([*common, *options, "--size", str(a.size if size == "size" else a.input_size),
                          "--seed", str(seed), "--output", str(out / name)])
                 runs.setdefault(arm, []).append(r | {"seed": seed})
                 print(f"  top-1 {r['val_top1']:.2f}%  train loss {r['train_loss']:.3f}  ({r['seconds']:.0f} s)",
@@ -206,7 +210,7 @@ def summarise(runs: dict, classes: int | None) -> dict:
                "top1": {arm: dict(zip(("mean", "low", "high"), interval(v))) | {"per_seed": v} for arm, v in top1.items()},
                "train_loss": {arm: [r["train_loss"] for r in rs] for arm, rs in runs.items()}, "paired": {}}
     if "bilinear" in top1:
-        for arm in (a for a in top1 if a in ("learned", "muller")):
+        for arm in (a for a in top1 if a in ("learned", "muller", "bilinear-aliased")):
             diff = [x - y for x, y in zip(top1[arm], top1["bilinear"])]
             summary["paired"][f"{arm}-bilinear"] = dict(zip(("mean", "low", "high"), interval(diff))) | {"per_seed": diff}
     return summary
@@ -242,9 +246,9 @@ def report(a, results: dict) -> None:
         print(f"task {task}{chance}")
         for arm, s in t["top1"].items():
             loss = " ".join(f"{v:.3f}" for v in t["train_loss"][arm])
-            print(f"  {arm:10s} {fmt(s)}   per seed {[round(v, 1) for v in s['per_seed']]}   last train loss {loss}")
+            print(f"  {arm:16s} {fmt(s)}   per seed {[round(v, 1) for v in s['per_seed']]}   last train loss {loss}")
         for name, s in t["paired"].items():
-            print(f"  {name:18s} (paired) {fmt(s)}   per seed {[round(v, 1) for v in s['per_seed']]}")
+            print(f"  {name:26s} (paired) {fmt(s)}   per seed {[round(v, 1) for v in s['per_seed']]}")
         if "transfer" in t:
             tr = t["transfer"]
             print(f"  transfer to {a.transfer_backbone}, {a.transfer_epochs} epochs: trained resizer "

@@ -70,6 +70,7 @@ class TrainConfig:
     resizer: str = "learned"
     size: int = 224
     input_size: int = 448
+    antialias: bool | None = None  # None: each module's default (fixed: True; learned, muller: False)
     num_filters: int = 16
     num_res_blocks: int = 1
     zero_init: bool = False
@@ -172,14 +173,15 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
     """``Sequential(resizer=..., backbone=...)``: the resizer is the model's first stage."""
     import torchvision
 
+    antialias = {} if cfg.antialias is None else {"antialias": cfg.antialias}
     if cfg.resizer == "learned":
         resizer: nn.Module = LearnableResizer(cfg.size, num_filters=cfg.num_filters, num_res_blocks=cfg.num_res_blocks,
                                               zero_init=cfg.zero_init, memory_efficient=cfg.memory_efficient,
-                                              cpu_kernels=cfg.cpu_kernels)
+                                              cpu_kernels=cfg.cpu_kernels, **antialias)
     elif cfg.resizer == "muller":
-        resizer = MullerResizer(cfg.size)
+        resizer = MullerResizer(cfg.size, **antialias)
     else:
-        resizer = FixedResizer(cfg.size, interpolation=cfg.resizer, antialias=True)
+        resizer = FixedResizer(cfg.size, interpolation=cfg.resizer, **antialias)
     backbone = torchvision.models.get_model(cfg.backbone, weights=None, num_classes=num_classes)
     return nn.Sequential(OrderedDict(resizer=resizer, backbone=backbone))
 
@@ -421,6 +423,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="learned (Talebi & Milanfar), muller (Tu et al., 4 parameters), or a fixed bilinear/bicubic "
                         "resize at the same output size (the baseline)")
     g.add_argument("--size", type=int, default=d.size, help="backbone input size (resizer output)")
+    g.add_argument("--antialias", action=argparse.BooleanOptionalAction, default=None,
+                   help="low-pass filter the resizer's fixed resizes when they downscale (default: the module's "
+                        "own: on for bilinear/bicubic, as torchvision's Resize; off for learned and muller, as "
+                        "in their papers)")
     g.add_argument("--input-size", type=int, default=d.input_size, help="resizer input size (loader output)")
     g.add_argument("--num-filters", type=int, default=d.num_filters)
     g.add_argument("--num-res-blocks", type=int, default=d.num_res_blocks)
