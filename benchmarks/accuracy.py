@@ -125,6 +125,10 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def stats(values: list[float]) -> dict:
+    return dict(zip(("mean", "low", "high"), interval(values))) | {"per_seed": values}
+
+
 def run(args: list[str]) -> dict:
     t0 = time.perf_counter()
     history = train_main(args + ["--quiet"])
@@ -140,7 +144,7 @@ ARMS = {  # arm: (train options, output size: the backbone's input, or the input
     "control": (["--resizer", "bilinear"], "input"),  # a resize to the input's own size is no resize at all
 }
 QUICK = ["--seeds", "0", "--epochs", "1", "--input-size", "32", "--size", "8", "--batch-size", "8",
-         "--train-per-class", "8", "--val-per-class", "4"]
+         "--train-images", "16", "--val-images", "16"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,8 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--recipe", default="adamw", help="dali_resizer.train's --recipe, the same for every arm")
     p.add_argument("--precision", default="fp32", help="dali_resizer.train's --precision")
-    p.add_argument("--train-per-class", type=int, default=1000, help="generated tasks: 2,000 / 4,000 training images")
-    p.add_argument("--val-per-class", type=int, default=250)
+    p.add_argument("--train-images", type=int, default=2000, help="generated tasks: training images per task")
+    p.add_argument("--val-images", type=int, default=500, help="generated tasks: validation images per task")
     p.add_argument("--output", default="runs/accuracy", help="runs, checkpoints and accuracy.json go here")
     p.add_argument("--transfer", action="store_true",
                    help="also fine-tune the first seed's learned resizer with --transfer-backbone, against a "
@@ -177,10 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
         if a.data:
             data, crops, classes = a.data, [], None
         else:
-            data = str(make_detail_set(out / f"set-{task}-{a.input_size}-{a.train_per_class}-{a.val_per_class}",
-                                       size=a.input_size, train_per_class=a.train_per_class,
-                                       val_per_class=a.val_per_class, task=task))
-            crops, classes = ["--random-area", "1", "1", "--random-aspect-ratio", "1", "1", "--crop-ratio", "1"], TASKS[task]
+            per_class = (a.train_images // TASKS[task], a.val_images // TASKS[task])
+            data = str(make_detail_set(out / f"set-{task}-{a.input_size}-{per_class[0]}-{per_class[1]}",
+                                       size=a.input_size, train_per_class=per_class[0], val_per_class=per_class[1],
+                                       task=task))
+            crops = ["--random-area", "1", "1", "--random-aspect-ratio", "1", "1", "--crop-ratio", "1"]
+            classes = TASKS[task]
         arms = a.arms or [arm for arm in ARMS if arm != "control" or task == "fine"]
         common = ["--data", data, "--input-size", str(a.input_size), "--batch-size", str(a.batch_size),
                   "--recipe", a.recipe, "--precision", a.precision, "--epochs", str(a.epochs), "--backbone", a.backbone,
@@ -207,12 +213,13 @@ def main(argv: list[str] | None = None) -> dict:
 def summarise(runs: dict, classes: int | None) -> dict:
     top1 = {arm: [r["val_top1"] for r in rs] for arm, rs in runs.items()}
     summary = {"classes": classes, "chance_loss": math.log(classes) if classes else None, "runs": runs,
-               "top1": {arm: dict(zip(("mean", "low", "high"), interval(v))) | {"per_seed": v} for arm, v in top1.items()},
+               "top1": {arm: stats(v) for arm, v in top1.items()},
                "train_loss": {arm: [r["train_loss"] for r in rs] for arm, rs in runs.items()}, "paired": {}}
-    if "bilinear" in top1:
-        for arm in (a for a in top1 if a in ("learned", "muller", "bilinear-aliased")):
-            diff = [x - y for x, y in zip(top1[arm], top1["bilinear"])]
-            summary["paired"][f"{arm}-bilinear"] = dict(zip(("mean", "low", "high"), interval(diff))) | {"per_seed": diff}
+    pairs = [(arm, "bilinear") for arm in ("learned", "muller", "bilinear-aliased")]
+    pairs += [("learned", "bilinear-aliased"), ("learned", "muller")]
+    for arm, base in pairs:
+        if arm in top1 and base in top1:
+            summary["paired"][f"{arm}-{base}"] = stats([x - y for x, y in zip(top1[arm], top1[base])])
     return summary
 
 

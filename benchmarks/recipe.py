@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "paper": ({"recipe": "paper"}, {}),
     "paper-lr0.01": ({"recipe": "paper", "lr": 0.01}, {}),
     "paper-lr0.2": ({"recipe": "paper", "lr": 0.2}, {}),
+    "paper-lr0.002": ({"recipe": "paper", "lr": 0.002}, {}),
+    "paper-lr0.0005": ({"recipe": "paper", "lr": 0.0005}, {}),
     "paper-warmup": ({"recipe": "paper", "warmup_epochs": 1.0}, {}),
     "paper-no-decay-norm-bias": ({"recipe": "paper", "decay_norm_and_bias": False}, {}),
     "paper-zero-init": ({"recipe": "paper", "zero_init": True}, {}),
@@ -150,7 +152,7 @@ def run_variant(name: str, a, data) -> dict:
                     delta = norm(p.detach() - b for p, b in zip(ps, before[k]))
                     probe[k]["update"].append(delta / max(norm(before[k]), 1e-12))
             step += 1
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += float((logits.argmax(1) == y).sum())
         curve.append({"epoch": epoch, "train_loss": loss_sum / (steps * a.batch_size),
                       "train_top1": 100 * correct / (steps * a.batch_size),

@@ -7,14 +7,16 @@ Two recipes (``--recipe``), each a set of defaults that the single options overr
 
 - ``adamw`` (the default): AdamW, lr 1e-3, weight decay 0.05 on convolution and linear weights only,
   a one-epoch linear warm-up, then a cosine decay to zero, label smoothing 0.1. It trains the
-  learned resizer at small and large scale alike.
+  learned resizer where the paper's recipe does not (``benchmarks/recipe.py``).
 - ``paper``: Talebi & Milanfar (ICCV 2021): SGD with momentum 0.9, lr 0.05 from scratch or 0.005 when
   fine-tuning (``--init-backbone``), decayed by 0.94 every 2 epochs, weight decay 1e-4 on every
-  parameter, label smoothing 0.1. At small scale SGD leaves the resizer at its initialisation
-  (``benchmarks/recipe.py`` measures why); ``--resizer-lr`` gives the resizer its own lr.
+  parameter, label smoothing 0.1. Its lr was set for ImageNet-scale batches: at batch 32 on a small
+  set it trains neither the resizer nor the backbone (``benchmarks/recipe.py`` measures why), so
+  scale it to the batch.
 
-With ``--resizer bilinear|bicubic`` the same data path and backbone are trained with a fixed resize in
-the resizer's place: the baseline to compare against.
+``--resizer learned`` is Talebi & Milanfar's CNN, ``--resizer muller`` the 4-parameter MULLER resizer
+(Tu, Talebi & Milanfar, ICCV 2023). With ``--resizer bilinear|bicubic`` the same data path and backbone
+are trained with a fixed resize in the resizer's place: the baseline to compare against.
 
 ``--data`` is an image folder or WebDataset shards; a folder holding ``train/`` and ``val/`` is split
 that way, otherwise pass ``--val-data``. Each epoch writes ``checkpoint.pt`` (model, optimizer,
@@ -455,9 +457,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction, default=None,
                    help="weight decay on BatchNorm weights and biases too (paper: yes; adamw: no)")
-    g.add_argument("--schedule", choices=SCHEDULES, help="cosine to zero, or step: x--lr-decay every --decay-every epochs")
+    g.add_argument("--schedule", choices=SCHEDULES,
+                   help="cosine to zero, or step: x--lr-decay every --decay-every epochs")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up, in epochs (fractions allowed)")
-    g.add_argument("--lr-decay", type=float, default=d.lr_decay, help="step schedule: factor every --decay-every epochs")
+    g.add_argument("--lr-decay", type=float, default=d.lr_decay,
+                   help="step schedule: factor every --decay-every epochs")
     g.add_argument("--decay-every", type=int, default=d.decay_every)
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     g.add_argument("--precision", choices=list(PRECISIONS), default=d.precision,

@@ -32,7 +32,8 @@ def load_resizer(checkpoint: str) -> tuple[LearnableResizer | MullerResizer, dic
     if not state:
         raise ValueError(f"{checkpoint}: holds no learned resizer (was it trained with --resizer learned?)")
     if args.get("resizer") == "muller":
-        resizer: LearnableResizer | MullerResizer = MullerResizer(args.get("size", 224), num_layers=len(state["weight"]))
+        layers = len(state["weight"])
+        resizer: LearnableResizer | MullerResizer = MullerResizer(args.get("size", 224), num_layers=layers)
     else:
         resizer = LearnableResizer(args.get("size", 224), num_filters=args.get("num_filters", 16),
                                    num_res_blocks=args.get("num_res_blocks", 1))

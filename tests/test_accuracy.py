@@ -35,7 +35,8 @@ def test_fine_task_carries_its_class_in_the_grating_alone():
     halves = {label: [] for label in range(2)}
     for label in range(2):
         for i in range(12):
-            image = acc.detail_image(np.random.default_rng([5, label, i]), 64, label, task="fine").astype(float).mean(-1)
+            rng = np.random.default_rng([5, label, i])
+            image = acc.detail_image(rng, 64, label, task="fine").astype(float).mean(-1)
             halves[label].append(image[:32].mean() > image[32:].mean())
     assert all(0 < sum(v) < len(v) for v in halves.values())  # the blob's half is drawn for both classes
 
@@ -52,16 +53,36 @@ def test_quick_run_reports_every_arm_paired(tmp_path):
     acc = load_benchmark("accuracy")
     results = acc.main(["--quick", "--output", str(tmp_path), "--", "--num-threads", "1"])
     fine, both = results["tasks"]["fine"], results["tasks"]["coarse+fine"]
-    assert set(fine["runs"]) == {"learned", "muller", "bilinear", "control"}
-    assert set(both["runs"]) == {"learned", "muller", "bilinear"}  # the control belongs to "fine"
-    assert all(r[0]["history"][-1]["val_samples"] == 8 for r in fine["runs"].values())  # 2 classes x 4
+    assert set(fine["runs"]) == {"learned", "muller", "bilinear", "bilinear-aliased", "control"}
+    assert set(both["runs"]) == {"learned", "muller", "bilinear", "bilinear-aliased"}  # the control: "fine" only
+    assert all(r[0]["history"][-1]["val_samples"] == 16 for r in fine["runs"].values())  # 2 classes x 8
     assert all(r[0]["history"][-1]["val_samples"] == 16 for r in both["runs"].values())  # 4 classes x 4
+    assert set(both["paired"]) == {"learned-bilinear", "muller-bilinear", "bilinear-aliased-bilinear",
+                                   "learned-bilinear-aliased", "learned-muller"}
     assert fine["chance_loss"] == pytest.approx(np.log(2)) and both["chance_loss"] == pytest.approx(np.log(4))
     d = both["paired"]["learned-bilinear"]
     assert d["per_seed"] == [both["top1"]["learned"]["per_seed"][0] - both["top1"]["bilinear"]["per_seed"][0]]
     assert set(results["checks"]) >= {"fine: control >= 95% on every seed"}
     assert (tmp_path / "accuracy.json").is_file()
-    assert len(list((tmp_path / "set-fine-32-8-4" / "train").rglob("*.png"))) == 16
+    assert len(list((tmp_path / "set-fine-32-8-8" / "train").rglob("*.png"))) == 16
+    assert len(list((tmp_path / "set-coarse+fine-32-4-4" / "train").rglob("*.png"))) == 16
     control = json.loads((tmp_path / "fine-control-seed0" / "metrics.json").read_text())
     assert control and torch.load(tmp_path / "fine-control-seed0" / "checkpoint.pt",
                                   weights_only=False)["args"]["size"] == 32  # full resolution, no resize
+
+
+@pytest.mark.slow
+def test_real_folder_runs_the_same_comparison(tmp_path):
+    from dali_resizer import make_synthetic_folder
+
+    acc = load_benchmark("accuracy")
+    make_synthetic_folder(tmp_path / "data" / "train", num_classes=3, images_per_class=4, min_side=40, max_side=64)
+    make_synthetic_folder(tmp_path / "data" / "val", num_classes=3, images_per_class=2, min_side=40, max_side=64, seed=1)
+    results = acc.main(["--quick", "--data", str(tmp_path / "data"), "--arms", "learned", "bilinear",
+                        "--output", str(tmp_path / "out"), "--", "--num-threads", "1"])
+    task = results["tasks"]["data"]
+    assert set(task["runs"]) == {"learned", "bilinear"} and set(task["paired"]) == {"learned-bilinear"}
+    assert task["runs"]["learned"][0]["history"][-1]["val_samples"] == 6
+    args = torch.load(tmp_path / "out" / "data-learned-seed0" / "checkpoint.pt", weights_only=False)["args"]
+    assert tuple(args["random_area"]) == (0.08, 1.0)  # a real set keeps the training crops
+    assert not list((tmp_path / "out").glob("set-*"))  # nothing generated

@@ -131,9 +131,9 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(torch.compile(m)(x), m(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"num_layers": -1}, "num_layers"), ({"kernel_size": 4}, "kernel_size"),
-                                               ({"sigma": 0.0}, "sigma"), ({"interpolation": "lanczos"}, "interpolation"),
-                                               ({"size": (3,)}, "size")])
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"num_layers": -1}, "num_layers"), ({"kernel_size": 4}, "kernel_size"), ({"sigma": 0.0}, "sigma"),
+    ({"interpolation": "lanczos"}, "interpolation"), ({"size": (3,)}, "size")])
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         MullerResizer(**({"size": 8} | kwargs))
