@@ -1,7 +1,7 @@
 """Why a recipe does or does not train the learned resizer: gradient and update sizes per module, and
 validation top-1 per epoch, for a list of recipe variants on the generated "fine" task.
 
-    python benchmarks/recipe.py                      # every variant, ~25 min on 2 cores
+    python benchmarks/recipe.py                      # every variant, ~15 min on 2 cores
     python benchmarks/recipe.py --variants paper adamw paper-resizer-lr-x100 --epochs 2
 
 The task is ``benchmarks/accuracy.py``'s generated set with the class carried by the fine grating alone
