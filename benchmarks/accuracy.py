@@ -112,7 +112,9 @@ def make_detail_set(root: Path, *, size: int, train_per_class: int, val_per_clas
     return root
 
 
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)  # Student's t, df 1..10
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,  # Student's t at 0.975, df 1..30
+         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def interval(values: list[float]) -> tuple[float, float, float]:
@@ -120,7 +122,7 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     m = statistics.mean(values)
     if len(values) < 2:
         return m, math.nan, math.nan
-    t = T_975[len(values) - 2] if len(values) <= len(T_975) + 1 else 1.96
+    t = T_975[len(values) - 2] if len(values) <= len(T_975) + 1 else 1.96  # (2.042 at df 30)
     half = t * statistics.stdev(values) / math.sqrt(len(values))
     return m, m - half, m + half
 
@@ -179,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"args": vars(a), "tasks": {}}
     for task in tasks:
         if a.data:
-            data, crops, classes = a.data, [], None
+            train_dir = Path(a.data) / "train"
+            data, crops = a.data, []
+            classes = sum(d.is_dir() for d in train_dir.iterdir()) if train_dir.is_dir() else None
         else:
             per_class = (a.train_images // TASKS[task], a.val_images // TASKS[task])
             data = str(make_detail_set(out / f"set-{task}-{a.input_size}-{per_class[0]}-{per_class[1]}",

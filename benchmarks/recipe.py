@@ -62,6 +62,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "adamw-zero-init": ({"recipe": "adamw", "zero_init": True}, {}),
     "bilinear-paper": ({"recipe": "paper", "resizer": "bilinear"}, {}),
     "bilinear-adamw": ({"recipe": "adamw", "resizer": "bilinear"}, {}),
+    "bilinear-paper-lr0.002": ({"recipe": "paper", "resizer": "bilinear", "lr": 0.002}, {}),
+    "bilinear-adamw-lr3e-4": ({"recipe": "adamw", "resizer": "bilinear", "lr": 3e-4}, {}),
+    "bilinear-adamw-lr3e-3": ({"recipe": "adamw", "resizer": "bilinear", "lr": 3e-3}, {}),
     "muller-adamw": ({"recipe": "adamw", "resizer": "muller"}, {}),
 }
 

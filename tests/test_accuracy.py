@@ -82,6 +82,7 @@ def test_real_folder_runs_the_same_comparison(tmp_path):
                         "--output", str(tmp_path / "out"), "--", "--num-threads", "1"])
     task = results["tasks"]["data"]
     assert set(task["runs"]) == {"learned", "bilinear"} and set(task["paired"]) == {"learned-bilinear"}
+    assert task["classes"] == 3 and task["chance_loss"] == pytest.approx(np.log(3))
     assert task["runs"]["learned"][0]["history"][-1]["val_samples"] == 6
     args = torch.load(tmp_path / "out" / "data-learned-seed0" / "checkpoint.pt", weights_only=False)["args"]
     assert tuple(args["random_area"]) == (0.08, 1.0)  # a real set keeps the training crops
