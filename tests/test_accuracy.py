@@ -77,7 +77,8 @@ def test_real_folder_runs_the_same_comparison(tmp_path):
 
     acc = load_benchmark("accuracy")
     make_synthetic_folder(tmp_path / "data" / "train", num_classes=3, images_per_class=4, min_side=40, max_side=64)
-    make_synthetic_folder(tmp_path / "data" / "val", num_classes=3, images_per_class=2, min_side=40, max_side=64, seed=1)
+    make_synthetic_folder(tmp_path / "data" / "val", num_classes=3, images_per_class=2, min_side=40, max_side=64,
+                          seed=1)
     results = acc.main(["--quick", "--data", str(tmp_path / "data"), "--arms", "learned", "bilinear",
                         "--output", str(tmp_path / "out"), "--", "--num-threads", "1"])
     task = results["tasks"]["data"]

@@ -197,29 +197,29 @@ def test_optimizer_groups(recipe):
     assert decay[id(model.backbone.fc.bias)] == (cfg.weight_decay if recipe == "paper" else 0.0)
 
 
-def test_schedule_warms_up_then_decays():
-    from dali_resizer.train import TrainConfig, make_schedule, resolve_recipe
+def schedule_lrs(cfg, steps_per_epoch: int) -> list[float]:
+    """The lr of each of a run's steps under ``make_schedule``."""
+    from dali_resizer.train import make_schedule
 
-    cfg = resolve_recipe(TrainConfig(epochs=4, lr=1.0))  # adamw: 1 warm-up epoch, then cosine to 0
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = make_schedule(optimizer, cfg, steps_per_epoch=10)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    schedule = make_schedule(optimizer, cfg, steps_per_epoch=steps_per_epoch)
     lrs = []
-    for _ in range(40):
+    for _ in range(cfg.epochs * steps_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
+    return lrs
+
+
+def test_schedule_warms_up_then_decays():
+    from dali_resizer.train import TrainConfig, resolve_recipe
+
+    lrs = schedule_lrs(resolve_recipe(TrainConfig(epochs=4, lr=1.0)), 10)  # adamw: 1 warm-up epoch, then cosine
     assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])  # linear warm-up to the peak
     assert lrs[10] == pytest.approx(1.0) and lrs[25] == pytest.approx(0.5, abs=0.06)
     assert all(a > b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
 
-    step_cfg = resolve_recipe(TrainConfig(recipe="paper", epochs=6, lr=1.0, warmup_epochs=1.0))
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = make_schedule(optimizer, step_cfg, steps_per_epoch=2)
-    lrs = []
-    for _ in range(12):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
+    lrs = schedule_lrs(resolve_recipe(TrainConfig(recipe="paper", epochs=6, lr=1.0, warmup_epochs=1.0)), 2)
     assert lrs == pytest.approx([0.5, 1, 1, 1, 0.94, 0.94, 0.94, 0.94, 0.94**2, 0.94**2, 0.94**2, 0.94**2])
 
 
