@@ -681,7 +681,8 @@ class MullerResizer(nn.Module):
         # two 1-D passes in NCHW at 32 x 3 x 448 x 448).
         c, k = x.shape[1], self.kernel_size
         g = self.blur_kernel.to(x.dtype)
-        return F.conv2d(x, torch.outer(g, g).expand(c, 1, k, k), padding=k // 2, groups=c)  # (N, C, H, W)
+        weight = torch.outer(g, g).expand(c, 1, k, k).contiguous()
+        return F.conv2d(x, weight, padding=k // 2, groups=c)  # (N, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:

@@ -142,3 +142,23 @@ def test_bad_arguments_raise(kwargs, match):
 def test_rejects_non_batched_input():
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         MullerResizer(8)(torch.randn(3, 16, 16))
+
+
+@pytest.mark.needs_cuda
+def test_cuda_matches_cpu():
+    m = MullerResizer((12, 10), avg_pool=True)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([0.9, -0.6]))
+        m.bias.copy_(torch.tensor([0.05, -0.02]))
+    x = torch.randn(2, 3, 40, 36)
+    y = m(x)
+    y.square().sum().backward()
+    grads = (m.weight.grad.clone(), m.bias.grad.clone())
+    mc = MullerResizer((12, 10), avg_pool=True).cuda()
+    mc.load_state_dict(m.state_dict())
+    yc = mc(x.cuda())
+    yc.square().sum().backward()
+    assert yc.device.type == "cuda" and mc.blur_kernel.device.type == "cuda"
+    torch.testing.assert_close(yc.cpu(), y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mc.weight.grad.cpu(), grads[0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(mc.bias.grad.cpu(), grads[1], rtol=1e-3, atol=1e-3)
