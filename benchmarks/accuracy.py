@@ -27,6 +27,11 @@ antialiased resize removes them).
   chance, 50%; keeping the fine cue allows 100%.
 - Task ``coarse+fine``: 4 classes, (coarse cue, fine cue). A fixed downscale caps top-1 near 50% (the
   coarse cue); keeping the fine cue allows 100%.
+- Task ``nyquist`` (opt-in, ``--tasks nyquist``): 2 classes, the orientation of a period-2 grating over
+  the whole image. A bilinear downscale by an even factor without antialiasing averages one even and
+  one odd pixel in each direction, so the grating cancels exactly (the antialiased one cancels it
+  away from the border): a cue that an aliasing resize cannot keep either, unlike the gratings of the
+  other two tasks, whose periods survive as a coarser alias.
 
 Crops and rescaling would change the grating periods, so the generated sets train with full-image
 crops and flips only, and evaluate with ``crop_ratio=1``.
@@ -66,8 +71,10 @@ FINE_PERIODS = ((2.5, 3.0), (4.5, 5.5))  # px at the input size; both below 8 px
 def detail_image(rng: np.random.Generator, size: int, label: int, task: str = "coarse+fine") -> np.ndarray:
     """One ``(size, size, 3)`` uint8 image of class ``label``. Task ``"coarse+fine"``: label in [0, 4),
     coarse = label // 2, fine = label % 2. Task ``"fine"``: label in [0, 2) is the fine cue alone, and the
-    blob's half is drawn at random (a nuisance, not a cue)."""
-    if task == "fine":
+    blob's half is drawn at random (a nuisance, not a cue). Task ``"nyquist"``: label in [0, 2) is the
+    orientation of a full-image grating of period 2 px (0: it varies along x, 1: along y), with a random
+    sign and contrast; the blob's half is random."""
+    if task in ("fine", "nyquist"):
         coarse, fine = int(rng.integers(2)), label
     else:
         coarse, fine = divmod(label, 2)
@@ -80,6 +87,13 @@ def detail_image(rng: np.random.Generator, size: int, label: int, task: str = "c
     cy = rng.uniform(0.2, 0.35) * size if coarse == 0 else rng.uniform(0.65, 0.8) * size
     cx = rng.uniform(0.25, 0.75) * size
     blob = np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.14 * size) ** 2)))
+    if task == "nyquist":
+        # Every output pixel of a bilinear downscale by an even factor without antialiasing averages
+        # one even and one odd column and row: a period-2 grating cancels exactly, in either orientation.
+        stripes = (1.0 - 2.0 * ((xx if label == 0 else yy).astype(np.int64) % 2)) * rng.choice([-1.0, 1.0])
+        image = (0.4 * noise + blob[..., None] * rng.uniform(0.6, 1.0, size=3)
+                 + rng.uniform(0.5, 0.9) * stripes[..., None])
+        return np.clip(np.rint(110 + 35 * image), 0, 255).astype(np.uint8)  # (kept off the clipping range)
     period = rng.uniform(*FINE_PERIODS[fine])
     angle = rng.uniform(0, np.pi)
     grating = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
@@ -87,7 +101,9 @@ def detail_image(rng: np.random.Generator, size: int, label: int, task: str = "c
     return np.clip(110 + 45 * image, 0, 255).astype(np.uint8)
 
 
-TASKS = {"fine": 2, "coarse+fine": 4}  # task: number of classes
+TASKS = {"fine": 2, "coarse+fine": 4, "nyquist": 2}  # task: number of classes
+DEFAULT_TASKS = ("fine", "coarse+fine")
+CONTROL_TASKS = ("fine", "nyquist")  # the class is the fine cue alone: the full-resolution control applies
 
 
 def make_detail_set(root: Path, *, size: int, train_per_class: int, val_per_class: int, seed: int = 0,
@@ -152,8 +168,10 @@ QUICK = ["--seeds", "0", "--epochs", "1", "--input-size", "32", "--size", "8", "
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="a real image folder with train/ and val/ (default: the generated tasks)")
-    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), help="generated tasks to run")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), help="default: all on 'fine'; all but control elsewhere")
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(DEFAULT_TASKS),
+                   help="generated tasks to run (nyquist: opt-in)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS),
+                   help="default: all on 'fine' and 'nyquist'; all but control elsewhere")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--backbone", default="resnet18")
     p.add_argument("--epochs", type=int, default=5)
@@ -191,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
                                        task=task))
             crops = ["--random-area", "1", "1", "--random-aspect-ratio", "1", "1", "--crop-ratio", "1"]
             classes = TASKS[task]
-        arms = a.arms or [arm for arm in ARMS if arm != "control" or task == "fine"]
+        arms = a.arms or [arm for arm in ARMS if arm != "control" or task in CONTROL_TASKS]
         common = ["--data", data, "--input-size", str(a.input_size), "--batch-size", str(a.batch_size),
                   "--recipe", a.recipe, "--precision", a.precision, "--epochs", str(a.epochs), "--backbone", a.backbone,
                   *crops, *a.extra]

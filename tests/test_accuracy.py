@@ -41,6 +41,25 @@ def test_fine_task_carries_its_class_in_the_grating_alone():
     assert all(0 < sum(v) < len(v) for v in halves.values())  # the blob's half is drawn for both classes
 
 
+def test_nyquist_cue_cancels_in_an_aliased_downscale():
+    """Same draws, other label: the images differ only in the period-2 grating's orientation, which a
+    4x bilinear downscale without antialiasing cancels (up to rounding to uint8), and an antialiased
+    one cancels away from the border."""
+    import torch.nn.functional as F
+
+    acc = load_benchmark("accuracy")
+
+    def down(image, antialias):
+        x = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+        return F.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False, antialias=antialias)
+
+    for i in range(4):
+        a, b = (acc.detail_image(np.random.default_rng([9, 0, i]), 96, label, task="nyquist") for label in (0, 1))
+        assert np.abs(a.astype(int) - b.astype(int)).mean() > 10  # far apart at full resolution
+        assert (down(a, False) - down(b, False)).abs().max() <= 1.0  # rounding only
+        assert (down(a, True) - down(b, True))[..., 1:-1, 1:-1].abs().max() <= 1.0
+
+
 def test_interval_is_students_t():
     acc = load_benchmark("accuracy")
     mean, low, high = acc.interval([1.0, 2.0, 3.0])
