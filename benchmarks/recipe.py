@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.accuracy import detail_image  # noqa: E402
 from dali_resizer.train import TrainConfig, build_model, make_optimizer, make_schedule, resolve_recipe  # noqa: E402
+from pipelines import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255  # what the loader normalizes with
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
 
 # name: (TrainConfig overrides, data/model options). "paper" and "adamw" are the two recipes as shipped.
 VARIANTS: dict[str, tuple[dict, dict]] = {
