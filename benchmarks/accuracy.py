@@ -80,7 +80,8 @@ def detail_image(rng: np.random.Generator, size: int, label: int, task: str = "c
         coarse, fine = divmod(label, 2)
     f = np.sqrt(np.fft.fftfreq(size)[:, None] ** 2 + np.fft.rfftfreq(size)[None, :] ** 2)
     f[0, 0] = 1
-    noise = np.stack([np.fft.irfft2((rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f, s=(size, size))
+    noise = np.stack([np.fft.irfft2((rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f,
+                                    s=(size, size))
                       for _ in range(3)], axis=-1)
     noise /= noise.std()
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -97,7 +98,8 @@ def detail_image(rng: np.random.Generator, size: int, label: int, task: str = "c
     period = rng.uniform(*FINE_PERIODS[fine])
     angle = rng.uniform(0, np.pi)
     grating = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
-    image = 0.4 * noise + 2.0 * blob[..., None] * rng.uniform(0.6, 1.0, size=3) + 0.9 * blob[..., None] * grating[..., None]
+    image = (0.4 * noise + 2.0 * blob[..., None] * rng.uniform(0.6, 1.0, size=3)
+             + 0.9 * blob[..., None] * grating[..., None])
     return np.clip(110 + 45 * image, 0, 255).astype(np.uint8)
 
 

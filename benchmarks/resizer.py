@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "resizer-cl": (copy.deepcopy(reference).to(memory_format=torch.channels_last),
                                    x.to(memory_format=torch.channels_last)),
                     "resizer-ckpt": (CheckpointedStem(reference), x),
-                    "resizer-fused": (fused.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)),
+                    "resizer-fused": (fused.to(memory_format=torch.channels_last),
+                                      x.to(memory_format=torch.channels_last)),
                     "resizer-inference": (reference.for_inference().to(memory_format=torch.channels_last),
                                           x.to(memory_format=torch.channels_last)),
                 }

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{'shards':>7} {'samples':>8} {'index build s':>14} {'loader init s':>14} {'first batch s':>14} "
           f"{'index KiB':>10}  (x vs {base['shards']} shards)")
     for r in rows:
-        print(f"{r['shards']:>7} {r['samples']:>8} {r['index_build_s']:>9.3f} ({r['index_build_s'] / base['index_build_s']:4.0f}x)"
+        ratio = r["index_build_s"] / base["index_build_s"]
+        print(f"{r['shards']:>7} {r['samples']:>8} {r['index_build_s']:>9.3f} ({ratio:4.0f}x)"
               f" {r['loader_init_s']:>8.3f} ({r['loader_init_s'] / base['loader_init_s']:4.0f}x)"
               f" {r['first_batch_s']:>8.3f} ({r['first_batch_s'] / base['first_batch_s']:4.0f}x)"
               f" {r['index_bytes'] / 1024:>10.1f}")

@@ -22,7 +22,8 @@ from dali_resizer.sources import (
     standin_index,
 )
 
-__all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world", "parse_ascii_labels", "resolve_device"]
+__all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world",
+           "parse_ascii_labels", "resolve_device"]
 
 PAD_LABEL = -100  # label of padding samples: CrossEntropyLoss's default ignore_index
 # PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS), ~537 MB decoded; the same default as
@@ -216,7 +217,8 @@ class DALILoader:
         if not 0 < random_area[0] <= random_area[1] <= 1:
             raise ValueError(f"random_area must be (low, high) with 0 < low <= high <= 1, got {random_area!r}")
         if not 0 < random_aspect_ratio[0] <= random_aspect_ratio[1]:
-            raise ValueError(f"random_aspect_ratio must be (low, high) with 0 < low <= high, got {random_aspect_ratio!r}")
+            raise ValueError(
+                f"random_aspect_ratio must be (low, high) with 0 < low <= high, got {random_aspect_ratio!r}")
 
         self.batch_size = batch_size
         self.train = bool(train)
@@ -330,7 +332,8 @@ class DALILoader:
     def _iterate(self, epoch: int, resume: dict | None) -> Iterator[tuple[torch.Tensor, ...]]:
         done = resume["batches_done"] if resume else 0
         base = resume.get("base", 0) if resume else 0  # batch at which the current pipeline's list starts
-        real_batches = self.num_samples // self.batch_size if self.drop_last else -(-self.num_samples // self.batch_size)
+        n, b = self.num_samples, self.batch_size
+        real_batches = n // b if self.drop_last else -(-n // b)
         padding = 0 if self.drop_last else self.samples_per_shard - self.num_samples  # 0 or 1 sample
         # Evaluation without shuffling is the same pass every epoch: keep its pipeline (and its threads,
         # decoder state and buffers) and rewind it, when the last pass ran to the end.

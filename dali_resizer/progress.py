@@ -40,7 +40,8 @@ class ProgressBar:
         filled = self.width if not self.total else min(self.width, self.width * self.done // self.total)
         count = f"{self.done}/{self.total}" if self.total else str(self.done)
         rate = self.done / max(now - self._start, 1e-9)
-        line = f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {count} {self.text} {rate:.1f} {self.unit}/s"
+        bar = "#" * filled + "." * (self.width - filled)
+        line = f"\r{self.label} [{bar}] {count} {self.text} {rate:.1f} {self.unit}/s"
         self.stream.write(line + "\033[K")
         self.stream.flush()
 

@@ -160,7 +160,8 @@ class _ChunkedStem(torch.autograd.Function):
         out = ((r.to(acc) - mean_a[:, None, None]) * scale + beta.to(acc)[:, None, None]).to(r.dtype)
         ctx.module = module
         ctx.count = count
-        ctx.autocast = (x.device.type, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        device_type = x.device.type
+        ctx.autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         ctx.save_for_backward(x, w1, b1, w2, b2, gamma, r, mean_a, invstd_a)
         var_unbiased = (var * count / max(count - 1, 1)).to(acc)
         ctx.mark_non_differentiable(mean_a, var_unbiased)
@@ -452,8 +453,8 @@ class LearnableResizer(nn.Module):
             convolution, LeakyReLU, BatchNorm's statistics and (bilinear to half the size) the
             resize in one pass, recomputed in backward, so only the 7x7 convolution's output is kept
             at the input resolution; backward also takes the 7x7 convolution's weight gradient (on
-            AMX tiles for bfloat16 where the CPU has them). At the output resolution, each BatchNorm with the LeakyReLU or
-            the residual addition after it, in one pass for its statistics and one for its output.
+            AMX tiles for bfloat16 where the CPU has them). At the output resolution, each BatchNorm with the
+            LeakyReLU or the residual addition after it, in one pass for its statistics and one for its output.
             Same results as the plain module up to float rounding; elsewhere (CUDA, other dtypes)
             the plain path runs. Takes precedence over ``memory_efficient``. Raises
             ``dali_resizer._kernels.KernelUnavailable`` (with the compiler's message) when the
@@ -558,7 +559,8 @@ class LearnableResizer(nn.Module):
             r = torch.cat([torch.utils.checkpoint.checkpoint(features, x[part], use_reentrant=False) if grad
                            else features(x[part]) for part in parts])
             return (r * scale[:, None, None] + shift[:, None, None]).to(r.dtype)
-        out, mean, var = _ChunkedStem.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, bn.weight, bn.bias, self)
+        out, mean, var = _ChunkedStem.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias, bn.weight, bn.bias,
+                                            self)
         _track_running_stats(self.stem[4], mean, var)
         return out
 

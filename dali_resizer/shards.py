@@ -54,7 +54,8 @@ def write_shards(
     source = ImageFolderSource.scan(folder)
     bad = [f for f in source.files if Path(f).suffix.lower().lstrip(".") not in SHARD_IMAGE_KEYS]
     if bad:
-        raise ValueError(f"{bad[0]}: shards hold {', '.join(SHARD_IMAGE_KEYS)} images only ({len(bad)} file(s) affected)")
+        raise ValueError(
+            f"{bad[0]}: shards hold {', '.join(SHARD_IMAGE_KEYS)} images only ({len(bad)} file(s) affected)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.(tar|idx)")
@@ -124,7 +125,8 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                 for member in archive:
                     base = os.path.basename(member.name)
                     if member.isfile() and not base.startswith(".") and "." in base:
-                        key, ext = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0]), base.split(".", 1)[1]
+                        stem, ext = base.split(".", 1)
+                        key = os.path.join(os.path.dirname(member.name), stem)
                         if key in samples and ext in samples[key]:
                             problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
                         data = archive.extractfile(member).read() if ext == "cls" else b""

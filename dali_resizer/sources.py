@@ -167,7 +167,8 @@ def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> i
                 continue
             stem, ext = base.split(".", 1)
             if any(c.isspace() for c in member.name):
-                raise ValueError(f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
+                raise ValueError(
+                    f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
             key = os.path.join(os.path.dirname(member.name), stem)
             if (key, ext.lower()) in seen:
                 duplicates.append(member.name)

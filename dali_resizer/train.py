@@ -194,7 +194,8 @@ def _load_part(model: nn.Sequential, path: str, part: str) -> None:
     prefix = f"{part}."
     sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not sub:
-        raise ValueError(f"{path}: holds no '{part}' weights (keys start with {sorted({k.split('.')[0] for k in state})})")
+        prefixes = sorted({k.split(".")[0] for k in state})
+        raise ValueError(f"{path}: holds no '{part}' weights (keys start with {prefixes})")
     getattr(model, part).load_state_dict(sub)
 
 
@@ -307,10 +308,11 @@ def train(cfg: TrainConfig) -> list[dict]:
         if len(ckpt["loaders"]) != world:
             raise ValueError(f"the checkpoint was written by {len(ckpt['loaders'])} process(es), this run has {world}")
         train_loader.load_state_dict(ckpt["loaders"][rank])  # each rank resumes its own part of the epoch
-        start_epoch, step, history, partial = ckpt["loaders"][rank]["epoch"], ckpt["step"], ckpt["history"], ckpt["partial"]
+        start_epoch, step = ckpt["loaders"][rank]["epoch"], ckpt["step"]
+        history, partial = ckpt["history"], ckpt["partial"]
         torch.set_rng_state(ckpt["rng"])
-    ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
+    device_ids = [device.index] if device.type == "cuda" else None
+    ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids) if world > 1 else model
     run_model = torch.compile(ddp_model) if cfg.compile else ddp_model
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,8 @@ def write_shards(root: Path, counts: list[int], prefix: str = "train", unique_la
         with wds.TarWriter(str(path)) as sink:
             for _ in range(count):
                 image = random_image(rng, int(rng.integers(13, 50)), int(rng.integers(19, 70)))
-                sink.write({"__key__": f"sample-{i:05d}", "jpg": encode(image), "cls": str(i if unique_labels else i % 3).encode()})
+                label = i if unique_labels else i % 3
+                sink.write({"__key__": f"sample-{i:05d}", "jpg": encode(image), "cls": str(label).encode()})
                 i += 1
         paths.append(path)
     return paths

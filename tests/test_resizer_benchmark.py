@@ -33,8 +33,8 @@ def test_benchmark_reports_every_row(tmp_path):
     rows = load_benchmark("resizer").main(["--batch-size", "2", "--input-sizes", "32", "--size", "16", "--repeats", "1",
                         "--precisions", "fp32", "--json", str(tmp_path / "r.json")])
     names = [r["name"] for r in rows]
-    assert names == ["interpolate", "muller", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused", "resizer-kernel",
-                     "resizer-inference", "resnet50"]
+    assert names == ["interpolate", "muller", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused",
+                     "resizer-kernel", "resizer-inference", "resnet50"]
     by = {r["name"]: r for r in rows}
     assert by["resnet50"]["train_vs_resnet50"] == 1.0 and by["resizer"]["train_vs_resnet50"] > 0
     assert by["resizer-ckpt"]["saved_mib_per_image"] < by["resizer"]["saved_mib_per_image"]
