@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from nvidia.dali import fn, pipeline_def, types
 
     from dali_resizer import make_synthetic_folder
-    from dali_resizer.sources import ImageFolderSource
+    from dali_resizer.readers import ImageFolderSource
 
     files = ImageFolderSource.scan(a.data or make_synthetic_folder()).files
     size = [a.size, a.size]

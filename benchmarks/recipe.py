@@ -34,8 +34,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.accuracy import detail_image  # noqa: E402
+from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dali_resizer.train import TrainConfig, build_model, make_optimizer, make_schedule, resolve_recipe  # noqa: E402
-from pipelines import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255  # what the loader normalizes with
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255

@@ -10,10 +10,10 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resizer-cl           the same in channels_last
     resizer-ckpt         the same with the stem (7x7 conv ... BN at input resolution) recomputed in
                          backward (torch.utils.checkpoint) instead of storing its full-resolution maps
-    resizer-fused        LearnableResizer(memory_efficient=True) in channels_last: the
-                         stem a few images at a time, its resize folded through BatchNorm, recomputed
+    resizer-memory-efficient  LearnableResizer(memory_efficient=True) in channels_last: the
+                         stem a few images at a time, its BatchNorm folded through the resize, recomputed
                          in backward by a custom autograd function
-    resizer-kernel       LearnableResizer(cpu_kernels=True) in channels_last (CPU only): the stem after its
+    resizer-kernels      LearnableResizer(cpu_kernels=True) in channels_last (CPU only): the stem after its
                          7x7 convolution in the C++ kernel of dali_resizer/csrc/stem.cpp, which also
                          takes that convolution's weight gradient, and the output-resolution
                          BatchNorms with their LeakyReLU or residual addition in csrc/batchnorm.cpp
@@ -24,7 +24,7 @@ Rows, all timed in the same run (warm-up, then the median of --repeats, device s
     resnet50             torchvision ResNet-50 at the output size: the yardstick of every ratio
 Per row: forward and forward+backward ms per batch, the ratio to ResNet-50's (the median of per-pair
 ratios, the row and ResNet-50 timed alternately, since this kind of machine drifts), achieved GFLOP/s
-(FLOPs from torch.utils.flop_counter, counted on the plain module for resizer-kernel, whose kernel
+(FLOPs from torch.utils.flop_counter, counted on the plain module for resizer-kernels, whose kernel
 the counter does not see), and the activations kept for backward per image (MiB): the
 training memory the module adds.
 
@@ -74,7 +74,7 @@ class CheckpointedStem(nn.Module):
         r = self.resizer
         skip = r._resize(x)
         f = checkpoint(lambda t: r._resize(r.stem(t)), x, use_reentrant=False)
-        return r.head(r.fuse(r.res_blocks(f)) + f) + skip
+        return r.head(r.merge(r.res_blocks(f)) + f) + skip
 
 
 def saved_bytes(module: nn.Module, x: torch.Tensor, autocast) -> int:
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--rows", nargs="+",
-                   default=["interpolate", "muller", "resizer", "resizer-cl", "resizer-ckpt", "resizer-fused",
-                            "resizer-kernel", "resizer-inference", "resnet50"])
+                   default=["interpolate", "muller", "resizer", "resizer-cl", "resizer-ckpt",
+                            "resizer-memory-efficient", "resizer-kernels", "resizer-inference", "resnet50"])
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc mallopt: keep freed large tensors in the heap (no page faults on reuse)")
     p.add_argument("--json")
@@ -216,8 +216,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for blocks in a.num_res_blocks:
                 torch.manual_seed(0)
                 reference = LearnableResizer(a.size, num_res_blocks=blocks, memory_efficient=False).to(device)
-                fused = copy.deepcopy(reference)
-                fused.memory_efficient = True
+                efficient = copy.deepcopy(reference)
+                efficient.memory_efficient = True
                 variants = {
                     "interpolate": (Interpolate(a.size), x),
                     "muller": (MullerResizer(a.size).to(device), x),
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "resizer-cl": (copy.deepcopy(reference).to(memory_format=torch.channels_last),
                                    x.to(memory_format=torch.channels_last)),
                     "resizer-ckpt": (CheckpointedStem(reference), x),
-                    "resizer-fused": (fused.to(memory_format=torch.channels_last),
+                    "resizer-memory-efficient": (efficient.to(memory_format=torch.channels_last),
                                       x.to(memory_format=torch.channels_last)),
                     "resizer-inference": (reference.for_inference().to(memory_format=torch.channels_last),
                                           x.to(memory_format=torch.channels_last)),
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if device.type == "cpu":  # (elsewhere cpu_kernels runs the plain path)
                     kernel = copy.deepcopy(reference).to(memory_format=torch.channels_last)
                     kernel.cpu_kernels = True
-                    variants["resizer-kernel"] = (kernel, x.to(memory_format=torch.channels_last))
+                    variants["resizer-kernels"] = (kernel, x.to(memory_format=torch.channels_last))
                 if "resizer-compiled" in a.rows:
                     variants["resizer-compiled"] = (torch.compile(copy.deepcopy(reference).to(
                         memory_format=torch.channels_last)), x.to(memory_format=torch.channels_last))
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         continue
                     module, inp = variants[name]
                     row = measure(name, module, inp, device, dtype, a.repeats, train_too=name != "resizer-inference",
-                                  baseline=baseline, flop_module=reference if name == "resizer-kernel" else None)
+                                  baseline=baseline, flop_module=reference if name == "resizer-kernels" else None)
                     row |= {"precision": precision, "input_size": input_size, "num_res_blocks": blocks}
                     rows.append(row)
                     print(f"  {precision} {input_size} r={blocks} {name}: forward {row['forward_ms']:.0f} ms"

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = p.parse_args(argv)
 
     from dali_resizer import DALILoader
-    from dali_resizer.sources import build_index
+    from dali_resizer.readers.wds_index import build_index
 
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: DALI's and the decoder's one-time setup
         for tar in write_tiny_shards(Path(tmp), 1, a.samples_per_shard):

@@ -186,7 +186,7 @@ def torch_pil(cfg: Config, data: str, threads: int, device: torch.device, interp
 def webdataset_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
     import webdataset as wds
 
-    from dali_resizer.sources import open_source
+    from dali_resizer.readers import open_source
 
     transform = _pil_transform(cfg, interpolation)
     shards = open_source(data).paths
@@ -237,7 +237,7 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
 
 def decode_only(cfg: Config, data: str, threads: int, device: torch.device):
     import pipelines
-    from dali_resizer.sources import ImageFolderSource, open_source
+    from dali_resizer.readers import ImageFolderSource, open_source
 
     source = open_source(data)
     device_id = None if device.type == "cpu" else (device.index or 0)
@@ -326,7 +326,7 @@ def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limi
 
 
 def run_case(cfg: Config, data: str, threads: int, device: torch.device, names: list[str]) -> list[dict]:
-    from dali_resizer.sources import ShardSource, open_source
+    from dali_resizer.readers import ShardSource, open_source
 
     source = open_source(data)
     shards = isinstance(source, ShardSource)
@@ -353,8 +353,8 @@ def run_case(cfg: Config, data: str, threads: int, device: torch.device, names: 
 
 def _as_shards(folder: str) -> Path:
     """The folder written as shards of 64 samples, once, into the cache."""
+    from dali_resizer.readers import default_cache_dir
     from dali_resizer.shards import write_shards
-    from dali_resizer.sources import default_cache_dir
 
     out = default_cache_dir() / f"shards-{Path(folder).resolve().name}"
     if not (out / "classes.txt").is_file():  # written last

@@ -1,12 +1,38 @@
 """dali_resizer: NVIDIA DALI loading at native resolution, feeding a learnable resizer in PyTorch.
 
-Importing this package needs torch only; DALI is imported when a loader is iterated.
+The names below are imported on first use: ``import dali_resizer.samples`` (which ``pipelines/``
+does) needs neither torch nor DALI, and importing the loader or the modules needs torch only; DALI is
+imported when a loader is built.
 """
 
-from dali_resizer.loader import DALILoader
-from dali_resizer.resizer import FixedResizer, Interpolation, LearnableResizer, MullerResizer
-from dali_resizer.synthetic import make_synthetic_folder
+from __future__ import annotations
 
-__all__ = ["DALILoader", "FixedResizer", "Interpolation", "LearnableResizer", "MullerResizer",
-           "make_synthetic_folder"]
+import importlib
+
+__all__ = ["PAD_LABEL", "BadSampleError", "DALILoader", "FixedResizer", "Interpolation", "LearnableResizer",
+           "MullerResizer", "make_synthetic_folder", "real_mask"]
 __version__ = "0.1.0"
+
+_WHERE = {
+    "DALILoader": "dali_resizer.loader",
+    "FixedResizer": "dali_resizer.resizer",
+    "Interpolation": "dali_resizer.resizer",
+    "LearnableResizer": "dali_resizer.resizer",
+    "MullerResizer": "dali_resizer.muller",
+    "make_synthetic_folder": "dali_resizer.synthetic",
+    "PAD_LABEL": "dali_resizer.samples",
+    "BadSampleError": "dali_resizer.samples",
+    "real_mask": "dali_resizer.samples",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dali_resizer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -20,9 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from dali_resizer.loader import MAX_PIXELS
 from dali_resizer.progress import ProgressBar
-from dali_resizer.sources import FILE_LIST_HEADER, IMG_EXTENSIONS, SHARD_IMAGE_KEYS
+from dali_resizer.readers import FILE_LIST_HEADER
+from dali_resizer.samples import FOLDER_IMAGE_EXTENSIONS, MAX_PIXELS, SHARD_IMAGE_EXTENSIONS
 
 __all__ = ["check_folder", "check_shards", "main", "write_file_list"]
 
@@ -67,7 +67,7 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
         for dirpath, _, fnames in sorted(os.walk(root / name, followlinks=True)):
             for fname in sorted(fnames):
                 path = os.path.join(dirpath, fname)
-                if not fname.lower().endswith(IMG_EXTENSIONS):
+                if not fname.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
                     note("not an image extension (ignored)", path)
                     continue
                 if fname.startswith("."):
@@ -122,7 +122,7 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                 for member in archive:
                     base = os.path.basename(member.name)
                     ext = base.split(".", 1)[1].lower() if "." in base else ""
-                    if member.isfile() and ext in SHARD_IMAGE_KEYS:
+                    if member.isfile() and ext in SHARD_IMAGE_EXTENSIONS:
                         try:
                             with Image.open(io.BytesIO(archive.extractfile(member).read())) as image:
                                 image.load()

@@ -2,42 +2,32 @@
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from dali_resizer.sources import (
-    ImageFolderSource,
-    ShardSource,
-    default_index_dir,
-    open_source,
-    read_tar_member,
-    sample_key,
-    standin_index,
-)
+from dali_resizer.readers import ReadPlan, open_source
+from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, PAD_LABEL, BadSampleError, BadSamples
+from dali_resizer.utils import to_size
 
-__all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world",
-           "parse_ascii_labels", "resolve_device"]
+__all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world", "resolve_device"]
 
-PAD_LABEL = -100  # label of padding samples: CrossEntropyLoss's default ignore_index
-# PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS), ~537 MB decoded; the same default as
-# pipelines.MAX_PIXELS, written twice so that importing this module needs no DALI (a test holds them equal).
-MAX_PIXELS = 178_956_970
-# pipelines' per-sample status (pipelines.STATUS_*), repeated for the same reason
-_STATUS_OVERSIZE, _STATUS_NOT_AN_IMAGE = 1, 2
-_DALI_NAMES_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
-
-
-class BadSampleError(ValueError):
-    """A sample that cannot be read, decoded or labelled; the message names the file (or the shard and
-    the sample's key) and why."""
-
+# DataLoader arguments with no meaning here: what to use instead. Passing their default is accepted.
+_REFUSED = {
+    "collate_fn": (None, "DALI assembles the batches itself: images (N, 3, H, W) and labels (N,); transform "
+                   "them after the loader, on the device"),
+    "sampler": (None, "the loader orders the samples itself: shuffle=, seed= and set_epoch() decide the order, "
+                "and shard_id= / num_shards= (default: torch.distributed's rank and world size) replace "
+                "DistributedSampler"),
+    "batch_sampler": (None, "use batch_size= and drop_last="),
+    "worker_init_fn": (None, "there are no worker processes: DALI runs num_threads threads in this process"),
+    "multiprocessing_context": (None, "there are no worker processes: DALI runs num_threads threads in this process"),
+    "generator": (None, "pass seed= (an int): with set_epoch() it decides the order and the augmentations"),
+    "timeout": (0, "DALI's reads take no timeout; a read that fails raises"),
+    "pin_memory_device": ("", "pass device= (where the batches are delivered)"),
+}
 
 def distributed_rank_and_world() -> tuple[int, int]:
     """(global rank, world size) from an initialised ``torch.distributed``, else from torchrun's
@@ -74,36 +64,6 @@ def resolve_device(device: torch.device | str | int | None) -> torch.device:
     return torch.device("cuda", index)
 
 
-def parse_ascii_labels(raw: torch.Tensor) -> torch.Tensor:
-    """``(N, L)`` uint8 rows of ASCII digits (WebDataset ``.cls``), zero/whitespace padded, to int64 ``(N,)``;
-    a row that is not a non-negative integer is an error."""
-    value, valid = _ascii_labels(raw)
-    if not bool(valid.all()):
-        row = raw[(~valid).nonzero()[0, 0]]
-        raise ValueError(f"WebDataset label (.cls) is not a non-negative integer: {bytes(row[row != 0].tolist())!r}")
-    return value
-
-
-def _ascii_labels(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, valid) of ``(N, L)`` rows of ASCII digits; an invalid row's value is meaningless."""
-    is_digit = (raw >= ord("0")) & (raw <= ord("9"))
-    is_blank = (raw == 0) | (raw == ord(" ")) | (raw == ord("\n")) | (raw == ord("\r")) | (raw == ord("\t"))
-    valid = (is_digit | is_blank).all(dim=1) & is_digit.any(dim=1) & (raw.shape[1] <= 18)  # (int64 range)
-    digits = (raw.to(torch.int64) - ord("0")).clamp_(0, 9)
-    value = torch.zeros(raw.shape[0], dtype=torch.int64)
-    for column in range(raw.shape[1]):
-        value = torch.where(is_digit[:, column], value * 10 + digits[:, column], value)
-    return value, valid
-
-
-def _row_texts(raw: torch.Tensor) -> list[str]:
-    """Zero-padded uint8 rows (DALI's source names, labels) to strings."""
-    return [bytes(row[row != 0].tolist()).decode("utf-8", "surrogateescape") for row in raw.cpu()]
-
-
-def _pipeline_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
-
 
 class DALILoader:
     """Image batches decoded and augmented by NVIDIA DALI, yielded as ``(images, labels)`` torch tensors.
@@ -111,13 +71,14 @@ class DALILoader:
     Replaces ``torch.utils.data.DataLoader`` over an ImageFolder or WebDataset shards. Images are decoded
     at native resolution (nvJPEG on a GPU, libjpeg-turbo on the CPU), cropped, flipped and resized with
     an antialiased filter to the working ``size`` (the learnable resizer's input, e.g. 448), normalized
-    with the ImageNet mean and std, and handed over on ``device`` without a host round trip.
+    with ``mean`` and ``std``, and handed over on ``device`` without a host round trip.
 
     Args:
         source: An image folder (``root/<class>/<image>``, labels as torchvision's ``ImageFolder``), a
-            folder of WebDataset ``.tar`` shards, one ``.tar``, a list of them, or a brace pattern
-            (``"train-{000000..000127}.tar"``). Shards are read with a DALI index file: ``<shard>.idx``
-            beside each tar, or one built once into ``index_dir``.
+            folder of WebDataset ``.tar`` shards, one ``.tar``, a list of them, a brace pattern
+            (``"train-{000000..000127}.tar"``), or a file list written by ``python -m
+            dali_resizer.check --write-list``. Shards are read with a DALI index file:
+            ``<shard>.idx`` beside each tar, or one built once into ``index_dir``.
         batch_size: Samples per batch.
         size: Working size of the delivered images, an int or ``(height, width)``.
         train: Random-resized-crop and random flip when True; resize and center crop when False.
@@ -129,11 +90,17 @@ class DALILoader:
         shard_id: This process's part of the data; default: its global rank (``torch.distributed`` when
             initialised, else torchrun's ``RANK``), 0 outside a distributed job.
         num_shards: Number of parts; default: the world size (``WORLD_SIZE``), 1 outside one.
-        dtype: ``torch.float32`` or ``torch.float16`` images.
+        dtype: ``torch.float32``, ``torch.float16`` or ``torch.bfloat16`` images (DALI has no bfloat16:
+            those are normalized in float32 and converted on ``device``, one more pass over the batch).
+        memory_format: ``torch.contiguous_format`` (NCHW) or ``torch.channels_last``: DALI then writes
+            NHWC, delivered as an ``(N, 3, H, W)`` view with channels-last strides, the layout the
+            resizer's and most backbones' convolutions run fastest in, without a copy.
+        mean: Per-channel mean subtracted from images scaled to [0, 1] (ImageNet's by default).
+        std: Per-channel standard deviation they are divided by (ImageNet's by default).
         crop_ratio: Evaluation center-crop ratio (the crop is ``size``, taken from ``size / crop_ratio``).
         random_area: Training crop area range, as a fraction of the image (torchvision's ``scale``).
         random_aspect_ratio: Training crop aspect-ratio range, width / height (torchvision's ``ratio``).
-        prefetch_queue_depth: Batches DALI prepares ahead.
+        prefetch_queue_depth: Batches DALI prepares ahead (default 2).
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
         on_error: ``"raise"``: a sample that cannot be read, decoded or labelled stops the iteration
@@ -148,13 +115,22 @@ class DALILoader:
             bad samples, handled as ``on_error`` says. The default is PIL's decompression-bomb limit
             (about 179 million pixels, 537 MB decoded); ``None`` removes the limit.
 
+    ``DataLoader``'s own arguments: ``num_workers`` is torch's name for ``num_threads`` (DALI has
+    threads, not worker processes: ``N > 0`` gives ``N`` threads, ``0`` one); ``prefetch_factor`` is
+    ``prefetch_queue_depth``; ``pin_memory=True`` delivers CPU batches in page-locked memory (batches
+    on a GPU are there already); ``persistent_workers`` changes nothing (an unshuffled evaluation keeps
+    its pipeline across epochs anyway, and each training epoch's pipeline is seeded by its epoch).
+    ``collate_fn``, ``sampler``, ``batch_sampler``, ``worker_init_fn``, ``generator`` and
+    ``multiprocessing_context`` are refused with what to use instead.
+
     Every shard yields the same number of batches per epoch (``len(loader)``, exact), so DDP never waits
     on a rank that ran out. With ``drop_last=False`` one epoch yields every sample of the source exactly
     once across the shards; shards that hold one sample less than the largest get one padding sample
     (a copy of their last one) whose label is ``PAD_LABEL`` (-100, ignored by ``CrossEntropyLoss``) and
-    whose index is -1, so evaluation counts every sample once. With ``drop_last=True`` every shard
-    stops after the same number of full batches. ``state_dict()`` / ``load_state_dict()`` resume an
-    epoch at the batch where it stopped, with the same samples and augmentations (DALI checkpointing).
+    whose index is -1. Count real samples with ``dali_resizer.real_mask(labels)`` (``labels !=
+    PAD_LABEL``), so evaluation counts every sample once. With ``drop_last=True`` every shard stops
+    after the same number of full batches. ``state_dict()`` / ``load_state_dict()`` resume an epoch at
+    the batch where it stopped, with the same samples and augmentations (DALI checkpointing).
 
     Example:
         >>> loader = DALILoader("imagenet/train", batch_size=64, size=448)  # doctest: +SKIP
@@ -179,27 +155,52 @@ class DALILoader:
         shard_id: int | None = None,
         num_shards: int | None = None,
         dtype: torch.dtype = torch.float32,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
         crop_ratio: float = 0.875,
         random_area: tuple[float, float] = (0.08, 1.0),
         random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        prefetch_queue_depth: int = 2,
+        prefetch_queue_depth: int | None = None,
         return_index: bool = False,
         index_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
         max_pixels: int | None = MAX_PIXELS,
+        num_workers: int | None = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        **dataloader_kwargs,
     ) -> None:
-        from dali_resizer.resizer import _to_size
-
+        for name, value in dataloader_kwargs.items():
+            if name not in _REFUSED:
+                raise TypeError(f"DALILoader() got an unexpected keyword argument {name!r}")
+            default, instead = _REFUSED[name]
+            if value != default:
+                raise ValueError(f"DALILoader does not take {name}=: {instead}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         try:
-            self.size = _to_size(size)
+            self.size = to_size(size)
         except TypeError as e:
             raise ValueError(str(e)) from None
+        if num_workers is not None:
+            if num_threads is not None:
+                raise ValueError("pass num_threads= or num_workers= (torch's name for it), not both")
+            if not isinstance(num_workers, int) or num_workers < 0:
+                raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+            num_threads = max(num_workers, 1)
         if num_threads is None:
             num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+        if prefetch_factor is not None:
+            if prefetch_queue_depth is not None:
+                raise ValueError("pass prefetch_queue_depth= or prefetch_factor= (torch's name for it), not both")
+            prefetch_queue_depth = prefetch_factor
+        prefetch_queue_depth = 2 if prefetch_queue_depth is None else prefetch_queue_depth
+        if not isinstance(prefetch_queue_depth, int) or prefetch_queue_depth < 1:
+            raise ValueError(f"prefetch_queue_depth must be a positive int, got {prefetch_queue_depth!r}")
         if shard_id is None or num_shards is None:
             rank, world = distributed_rank_and_world()
             shard_id = rank if shard_id is None else shard_id
@@ -208,10 +209,14 @@ class DALILoader:
             raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
         if not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id must be in [0, num_shards={num_shards}), got {shard_id!r}")
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if dtype not in (torch.float32, torch.float16):
-            raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype!r}")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+        if memory_format not in (torch.contiguous_format, torch.channels_last):
+            raise ValueError(f"memory_format must be torch.contiguous_format or torch.channels_last, "
+                             f"got {memory_format!r}")
+        mean, std = _channel_triple(mean, "mean"), _channel_triple(std, "std")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std!r}")
         if not 0 < crop_ratio <= 1:
             raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio!r}")
         if not 0 < random_area[0] <= random_area[1] <= 1:
@@ -230,55 +235,78 @@ class DALILoader:
         self.shard_id = shard_id
         self.num_shards = num_shards
         self.dtype = dtype
+        self.memory_format = memory_format
+        self.mean, self.std = mean, std
         self.crop_ratio = float(crop_ratio)
         self.random_area = (float(random_area[0]), float(random_area[1]))
         self.random_aspect_ratio = (float(random_aspect_ratio[0]), float(random_aspect_ratio[1]))
-        self.prefetch_queue_depth = int(prefetch_queue_depth)
+        self.prefetch_queue_depth = prefetch_queue_depth
         self.return_index = bool(return_index)
-        self.source = open_source(source, index_dir)
-        self._index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
+        self.pin_memory = bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers)
+        if self.pin_memory and self.device.type == "cpu" and not torch.cuda.is_available():
+            warnings.warn("pin_memory=True, but there is no CUDA device to copy batches to: batches are not pinned",
+                          stacklevel=2)
         self.on_error = on_error
         self.max_pixels = max_pixels
-        self.skipped: dict[str, str] = {}
-        self._bad_keys: dict[str, set[str]] = {}  # shard -> keys of its skipped samples (read as stand-ins)
+        self._ledger = BadSamples(on_error)
+        self.dataset = open_source(source, index_dir)
+        self._reader = self.dataset.reader(self._plan(), self._ledger)
         self._epoch = 0
         self._finished = None  # an evaluation iterator that ran to its end, to rewind
-        self._active = None  # (epoch, DALI iterator, batches yielded) of the epoch in progress
+        self._active = None  # (epoch, DALI iterator, batches yielded, base) of the epoch in progress
         self._resume: dict | None = None
-        if isinstance(self.source, ImageFolderSource):
-            self._targets = torch.from_numpy(self.source.targets)
-        elif self.source.duplicates:
-            self._found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
-                         "and extension; this copy is left out of the index" for tar, members in
-                         self.source.duplicates.items() for member in members}, stacklevel=3)
+
+    def _plan(self) -> ReadPlan:
+        settings = dict(  # (DALI's names for the dtype and the decoder: see ReadPlan.pipeline_settings)
+            size=self.size,
+            train=self.train,
+            dtype="float16" if self.dtype == torch.float16 else "float32",
+            layout="HWC" if self.memory_format == torch.channels_last else "CHW",
+            mean=self.mean,
+            std=self.std,
+            crop_ratio=self.crop_ratio,
+            random_area=self.random_area,
+            random_aspect_ratio=self.random_aspect_ratio,
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            device_id=None if self.device.type == "cpu" else self.device.index,
+            prefetch_queue_depth=self.prefetch_queue_depth,
+            max_pixels=min(self.max_pixels or 2**31 - 1, 2**31 - 1),  # (a DALI constant: int32)
+            enable_checkpointing=True,
+        )
+        return ReadPlan(batch_size=self.batch_size, shard_id=self.shard_id, num_shards=self.num_shards,
+                        shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last,
+                        prefetch_queue_depth=self.prefetch_queue_depth, pipeline=settings)
 
     # -- DataLoader surface -------------------------------------------------------------------------
 
     @property
     def classes(self) -> list[str] | None:
-        return self.source.classes
+        return self.dataset.classes
 
     @property
     def class_to_idx(self) -> dict[str, int] | None:
-        return self.source.class_to_idx
+        return self.dataset.class_to_idx
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Bad samples skipped so far (``on_error="skip"``): name (the file, or the shard and the key) -> problem."""
+        return self._ledger.skipped
 
     @property
     def num_samples(self) -> int:
         """Real samples in this shard per epoch (before ``drop_last``, without padding)."""
-        total = len(self.source)
-        return total * (self.shard_id + 1) // self.num_shards - total * self.shard_id // self.num_shards
+        return self._reader.num_samples
 
     @property
     def samples_per_shard(self) -> int:
         """What every shard delivers per epoch: the largest shard's size (padded up to it) without
         ``drop_last``, the smallest's with it."""
-        total = len(self.source)
-        return -(-total // self.num_shards) if not self.drop_last else total // self.num_shards
+        return self._reader.samples_per_shard
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.samples_per_shard // self.batch_size
-        return math.ceil(self.samples_per_shard / self.batch_size)
+        return self._reader.batches_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Sets the epoch that the next iteration runs: its order and augmentations depend on
@@ -297,8 +325,8 @@ class DALILoader:
         """Where the loader stands: the epoch in progress and how far it got, with DALI's checkpoint of
         its readers and random generators, or the next epoch when none is in progress."""
         state = {"epoch": self._epoch, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
-                 "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.source),
-                 "skipped": dict(self.skipped), "bad_keys": {tar: sorted(keys) for tar, keys in self._bad_keys.items()}}
+                 "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.dataset),
+                 "skipped": dict(self.skipped), **self._reader.state_dict()}
         if self._active is not None:
             epoch, batches, done, base = self._active
             state |= {"epoch": epoch, "batches_done": done, "base": base}
@@ -310,21 +338,19 @@ class DALILoader:
         """Continues from :meth:`state_dict`: the next iteration resumes that epoch after its last
         delivered batch, yielding what an uninterrupted run would have yielded."""
         for key, mine in (("seed", self.seed), ("num_shards", self.num_shards), ("shard_id", self.shard_id),
-                          ("num_source_samples", len(self.source))):
+                          ("num_source_samples", len(self.dataset))):
             if state.get(key) != mine:
                 raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}")
         self._epoch = int(state["epoch"])
         self.skipped.update(state.get("skipped", {}))
-        for tar, keys in state.get("bad_keys", {}).items():
-            self._bad_keys.setdefault(tar, set()).update(keys)
+        self._reader.load_state_dict(state)
         self._resume = state if state["batches_done"] else None
 
     def __repr__(self) -> str:
-        kind = "ImageFolder" if isinstance(self.source, ImageFolderSource) else f"{len(self.source.paths)} shards"
         return (
-            f"{type(self).__name__}({kind}, samples={len(self.source)}, batch_size={self.batch_size}, "
-            f"size={self.size}, train={self.train}, shuffle={self.shuffle}, device={self.device}, "
-            f"shard={self.shard_id}/{self.num_shards})"
+            f"{type(self).__name__}({self._reader.describe()}, samples={len(self.dataset)}, "
+            f"batch_size={self.batch_size}, size={self.size}, train={self.train}, shuffle={self.shuffle}, "
+            f"device={self.device}, shard={self.shard_id}/{self.num_shards})"
         )
 
     # -- DALI ---------------------------------------------------------------------------------------
@@ -357,6 +383,7 @@ class DALILoader:
                     images = out["images"]
                     if images.shape[0] == 0:  # DALI's equalisation across reader shards: an all-padding batch
                         continue
+                    images = self._images(images)
                     labels, indices = self._labels(out)
                     if padding and done == real_batches - 1 and images.shape[0] < self.batch_size:
                         images, labels, indices = self._pad(images, labels, indices, images[-1:], padding)
@@ -364,197 +391,47 @@ class DALILoader:
                     last = images[-1:]
                     done += 1
                     self._active = (epoch, batches, done, base)
-                    yield (images, labels, indices) if self.return_index else (images, labels)
+                    yield self._deliver(images, labels, indices)
                 break
             except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
                 if "pipeline" not in str(error).lower():
                     raise
-                checkpoint = self._on_pipeline_error(epoch, done, error, batches)
-                if isinstance(self.source, ImageFolderSource):
-                    base = done  # the rest of the epoch's list, the bad file replaced by a stand-in
+                restart = self._reader.recover(error, epoch, done, batches)
+                checkpoint = restart.checkpoint
+                if restart.base is not None:
+                    base = restart.base
                 build, batches, rebuilt = True, None, True
         if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             if last is None:
-                last = torch.zeros((1, 3, *self.size), dtype=self.dtype, device=self.device)
+                last = self._images(torch.zeros((1, 3, *self.size), device=self.device))
             images, labels, indices = self._pad(last[:0], empty, empty, last, padding)
             done += 1
             self._active = (epoch, None, done, base)
-            yield (images, labels, indices) if self.return_index else (images, labels)
+            yield self._deliver(images, labels, indices)
         self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
         if reusable and not rebuilt:  # (a pipeline rebuilt mid-epoch may cover only the rest)
             self._finished = batches
 
-    # -- bad samples --------------------------------------------------------------------------------
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        """DALI's batch as the user asked for it: NHWC as a channels-last NCHW view, in ``dtype``."""
+        if images.ndim == 4 and images.shape[-1] == 3 and self.memory_format == torch.channels_last:
+            images = images.permute(0, 3, 1, 2)
+        return images.to(self.dtype).contiguous(memory_format=self.memory_format)
 
-    def _found(self, bad: dict[str, str], stacklevel: int = 5) -> None:
-        """Bad samples (name -> problem): raises naming the first (``on_error="raise"``), or records
-        them in ``skipped`` and warns."""
-        if self.on_error == "raise":
-            name, problem = next(iter(bad.items()))
-            raise BadSampleError(f"{name}: {problem}")
-        new = {name: problem for name, problem in bad.items() if name not in self.skipped}
-        self.skipped.update(bad)
-        if new:
-            shown = "; ".join(f"{name} ({problem})" for name, problem in list(new.items())[:3])
-            warnings.warn(f"skipped {len(new)} bad sample(s), {len(self.skipped)} so far: {shown}",
-                          stacklevel=stacklevel)
-
-    def _oversize_problem(self) -> str:
-        return f"image over max_pixels={self.max_pixels:,} (not decoded; pass a larger max_pixels to read it)"
-
-    def _row_problems(self, status: torch.Tensor, files: list[str | None]) -> dict[int, str]:
-        """Problems of the rows the pipeline did not decode (``status``), from their files (folders)."""
-        from pipelines.probe import describe_bytes
-
-        problems = {}
-        for row in status.nonzero().view(-1).tolist():
-            if int(status[row]) == _STATUS_OVERSIZE:
-                problems[row] = self._oversize_problem()
-            elif files[row] is not None:
-                with open(files[row], "rb") as f:
-                    problems[row] = f"{describe_bytes(f.read(4096))} (not decoded)"  # (no known signature)
-        return problems
+    def _deliver(self, images, labels, indices):
+        if self.pin_memory and self.device.type == "cpu" and torch.cuda.is_available():
+            images, labels = images.pin_memory(), labels.pin_memory()
+            indices = indices.pin_memory() if indices is not None else None
+        return (images, labels, indices) if self.return_index else (images, labels)
 
     def _labels(self, out: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Labels (and sample indices) of a batch on ``self.device``: bad samples the pipeline reported
-        are raised or marked as padding, and so are the stand-ins of samples skipped before."""
-        status = out["status"].view(-1)
-        if isinstance(self.source, ImageFolderSource):
-            indices = out["targets"].view(-1).to(torch.int64)
-            padding = indices >= len(self.source)  # a skipped file's place, filled by a good one
-            labels = self._targets[indices % len(self.source)]
-            if bool(status.any()):
-                files = [None if pad else self.source.files[i] for i, pad in zip(indices.tolist(), padding.tolist())]
-                problems = self._row_problems(status, files)
-                if problems:
-                    self._found({files[row]: problem for row, problem in problems.items()})
-                    padding[list(problems)] = True
-            labels[padding] = PAD_LABEL
-            indices[padding] = -1
-        else:
-            indices = None
-            labels, padding = self._shard_labels(out, status)
-            labels[padding] = PAD_LABEL
+        """Labels (and sample indices) of a batch on ``self.device``; padding rows are ``PAD_LABEL``."""
+        labels, indices = self._reader.labels(out)
         labels = labels.to(self.device, non_blocking=True)
         if indices is not None:
             indices = indices.to(self.device, non_blocking=True)
         return labels, indices
-
-    def _shard_labels(self, out: dict, status: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Labels of a batch of shard samples and the rows to mark as padding (stand-ins, bad samples)."""
-        from pipelines.probe import describe_bytes
-
-        labels, valid = _ascii_labels(out["targets"])
-        classes = len(self.source.classes) if self.source.classes is not None else None
-        if classes is not None:
-            valid &= labels < classes
-        padding = torch.zeros_like(valid)
-        if bool(valid.all()) and not bool(status.any()) and not self._bad_keys:
-            return labels, padding
-        image_names, label_names = _row_texts(out["image_name"]), _row_texts(out["label_name"])
-        texts = _row_texts(out["targets"])
-        bad, keys = {}, []
-        for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
-            has_image, has_label = bool(image_name), bool(label_name)
-            tar, offset, member = (image_name or label_name).rsplit(":", 2)
-            key = sample_key(member)
-            if key in self._bad_keys.get(tar, ()):
-                padding[row] = True  # a stand-in for a sample skipped before
-                continue
-            if int(status[row]) == _STATUS_OVERSIZE:
-                problem = self._oversize_problem()
-            elif int(status[row]) == _STATUS_NOT_AN_IMAGE:
-                problem = (f"{describe_bytes(read_tar_member(tar, int(offset))[1])} (not decoded)" if has_image
-                           else "no image (.jpg/.jpeg/.png/.webp) in the sample")
-            elif not has_label:
-                problem = "no label (.cls) in the sample"
-            elif not texts[row].strip().isdigit():
-                problem = f"label {texts[row]!r} is not a non-negative integer"
-            elif not bool(valid[row]):
-                problem = f"label {int(texts[row])} is out of range for the {classes} classes of classes.txt"
-            else:
-                continue
-            bad[f"{tar} (sample {key})"] = problem
-            keys.append((tar, key))
-            padding[row] = True
-        if bad:
-            self._found(bad)
-            for tar, key in keys:
-                self._bad_keys.setdefault(tar, set()).add(key)
-        return labels, padding
-
-    def _on_pipeline_error(self, epoch: int, done: int, error: RuntimeError, batches) -> bytes | None:
-        """Names the sample(s) that stopped DALI: from DALI's message when it names one, else by decoding
-        alone each sample of the batches DALI was preparing. Raises, or records them as skipped
-        (``on_error="skip"``) and returns the checkpoint to rebuild the pipeline from (shards)."""
-        from pipelines.probe import describe_bytes, probe_files, probe_samples
-
-        text = str(error)
-        detail = next((line.strip() for line in reversed(text.splitlines())
-                       if line.strip() and "pipeline" not in line.lower()), "decode failed")
-        named = _DALI_NAMES_SAMPLE.search(text)
-        if named:  # (the sample's name is said once, in front)
-            detail = detail.replace(f" : {named.group(1).strip()}", "")
-        folder = isinstance(self.source, ImageFolderSource)
-        checkpoint = None if folder or batches is None else batches.checkpoints()[0]
-        bad: dict[str, str] = {}
-        keys: list[tuple[str, str]] = []
-        if folder:
-            if named and os.path.isfile(named.group(1).strip()):
-                path = named.group(1).strip()
-                bad[path] = f"{describe_bytes(Path(path).read_bytes())}; DALI: {detail}"
-            else:
-                files, _ = self._epoch_samples(epoch)
-                window = files[done * self.batch_size : (done + self.prefetch_queue_depth + 2) * self.batch_size]
-                bad = probe_files(dict.fromkeys(f for f in window if f not in self.skipped))
-            repeated = [path for path in bad if path in self.skipped]
-        else:
-            if named:
-                candidates = [named.group(1).strip()]
-            elif checkpoint is not None:
-                candidates = self._replay(epoch, checkpoint, min(self.prefetch_queue_depth + 2, len(self) - done))
-            else:
-                candidates = []
-            members = {}  # source name -> (the tar header's member name, bytes)
-            for name in dict.fromkeys(candidates):
-                tar, offset, _ = name.rsplit(":", 2)
-                members[name] = read_tar_member(tar, int(offset))
-            if named:
-                problems = {name: f"{describe_bytes(data)}; DALI: {detail}" for name, (_, data) in members.items()}
-            else:
-                problems = probe_samples((name, data) for name, (_, data) in members.items())
-            for name, problem in problems.items():
-                tar, _, member = name.rsplit(":", 2)
-                key = sample_key(member)
-                if key in self._bad_keys.get(tar, ()):  # a stand-in's image: the donor sample is bad
-                    key = sample_key(members[name][0])
-                bad[f"{tar} (sample {key})"] = problem
-                keys.append((tar, key))
-            repeated = [name for name, (tar, key) in zip(bad, keys) if key in self._bad_keys.get(tar, ())]
-        if not bad:
-            where = self.source.paths[0] if not folder else "the batch"
-            raise BadSampleError(f"DALI failed on a batch of {where} ... and no single sample fails alone: "
-                                 f"{detail}") from error
-        if repeated:
-            raise BadSampleError(f"{repeated[0]}: still fails after it was skipped; DALI: {detail}") from error
-        if self.on_error == "raise":
-            name, problem = next(iter(bad.items()))
-            raise BadSampleError(f"{name}: {problem}") from None
-        self._found(bad, stacklevel=6)
-        for tar, key in keys:
-            self._bad_keys.setdefault(tar, set()).add(key)
-        return checkpoint
-
-    def _replay(self, epoch: int, checkpoint: bytes, count: int) -> list[str]:
-        """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
-        pipeline that decodes nothing (shards)."""
-        pipe = self._build_pipeline(epoch, checkpoint, replay=True)
-        names = []
-        for _ in range(max(count, 1)):
-            image_names = pipe.run()[3]  # (the outputs of webdataset_pipeline)
-            names += [text for text in _row_texts(torch.from_numpy(np.array(image_names.as_tensor()))) if text]
-        return names
 
     def _pad(self, images, labels, indices, sample, count: int):
         """Appends ``count`` copies of ``sample`` marked as padding (label ``PAD_LABEL``, index -1)."""
@@ -562,78 +439,23 @@ class DALILoader:
         labels = torch.cat([labels, torch.full((count,), PAD_LABEL, dtype=torch.int64, device=self.device)])
         if indices is not None:
             indices = torch.cat([indices, torch.full((count,), -1, dtype=torch.int64, device=self.device)])
-        return images, labels, indices
+        return images.contiguous(memory_format=self.memory_format), labels, indices
 
     def _make_iterator(self, epoch: int, checkpoint: bytes | None = None, base: int = 0):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        pipe = self._build_pipeline(epoch, checkpoint, base * self.batch_size)
-        names = ["images", "targets", "status"]
-        if not isinstance(self.source, ImageFolderSource):
-            names += ["image_name", "label_name"]
+        pipe = self._reader.pipeline(epoch, checkpoint, base)
         # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
-        return DALIGenericIterator([pipe], names, reader_name="Reader", last_batch_policy=policy,
-                                   prepare_first_batch=False)
+        return DALIGenericIterator([pipe], list(self._reader.output_names), reader_name="Reader",
+                                   last_batch_policy=policy, prepare_first_batch=False)
 
-    def _epoch_samples(self, epoch: int) -> tuple[list[str], np.ndarray]:
-        """This shard's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
-        total = len(self.source)
-        order = np.random.default_rng([self.seed, epoch]).permutation(total) if self.shuffle else np.arange(total)
-        # Shard the epoch's global order ourselves: every rank sees the same permutation.
-        mine = order[total * self.shard_id // self.num_shards : total * (self.shard_id + 1) // self.num_shards]
-        files = [self.source.files[i] for i in mine]
-        if self.skipped:
-            good = next((f for f in files if f not in self.skipped), None) or next(
-                f for f in self.source.files if f not in self.skipped)
-            for k, path in enumerate(files):
-                if path in self.skipped:
-                    files[k], mine[k] = good, mine[k] + total  # ids >= total read as padding
-        return files, mine
 
-    def _build_pipeline(self, epoch: int, checkpoint: bytes | None = None, start: int = 0, replay: bool = False):
-        from nvidia.dali import types
-
-        import pipelines
-
-        device_id = None if self.device.type == "cpu" else self.device.index
-        common = dict(
-            size=self.size,
-            train=self.train,
-            decoder=pipelines.decoder_device(device_id),
-            dtype=types.FLOAT16 if self.dtype == torch.float16 else types.FLOAT,
-            crop_ratio=self.crop_ratio,
-            random_area=self.random_area,
-            random_aspect_ratio=self.random_aspect_ratio,
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            device_id=device_id,
-            seed=_pipeline_seed(self.seed, epoch, self.shard_id),
-            prefetch_queue_depth=self.prefetch_queue_depth,
-            max_pixels=min(self.max_pixels or 2**31 - 1, 2**31 - 1),  # (a DALI constant: int32)
-            enable_checkpointing=True,
-            checkpoint=checkpoint,
-            replay=replay,
-        )
-        if isinstance(self.source, ImageFolderSource):
-            files, ids = self._epoch_samples(epoch)
-            pipe = pipelines.image_folder_pipeline(files[start:], ids[start:].tolist(), **common)
-        else:
-            source: ShardSource = self.source
-            order_rng = np.random.default_rng([self.seed, epoch])  # identical on every shard
-            order = order_rng.permutation(len(source.paths)) if self.shuffle else np.arange(len(source.paths))
-            index_paths = [
-                standin_index(source.index_paths[i], self._bad_keys[source.paths[i]], self._index_dir / "standin")
-                if self._bad_keys.get(source.paths[i]) else source.index_paths[i]
-                for i in order
-            ]
-            pipe = pipelines.webdataset_pipeline(
-                [source.paths[i] for i in order],
-                index_paths,
-                shard_id=self.shard_id,
-                num_shards=self.num_shards,
-                random_shuffle=self.shuffle,
-                **common,
-            )
-        pipe.build()
-        return pipe
+def _channel_triple(values, name: str) -> tuple[float, float, float]:
+    try:
+        triple = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        triple = ()
+    if len(triple) != 3:
+        raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}")
+    return triple

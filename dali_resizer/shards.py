@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from dali_resizer.progress import ProgressBar
-from dali_resizer.sources import CLASSES_FILE, SHARD_IMAGE_KEYS, ImageFolderSource, build_index, index_problem
+from dali_resizer.readers import ImageFolderSource
+from dali_resizer.readers.wds_index import build_index, index_problem
+from dali_resizer.readers.webdataset import CLASSES_FILE
+from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS
 
 __all__ = ["main", "report_problems", "verify_shards", "write_shards"]
 
@@ -52,10 +55,10 @@ def write_shards(
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
     source = ImageFolderSource.scan(folder)
-    bad = [f for f in source.files if Path(f).suffix.lower().lstrip(".") not in SHARD_IMAGE_KEYS]
+    bad = [f for f in source.files if Path(f).suffix.lower().lstrip(".") not in SHARD_IMAGE_EXTENSIONS]
     if bad:
         raise ValueError(
-            f"{bad[0]}: shards hold {', '.join(SHARD_IMAGE_KEYS)} images only ({len(bad)} file(s) affected)")
+            f"{bad[0]}: shards hold {', '.join(SHARD_IMAGE_EXTENSIONS)} images only ({len(bad)} file(s) affected)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.(tar|idx)")
@@ -75,7 +78,7 @@ def write_shards(
                 sink.write({
                     "__key__": f"{i:09d}",
                     Path(file).suffix.lower().lstrip("."): Path(file).read_bytes(),
-                    "cls": str(int(source.targets[i])).encode(),
+                    "cls": str(int(source.labels[i])).encode(),
                 })
                 if bar is not None:
                     bar.update(1)
@@ -135,7 +138,7 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
             problems.setdefault("unreadable tar", []).append(f"{tar}: {e}")
             continue
         for key, parts in samples.items():
-            if not any(ext.lower() in SHARD_IMAGE_KEYS for ext in parts):
+            if not any(ext.lower() in SHARD_IMAGE_EXTENSIONS for ext in parts):
                 problems.setdefault("sample without image", []).append(f"{tar}: {key}")
             if "cls" not in parts:
                 problems.setdefault("sample without label", []).append(f"{tar}: {key}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dali_resizer.sources import default_cache_dir
+from dali_resizer.readers import default_cache_dir
 
 __all__ = ["make_synthetic_folder", "synthetic_image"]
 
@@ -70,7 +70,7 @@ def make_synthetic_folder(
     """Writes (once) and returns an image folder ``<root>/<class>/<image>.jpg``.
 
     The same arguments always give the same files, byte for byte. With ``root=None`` the folder lives
-    in the cache (:func:`dali_resizer.sources.default_cache_dir`), named after the arguments, and is
+    in the cache (:func:`dali_resizer.readers.default_cache_dir`), named after the arguments, and is
     reused by later calls; a partly written folder is never used.
 
     Example:

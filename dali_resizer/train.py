@@ -42,9 +42,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dali_resizer.loader import PAD_LABEL, DALILoader
+from dali_resizer.loader import DALILoader
+from dali_resizer.muller import MullerResizer
 from dali_resizer.progress import ProgressBar
-from dali_resizer.resizer import FixedResizer, LearnableResizer, MullerResizer
+from dali_resizer.resizer import FixedResizer, LearnableResizer
+from dali_resizer.samples import PAD_LABEL
 
 __all__ = ["RECIPES", "TrainConfig", "build_model", "main", "make_optimizer", "make_schedule", "resolve_recipe",
            "train"]
@@ -318,7 +320,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a: None) if (rank != 0 or cfg.quiet) else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(f"{cfg.backbone} + {cfg.resizer} resizer {cfg.input_size}->{cfg.size}, {num_classes} classes, "
-        f"{len(train_loader.source)} train samples, world {world}, device {device}, recipe {cfg.recipe}: "
+        f"{len(train_loader.dataset)} train samples, world {world}, device {device}, recipe {cfg.recipe}: "
         f"{cfg.optimizer} lr {cfg.lr}" + (f" (resizer {cfg.resizer_lr})" if cfg.resizer_lr else "")
         + f", {cfg.schedule} schedule, {cfg.warmup_epochs:g} warm-up epoch(s)")
 

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from dali_resizer.loader import DALILoader
-from dali_resizer.resizer import LearnableResizer, MullerResizer, resize
+from dali_resizer.muller import MullerResizer
+from dali_resizer.resizer import LearnableResizer, resize
+from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["load_resizer", "main", "render_grid"]
 
@@ -42,9 +44,7 @@ def load_resizer(checkpoint: str) -> tuple[LearnableResizer | MullerResizer, dic
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Normalized ``(3, H, W)`` back to an ``(H, W, 3)`` uint8 image."""
-    from pipelines import IMAGENET_MEAN, IMAGENET_STD
-
+    """Normalized ``(3, H, W)`` (the loader's default ImageNet mean and std) back to an ``(H, W, 3)`` uint8 image."""
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
     std = torch.tensor(IMAGENET_STD)[:, None, None]
     return ((x.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

@@ -1,7 +1,9 @@
 """DALI graph definitions for dali_resizer: readers, decode, augmentation, normalization.
 
 Nothing here imports torch; the torch side (``dali_resizer.DALILoader``) builds these pipelines and
-wraps them in DALI's PyTorch iterator.
+wraps them in DALI's PyTorch iterator. The constants both sides use (status codes, ``MAX_PIXELS``,
+the normalization, the image extensions) are defined once, in ``dali_resizer.samples``, which imports
+neither DALI nor torch; they are re-exported here.
 """
 
 try:
@@ -13,32 +15,26 @@ except ImportError as e:  # pragma: no cover - exercised only where DALI is miss
         "`pip install nvidia-dali-cuda120` (CUDA 12). DALI runs CPU-only pipelines without a GPU."
     ) from e
 
-from pipelines.image_folder import decode_only_pipeline, image_folder_pipeline
-from pipelines.stages import (
+from dali_resizer.samples import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_PIXELS,
+    SHARD_IMAGE_EXTENSIONS,
+    SHARD_LABEL_EXTENSION,
     STATUS_NOT_AN_IMAGE,
     STATUS_OK,
     STATUS_OVERSIZE,
-    decode,
-    decoder_device,
-    image_status,
-    normalize,
 )
-from pipelines.webdataset import (
-    IMAGE_EXTENSIONS,
-    LABEL_EXTENSION,
-    webdataset_decode_only_pipeline,
-    webdataset_pipeline,
-)
+from pipelines.image_folder import decode_only_pipeline, image_folder_pipeline
+from pipelines.stages import decode, decoder_device, image_status, normalize
+from pipelines.webdataset import webdataset_decode_only_pipeline, webdataset_pipeline
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "IMAGE_EXTENSIONS",
-    "LABEL_EXTENSION",
     "MAX_PIXELS",
+    "SHARD_IMAGE_EXTENSIONS",
+    "SHARD_LABEL_EXTENSION",
     "STATUS_NOT_AN_IMAGE",
     "STATUS_OK",
     "STATUS_OVERSIZE",

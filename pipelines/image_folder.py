@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, decode, normalize
+from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS
+from pipelines.stages import decode, normalize
 
 __all__ = ["decode_only_pipeline", "image_folder_pipeline"]
 
@@ -22,6 +23,7 @@ def image_folder_pipeline(
     shard_id: int = 0,
     num_shards: int = 1,
     dtype: types.DALIDataType = types.FLOAT,
+    layout: str = "CHW",
     crop_ratio: float = 0.875,
     random_area: Sequence[float] = (0.08, 1.0),
     random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
@@ -37,7 +39,8 @@ def image_folder_pipeline(
     decided by the caller: DALI reads the list as given, and pads the last batch with the last sample
     (the iterator trims the padding).
 
-    Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; sample ids ``(N, 1)`` int32
+    Outputs: images ``(N, 3, h, w)`` normalized (``(N, h, w, 3)`` with ``layout="HWC"``), on the
+    decoder's device; sample ids ``(N, 1)`` int32
     on the CPU; ``status`` ``(N,)`` uint8 on the CPU (:func:`pipelines.image_status`): not 0 where an
     image over ``max_pixels``, or a file that is not an image, was replaced by a placeholder instead of
     being decoded. ``replay``: see :func:`pipelines.decode`.
@@ -55,7 +58,7 @@ def image_folder_pipeline(
     images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
                             random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
                             replay=replay)
-    images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
+    images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
     return images, ids, status
 
 

@@ -7,36 +7,9 @@ from collections.abc import Iterable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-__all__ = ["describe_bytes", "probe_bytes", "probe_files", "probe_samples"]
+from dali_resizer.samples import describe_bytes
 
-_SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
-
-
-def describe_bytes(data: bytes) -> str:
-    """A short, human description of what a file's first bytes say it is."""
-    if not data:
-        return "empty file (0 bytes)"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP image"
-    if data.startswith(b"GIF8"):
-        return "GIF image (DALI does not decode GIF)"
-    for magic, kind in _SIGNATURES:
-        if data.startswith(magic):
-            if kind == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-                return "truncated JPEG (no end-of-image marker)"
-            return f"{kind} image"
-    head = data[:512].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
-        return "HTML/XML text, not an image"
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in data[:512]):
-        return "text, not an image"
-    return "unrecognised bytes, not an image"
+__all__ = ["probe_bytes", "probe_files", "probe_samples"]
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None)

@@ -6,25 +6,22 @@ from collections.abc import Sequence
 
 from nvidia.dali import fn, types
 
+from dali_resizer.samples import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_PIXELS,
+    STATUS_NOT_AN_IMAGE,
+    STATUS_OK,
+    STATUS_OVERSIZE,
+)
+
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "MAX_PIXELS",
-    "STATUS_NOT_AN_IMAGE",
-    "STATUS_OK",
-    "STATUS_OVERSIZE",
     "decode",
     "decoder_device",
     "image_status",
     "normalize",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MAX_PIXELS = 178_956_970  # PIL's decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): ~537 MB as RGB
-
-# Per-sample status output by the pipelines: decoded, or replaced by a placeholder and why.
-STATUS_OK, STATUS_OVERSIZE, STATUS_NOT_AN_IMAGE = 0, 1, 2
 
 def decoder_device(device_id: int | None) -> str:
     """The decoder backend for a pipeline: ``"mixed"`` (nvJPEG) on a GPU, ``"cpu"`` without one."""
@@ -123,11 +120,14 @@ def normalize(
     size: tuple[int, int],
     train: bool,
     dtype: types.DALIDataType = types.FLOAT,
+    layout: str = "CHW",
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ):
     """Center crop to ``size`` (a no-op after a training decode), random horizontal flip when training,
-    ``(x / 255 - mean) / std``, HWC to CHW."""
+    ``(x / 255 - mean) / std``, HWC to ``layout`` (``"CHW"``, or ``"HWC"`` for channels-last batches)."""
+    if layout not in ("CHW", "HWC"):
+        raise ValueError(f"layout must be 'CHW' or 'HWC', got {layout!r}")
     mirror = fn.random.coin_flip(probability=0.5) if train else 0
     return fn.crop_mirror_normalize(
         images,
@@ -136,5 +136,5 @@ def normalize(
         mean=[255 * m for m in mean],
         std=[255 * s for s in std],
         dtype=dtype,
-        output_layout="CHW",
+        output_layout=layout,
     )

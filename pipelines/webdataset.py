@@ -6,12 +6,16 @@ from collections.abc import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from pipelines.stages import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, decode, normalize
+from dali_resizer.samples import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_PIXELS,
+    SHARD_IMAGE_EXTENSIONS,
+    SHARD_LABEL_EXTENSION,
+)
+from pipelines.stages import decode, normalize
 
-__all__ = ["IMAGE_EXTENSIONS", "LABEL_EXTENSION", "webdataset_decode_only_pipeline", "webdataset_pipeline"]
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-LABEL_EXTENSION = "cls"
+__all__ = ["webdataset_decode_only_pipeline", "webdataset_pipeline"]
 
 
 @pipeline_def(enable_conditionals=True)
@@ -27,6 +31,7 @@ def webdataset_pipeline(
     random_shuffle: bool = False,
     initial_fill: int = 1024,
     dtype: types.DALIDataType = types.FLOAT,
+    layout: str = "CHW",
     crop_ratio: float = 0.875,
     random_area: Sequence[float] = (0.08, 1.0),
     random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
@@ -41,7 +46,8 @@ def webdataset_pipeline(
     used. A sample without an image or a label gets an empty one (a placeholder image, an empty label
     and an empty name), for the caller to report: the pipeline itself does not stop on it.
 
-    Outputs: images ``(N, 3, h, w)`` normalized, on the decoder's device; the ``cls`` bytes (ASCII
+    Outputs: images ``(N, 3, h, w)`` normalized (``(N, h, w, 3)`` with ``layout="HWC"``), on the
+    decoder's device; the ``cls`` bytes (ASCII
     digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU; ``status`` as in
     :func:`pipelines.image_folder_pipeline`; the source of the image and of the label as DALI names
     them (``"<tar>:<offset>:<member>"``, zero-padded uint8 rows), which say which sample each row is.
@@ -49,7 +55,7 @@ def webdataset_pipeline(
     encoded, label_text = fn.readers.webdataset(
         paths=list(paths),
         index_paths=list(index_paths),
-        ext=[";".join(IMAGE_EXTENSIONS), LABEL_EXTENSION],
+        ext=[";".join(SHARD_IMAGE_EXTENSIONS), SHARD_LABEL_EXTENSION],
         case_sensitive_extensions=False,
         missing_component_behavior="empty",
         shard_id=shard_id,
@@ -62,7 +68,7 @@ def webdataset_pipeline(
     images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
                             random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
                             replay=replay)
-    images = normalize(images, size=size, train=train, dtype=dtype, mean=mean, std=std)
+    images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
     image_name = fn.pad(fn.get_property(encoded, key="source_info"), axes=(0,), fill_value=0)
     label_name = fn.pad(fn.get_property(label_text, key="source_info"), axes=(0,), fill_value=0)
     return images, fn.pad(label_text, axes=(0,), fill_value=0), status, image_name, label_name
@@ -74,7 +80,7 @@ def webdataset_decode_only_pipeline(paths: Sequence[str], index_paths: Sequence[
     encoded = fn.readers.webdataset(
         paths=list(paths),
         index_paths=list(index_paths),
-        ext=[";".join(IMAGE_EXTENSIONS)],
+        ext=[";".join(SHARD_IMAGE_EXTENSIONS)],
         case_sensitive_extensions=False,
         missing_component_behavior="error",
         pad_last_batch=True,

@@ -21,8 +21,8 @@ def test_classes_and_samples_equal_torchvision_imagefolder(image_folder):
     loader = DALILoader(image_folder, batch_size=4, size=16)
     assert loader.classes == reference.classes
     assert loader.class_to_idx == reference.class_to_idx
-    assert loader.source.files == [path for path, _ in reference.samples]
-    assert loader.source.targets.tolist() == reference.targets
+    assert loader.dataset.files == [path for path, _ in reference.samples]
+    assert loader.dataset.targets == reference.targets
 
 
 def test_batches_are_images_and_labels(image_folder):
@@ -34,7 +34,7 @@ def test_batches_are_images_and_labels(image_folder):
     assert labels.shape == (4,) and labels.dtype == torch.int64 and labels.device.type == "cpu"
     assert [int(b[1].shape[0]) for b in batches] == [4, 4, 3]
     # Unshuffled: labels in source order, as ImageFolder's targets.
-    assert torch.cat([b[1] for b in batches]).tolist() == loader.source.targets.tolist()
+    assert torch.cat([b[1] for b in batches]).tolist() == loader.dataset.targets
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -44,7 +44,7 @@ def test_epoch_yields_every_sample_exactly_once(image_folder, train, batch_size)
     seen, count = [], 0
     for images, labels, indices in loader:
         assert images.shape[0] == labels.shape[0] == indices.shape[0]
-        assert labels.tolist() == loader.source.targets[indices.numpy()].tolist()  # labels never shift
+        assert labels.tolist() == [loader.dataset.targets[i] for i in indices.tolist()]  # labels never shift
         seen += indices.tolist()
         count += 1
     assert sorted(seen) == list(range(11))

@@ -128,7 +128,7 @@ def test_train_flips_and_crops_differ_between_samples(tmp_path):
 
 
 def test_webdataset_pipeline_reads_every_sample(shard_dir):
-    from dali_resizer.sources import ShardSource
+    from dali_resizer.readers import ShardSource
 
     tars = sorted(str(p) for p in shard_dir.glob("*.tar"))
     source = ShardSource.from_paths(tars, index_dir=shard_dir / "idx")
@@ -144,7 +144,7 @@ def test_webdataset_pipeline_reads_every_sample(shard_dir):
 def test_webdataset_pipeline_names_its_samples_and_reports_missing_parts(tmp_path):
     import webdataset as wds
 
-    from dali_resizer.sources import build_index
+    from dali_resizer.readers.wds_index import build_index
 
     image = (tmp_path / "x.jpg")
     Image.new("RGB", (20, 10), (0, 90, 200)).save(image)

@@ -59,7 +59,7 @@ def test_raise_names_the_file_and_the_problem(tmp_path, kind):
 def test_skip_delivers_every_good_sample_once_and_counts_the_bad(tmp_path, kind, shuffle):
     root = make_folder(tmp_path, "2_bad.jpg", BAD[kind]())
     loader = DALILoader(root, batch_size=4, size=16, shuffle=shuffle, on_error="skip", return_index=True)
-    bad_index = loader.source.files.index(str(root / "b" / "2_bad.jpg"))
+    bad_index = loader.dataset.files.index(str(root / "b" / "2_bad.jpg"))
     for epoch in range(2):
         loader.set_epoch(epoch)
         with pytest.warns(UserWarning, match="2_bad.jpg") if epoch == 0 else _no_warning():
@@ -70,7 +70,7 @@ def test_skip_delivers_every_good_sample_once_and_counts_the_bad(tmp_path, kind,
         good = [i for i in indices if i >= 0]
         assert sorted(good) == sorted(set(range(11)) - {bad_index})  # every good sample, once
         for i, y in zip(indices, labels):  # labels never shift; the bad file's place is padding
-            assert y == (PAD_LABEL if i < 0 else int(loader.source.targets[i]))
+            assert y == (PAD_LABEL if i < 0 else int(loader.dataset.targets[i]))
         assert indices.count(-1) == 1
     assert list(loader.skipped) == [str(root / "b" / "2_bad.jpg")]
     assert EXPECT[kind] in loader.skipped[str(root / "b" / "2_bad.jpg")]
@@ -422,10 +422,10 @@ def test_check_lists_problems_by_kind_and_writes_a_clean_list(tmp_path, capsys):
     (root / "c" / "0.jpg").write_bytes(good_jpeg(seed=7))  # (the list keeps the folder's classes)
     loader = DALILoader(clean, batch_size=4, size=16, return_index=True, on_error="raise")
     assert loader.classes == ["a", "b", "c"]
-    names = [os.path.relpath(f, root) for f in loader.source.files]
+    names = [os.path.relpath(f, root) for f in loader.dataset.files]
     assert "b/2_bad.jpg" not in names and "b/3_empty.jpg" not in names and "a/.hidden.jpg" in names
     assert len(names) == 11
-    got = [(loader.source.files[i], y) for _, labels, idx in loader for i, y in zip(idx.tolist(), labels.tolist())]
+    got = [(loader.dataset.files[i], y) for _, labels, idx in loader for i, y in zip(idx.tolist(), labels.tolist())]
     assert all(y == "abc".index(os.path.relpath(f, root)[0]) for f, y in got)  # labels of the whole folder
 
 
@@ -433,7 +433,7 @@ def test_check_shards(tmp_path, capsys):
     import webdataset as wds
 
     from dali_resizer.check import main
-    from dali_resizer.sources import build_index
+    from dali_resizer.readers.wds_index import build_index
 
     tar = tmp_path / "s-000000.tar"
     with wds.TarWriter(str(tar)) as sink:
@@ -475,7 +475,7 @@ def test_shard_label_out_of_range_and_cut_tar(tmp_path):
 def test_skip_in_evaluation_passes_that_are_rewound(tmp_path):
     root = make_folder(tmp_path, "2_bad.jpg", BAD["html"]())
     loader = DALILoader(root, batch_size=4, size=16, train=False, on_error="skip", return_index=True)
-    bad_index = loader.source.files.index(str(root / "b" / "2_bad.jpg"))
+    bad_index = loader.dataset.files.index(str(root / "b" / "2_bad.jpg"))
     for _ in range(3):  # the pass that met the bad file, then kept/rewound or rebuilt pipelines
         with pytest.warns(UserWarning) if not loader.skipped else _no_warning():
             indices = [i for _, _, idx in loader for i in idx.tolist()]
@@ -490,20 +490,16 @@ def test_image_over_max_pixels_is_named_or_skipped_without_decoding(tmp_path):
     loader = DALILoader(root, batch_size=4, size=16, max_pixels=10_000, on_error="skip", return_index=True)
     with pytest.warns(UserWarning, match="2_large.jpg"):
         indices = [i for _, _, idx in loader for i in idx.tolist()]
-    large = loader.source.files.index(str(root / "b" / "2_large.jpg"))
+    large = loader.dataset.files.index(str(root / "b" / "2_large.jpg"))
     assert sorted(i for i in indices if i >= 0) == sorted(set(range(11)) - {large}) and indices.count(-1) == 1
     assert "over max_pixels" in loader.skipped[str(root / "b" / "2_large.jpg")]
     assert len([i for _, _, idx in DALILoader(root, batch_size=4, size=16, max_pixels=None, return_index=True)
                 for i in idx.tolist()]) == 11  # no limit: read as usual
 
 
-def test_max_pixels_defaults_agree_and_check_flags_without_decoding(tmp_path, monkeypatch, capsys):
-    import pipelines
-    from dali_resizer import check, loader
+def test_check_flags_images_over_max_pixels_without_decoding(tmp_path, monkeypatch, capsys):
+    from dali_resizer import check
 
-    assert loader.MAX_PIXELS == pipelines.MAX_PIXELS
-    assert (loader._STATUS_OVERSIZE, loader._STATUS_NOT_AN_IMAGE) == (pipelines.STATUS_OVERSIZE,
-                                                                     pipelines.STATUS_NOT_AN_IMAGE)
     root = make_folder(tmp_path / "data")
     Image.new("RGB", (300, 200)).save(root / "a" / "wide.png")
     monkeypatch.setattr(check, "MAX_PIXELS", 10_000)

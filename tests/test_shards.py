@@ -14,9 +14,9 @@ def test_write_shards_round_trip(image_folder, tmp_path):
     shards = DALILoader(tmp_path / "out", batch_size=4, size=8, index_dir=tmp_path / "unused")
     assert not (tmp_path / "unused").exists()  # the indexes beside the tars were used
     assert shards.classes == folder.classes
-    assert len(shards.source) == len(folder.source) == 11
+    assert len(shards.dataset) == len(folder.dataset) == 11
     got = sorted(int(y) for _, labels in shards for y in labels)
-    assert got == sorted(folder.source.targets.tolist())
+    assert got == sorted(folder.dataset.targets)
 
 
 def test_shards_keep_the_original_bytes(image_folder, tmp_path):
@@ -27,7 +27,7 @@ def test_shards_keep_the_original_bytes(image_folder, tmp_path):
         label = tar.extractfile("000000000.cls").read()
     assert sorted(names[:2]) == ["000000000.cls", "000000000.jpg"]
     assert label == b"0"
-    source = DALILoader(image_folder, batch_size=1).source
+    source = DALILoader(image_folder, batch_size=1).dataset
     assert first == open(source.files[0], "rb").read()
 
 
@@ -53,7 +53,7 @@ def test_cli_make_verify_and_rerun(image_folder, tmp_path, capsys):
                  "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "train-000000.idx", "train-000000.tar",
                                                      "train-000001.idx", "train-000001.tar"]
-    assert len(DALILoader(out, batch_size=4, size=8).source) == 11
+    assert len(DALILoader(out, batch_size=4, size=8).dataset) == 11
 
 
 def test_verify_and_loader_catch_a_stale_index(image_folder, tmp_path):
@@ -78,14 +78,14 @@ def test_verify_and_loader_catch_a_stale_index(image_folder, tmp_path):
     assert problems["non-integer label"] == [f"{tar}: new2 (b'x')"]
     with pytest.warns(UserWarning, match="older than its tar"):
         loader = DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "cache")
-    assert len(loader.source) == 3  # read through a fresh index, not the stale one
+    assert len(loader.dataset) == 3  # read through a fresh index, not the stale one
 
 
 def test_verify_reports_missing_parts(tmp_path):
     import webdataset as wds
 
+    from dali_resizer.readers.wds_index import build_index
     from dali_resizer.shards import verify_shards
-    from dali_resizer.sources import build_index
 
     tar = tmp_path / "x-000000.tar"
     with wds.TarWriter(str(tar)) as sink:

@@ -1,0 +1,154 @@
+"""The interface between the loader and a source kind."""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from dali_resizer.samples import BadSampleError, BadSamples
+
+__all__ = ["ReadPlan", "Reader", "Restart"]
+
+_DALI_NAMES_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """What the loader asks of a reader: its part of the data, the order, and the pipeline's settings.
+
+    ``pipeline`` holds the settings every pipeline of ``pipelines/`` takes (size, train, decoder, dtype,
+    threads, ...); the reader adds what its source kind needs.
+    """
+
+    batch_size: int
+    shard_id: int
+    num_shards: int
+    shuffle: bool
+    seed: int
+    drop_last: bool
+    prefetch_queue_depth: int
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    def pipeline_settings(self, epoch: int) -> dict[str, Any]:
+        """``pipeline`` in DALI's terms for ``epoch``: its seed, the decoder for the device, DALI's dtype."""
+        from nvidia.dali import types
+
+        import pipelines
+
+        settings = dict(self.pipeline)
+        settings["dtype"] = {"float32": types.FLOAT, "float16": types.FLOAT16}[settings.get("dtype", "float32")]
+        settings["decoder"] = pipelines.decoder_device(settings.get("device_id"))
+        settings["seed"] = self.pipeline_seed(epoch)
+        return settings
+
+    def pipeline_seed(self, epoch: int) -> int:
+        """The DALI seed of this shard's pipeline for ``epoch``: augmentations depend on (seed, epoch, shard)."""
+        return int(np.random.SeedSequence([self.seed, epoch, self.shard_id]).generate_state(1)[0] & 0x7FFFFFFF)
+
+    def order(self, count: int, epoch: int) -> np.ndarray:
+        """The epoch's order of ``count`` items, identical on every shard."""
+        return np.random.default_rng([self.seed, epoch]).permutation(count) if self.shuffle else np.arange(count)
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Where the loader rebuilds its pipeline after bad samples were skipped: from a DALI checkpoint,
+    or from a fresh list whose first batch is the epoch's batch ``base``."""
+
+    checkpoint: bytes | None = None
+    base: int | None = None
+
+
+class Reader(abc.ABC):
+    """One source kind (an image folder, WebDataset shards) as the loader reads it.
+
+    A reader builds the DALI pipeline of an epoch (from its start, a batch of it, or a checkpoint),
+    says what its outputs are called, turns a batch's outputs into labels (bad samples the pipeline
+    reported are handed to the ledger, their rows marked as padding), and, when DALI stops on a sample,
+    names it. Where the bytes live (a local path or elsewhere) is the storage's concern, not the
+    reader's. It keeps what it learned of bad samples in :meth:`state_dict`.
+    """
+
+    #: the pipeline's outputs, in order; the first three are always images, targets, status
+    output_names: tuple[str, ...] = ("images", "targets", "status")
+
+    def __init__(self, source, plan: ReadPlan, ledger: BadSamples) -> None:
+        self.source = source
+        self.plan = plan
+        self.ledger = ledger
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def num_samples(self) -> int:
+        """Real samples in this shard per epoch (before ``drop_last``, without padding)."""
+        total, k, n = len(self.source), self.plan.shard_id, self.plan.num_shards
+        return total * (k + 1) // n - total * k // n
+
+    @property
+    def samples_per_shard(self) -> int:
+        """What every shard delivers per epoch: the largest shard's size (padded up to it) without
+        ``drop_last``, the smallest's with it."""
+        total, n = len(self.source), self.plan.num_shards
+        return -(-total // n) if not self.plan.drop_last else total // n
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Batches every shard yields per epoch (``len(loader)``)."""
+        per_shard, b = self.samples_per_shard, self.plan.batch_size
+        return per_shard // b if self.plan.drop_last else -(-per_shard // b)
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """A few words for ``repr``: what the source is."""
+
+    @abc.abstractmethod
+    def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False):
+        """The built DALI pipeline of ``epoch``: from ``checkpoint`` (DALI's), else from the epoch's
+        batch ``base``; ``replay``: one that decodes nothing (see ``pipelines.decode``)."""
+
+    @abc.abstractmethod
+    def labels(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(labels, indices)`` of a batch on the CPU, padding rows marked ``PAD_LABEL`` (index -1);
+        ``indices`` is None where the source has no sample index."""
+
+    @abc.abstractmethod
+    def recover(self, error: RuntimeError, epoch: int, done: int, batches) -> Restart:
+        """DALI stopped on a batch after ``done`` delivered ones: names the bad sample(s), hands them
+        to the ledger (which raises, or records them) and says where to rebuild the pipeline."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # noqa: B027 (a reader with no state of its own)
+        return None
+
+    # -- helpers for recover() ----------------------------------------------------------------------
+
+    @staticmethod
+    def dali_message(error: RuntimeError) -> tuple[str, str | None]:
+        """(DALI's reason, the sample DALI named or None) from a pipeline error."""
+        text = str(error)
+        detail = next((line.strip() for line in reversed(text.splitlines())
+                       if line.strip() and "pipeline" not in line.lower()), "decode failed")
+        named = _DALI_NAMES_SAMPLE.search(text)
+        if named:  # (the sample's name is said once, in front)
+            detail = detail.replace(f" : {named.group(1).strip()}", "")
+        return detail, named.group(1).strip() if named else None
+
+    def report(self, bad: dict[str, str], repeated: list[str], detail: str, where: str,
+               error: RuntimeError) -> None:
+        """Hands what :meth:`recover` found to the ledger; a batch that fails without a failing sample,
+        or a sample that fails again after it was skipped, is an error either way."""
+        if not bad:
+            raise BadSampleError(f"DALI failed on a batch of {where} ... and no single sample fails alone: "
+                                 f"{detail}") from error
+        if repeated:
+            raise BadSampleError(f"{repeated[0]}: still fails after it was skipped; DALI: {detail}") from error
+        self.ledger.found(bad, stacklevel=6)

@@ -1,0 +1,181 @@
+"""An image folder (``root/<class>/**/<image>``, listed like torchvision's ``ImageFolder``), or a file
+list of one written by ``python -m dali_resizer.check --write-list``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dali_resizer.readers.base import Reader, Restart
+from dali_resizer.samples import FOLDER_IMAGE_EXTENSIONS, PAD_LABEL, STATUS_OVERSIZE, describe_bytes, oversize_problem
+from dali_resizer.storage import Storage, storage_for
+
+__all__ = ["FILE_LIST_HEADER", "FolderReader", "ImageFolderSource"]
+
+FILE_LIST_HEADER = "# dali_resizer file list v1"
+
+
+@dataclass(frozen=True)
+class ImageFolderSource:
+    """An ImageFolder layout: ``root/<class>/**/<image>``; labels index the sorted class names.
+
+    ``len``, ``classes``, ``class_to_idx``, ``samples`` and ``targets`` mean what they mean on
+    ``torchvision.datasets.ImageFolder``.
+    """
+
+    root: str
+    files: list[str]
+    labels: np.ndarray  # (num_samples,) int64
+    classes: list[str]
+    class_to_idx: dict[str, int] = field(repr=False)
+    storage: Storage = field(repr=False, compare=False, default_factory=lambda: storage_for("."))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        return list(zip(self.files, self.labels.tolist()))
+
+    @property
+    def targets(self) -> list[int]:
+        return self.labels.tolist()
+
+    def reader(self, plan, ledger) -> FolderReader:
+        return FolderReader(self, plan, ledger)
+
+    @classmethod
+    def scan(cls, root: str | os.PathLike) -> ImageFolderSource:
+        """Lists ``root`` exactly as ``torchvision.datasets.ImageFolder`` does (same classes, same order)."""
+        root = os.fspath(root)
+        storage = storage_for(root)
+        classes = storage.subdirs(root)
+        if not classes:
+            raise ValueError(f"{root}: no class folders found; expected the layout {root}/<class>/<image>")
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        files: list[str] = []
+        labels: list[int] = []
+        empty: list[str] = []
+        for name in classes:
+            before = len(files)
+            for path in storage.files(storage.join(root, name)):
+                if path.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
+                    files.append(path)
+                    labels.append(class_to_idx[name])
+            if len(files) == before:
+                empty.append(name)
+        if empty:
+            shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+            raise ValueError(
+                f"{root}: {len(empty)} class folder(s) hold no image ({shown}); "
+                f"supported extensions: {', '.join(FOLDER_IMAGE_EXTENSIONS)}"
+            )
+        return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage)
+
+    @classmethod
+    def from_list(cls, list_path: str | os.PathLike) -> ImageFolderSource:
+        """Reads a file list written by ``python -m dali_resizer.check --write-list``: a subset of an
+        image folder, with the classes and labels of the whole folder (so labels never shift)."""
+        list_path = os.fspath(list_path)
+        lines = storage_for(list_path).read(list_path).decode().splitlines()
+        if len(lines) < 2 or lines[0] != FILE_LIST_HEADER or not lines[1].startswith("# root: "):
+            raise ValueError(f"{list_path}: not a dali_resizer file list (expected {FILE_LIST_HEADER!r} and '# root:')")
+        root = lines[1][len("# root: "):]
+        storage = storage_for(root)
+        if not storage.is_dir(root):
+            raise FileNotFoundError(f"{list_path}: its root {root} does not exist")
+        classes = storage.subdirs(root)
+        class_to_idx = {name: i for i, name in enumerate(classes)}
+        files, labels = [], []
+        for number, rel in enumerate(lines[2:], start=3):
+            if not rel.strip():
+                continue
+            top = rel.split("/", 1)[0]
+            if top not in class_to_idx or "/" not in rel:
+                raise ValueError(f"{list_path}:{number}: {rel!r} is not inside a class folder of {root}")
+            files.append(storage.join(root, rel))
+            labels.append(class_to_idx[top])
+        if not files:
+            raise ValueError(f"{list_path}: lists no images")
+        return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage)
+
+
+class FolderReader(Reader):
+    """Reads an :class:`ImageFolderSource` with ``pipelines.image_folder_pipeline``.
+
+    The epoch's order is decided here (one permutation of ``(seed, epoch)`` for every shard), and each
+    shard's files are handed to DALI as a list, with each file's index in the source as its DALI
+    label. A skipped file's place in later lists is taken by a good file of the shard whose id is
+    ``index + len(source)``, which reads as padding: positions and batch counts never move.
+    """
+
+    def __init__(self, source: ImageFolderSource, plan, ledger) -> None:
+        super().__init__(source, plan, ledger)
+        self._labels = torch.from_numpy(source.labels)
+
+    def describe(self) -> str:
+        return "ImageFolder"
+
+    def epoch_samples(self, epoch: int) -> tuple[list[str], np.ndarray]:
+        """This shard's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
+        total, plan = len(self.source), self.plan
+        order = plan.order(total, epoch)
+        # Shard the epoch's global order ourselves: every rank sees the same permutation.
+        mine = order[total * plan.shard_id // plan.num_shards : total * (plan.shard_id + 1) // plan.num_shards]
+        files = [self.source.files[i] for i in mine]
+        if len(self.ledger):
+            good = next((f for f in files if f not in self.ledger), None) or next(
+                f for f in self.source.files if f not in self.ledger)
+            for k, path in enumerate(files):
+                if path in self.ledger:
+                    files[k], mine[k] = good, mine[k] + total  # ids >= total read as padding
+        return files, mine
+
+    def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False):
+        import pipelines
+
+        files, ids = self.epoch_samples(epoch)
+        start = base * self.plan.batch_size
+        pipe = pipelines.image_folder_pipeline(files[start:], ids[start:].tolist(), checkpoint=checkpoint,
+                                               replay=replay, **self.plan.pipeline_settings(epoch))
+        pipe.build()
+        return pipe
+
+    def labels(self, out):
+        status = out["status"].view(-1)
+        indices = out["targets"].view(-1).to(torch.int64)
+        padding = indices >= len(self.source)  # a skipped file's place, filled by a good one
+        labels = self._labels[indices % len(self.source)]
+        if bool(status.any()):
+            files = [None if pad else self.source.files[i] for i, pad in zip(indices.tolist(), padding.tolist())]
+            problems = {}
+            for row in status.nonzero().view(-1).tolist():
+                if int(status[row]) == STATUS_OVERSIZE:
+                    problems[row] = oversize_problem(self.plan.pipeline["max_pixels"])
+                elif files[row] is not None:  # (no known signature)
+                    head = self.source.storage.read(files[row], 0, 4096)
+                    problems[row] = f"{describe_bytes(head)} (not decoded)"
+            if problems:
+                self.ledger.found({files[row]: problem for row, problem in problems.items()}, stacklevel=4)
+                padding[list(problems)] = True
+        labels[padding] = PAD_LABEL
+        indices[padding] = -1
+        return labels, indices
+
+    def recover(self, error, epoch, done, batches):
+        from pipelines.probe import probe_files
+
+        detail, named = self.dali_message(error)
+        storage = self.source.storage
+        if named and storage.is_file(named):
+            bad = {named: f"{describe_bytes(storage.read(named))}; DALI: {detail}"}
+        else:
+            files, _ = self.epoch_samples(epoch)
+            b = self.plan.batch_size
+            window = files[done * b : (done + self.plan.prefetch_queue_depth + 2) * b]
+            bad = probe_files(dict.fromkeys(f for f in window if f not in self.ledger))
+        self.report(bad, [path for path in bad if path in self.ledger], detail, "the batch", error)
+        return Restart(base=done)  # the rest of the epoch's list, the bad file replaced by a stand-in

@@ -1,0 +1,154 @@
+"""DALI's WebDataset index files (format v1.2): build one from a tar, check one is current, read members
+by offset, and write stand-in copies in which bad samples read another sample's image."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+
+from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS
+from dali_resizer.storage import storage_for
+
+__all__ = [
+    "DUPLICATES_SUFFIX",
+    "build_index",
+    "index_problem",
+    "read_index_count",
+    "read_tar_member",
+    "sample_key",
+    "standin_index",
+    "write_atomic",
+]
+
+DUPLICATES_SUFFIX = ".duplicates"  # beside an index: the members build_index left out as duplicate keys
+
+
+def sample_key(member: str) -> str:
+    """A tar member's WebDataset sample key: its path up to the first dot of its file name."""
+    return os.path.join(os.path.dirname(member), os.path.basename(member).split(".", 1)[0])
+
+
+def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> int:
+    """Writes DALI's WebDataset index (format v1.2) for ``tar_path``; returns the sample count.
+
+    Members are grouped into samples by the name before the first dot of the file name, as
+    webdataset does; hidden files and non-regular members are left out, as DALI does. A member whose
+    key and extension were already seen (a duplicate key) is left out of the index, not merged, and
+    listed in ``<index_path>.duplicates`` for the loader and the checks to report.
+    """
+    samples: dict[str, list[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    duplicates: list[str] = []
+    tar_path = os.fspath(tar_path)
+    with storage_for(tar_path).open(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar:
+            base = os.path.basename(member.name)
+            if not member.isfile() or base.startswith(".") or "." not in base:
+                continue
+            ext = base.split(".", 1)[1]
+            if any(c.isspace() for c in member.name):
+                raise ValueError(
+                    f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
+            key = sample_key(member.name)
+            if (key, ext.lower()) in seen:
+                duplicates.append(member.name)
+                continue
+            seen.add((key, ext.lower()))
+            samples.setdefault(key, []).append(f"{ext} {member.offset_data} {member.size} {member.name}")
+    write_atomic(f"{os.fspath(index_path)}{DUPLICATES_SUFFIX}", "".join(f"{name}\n" for name in duplicates) or None)
+    write_atomic(index_path, f"v1.2 {len(samples)}\n" + "".join(" ".join(c) + "\n" for c in samples.values()))
+    return len(samples)
+
+
+def write_atomic(path: str | os.PathLike, text: str | None) -> None:
+    """Writes ``text`` to ``path`` through a rename (a concurrent reader sees the old file or the whole
+    new one); ``None`` removes ``path``."""
+    if text is None:
+        Path(path).unlink(missing_ok=True)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_index_count(index_path: str) -> int:
+    """The sample count in an index's header line."""
+    with open(index_path) as f:
+        header = f.readline().split()
+    if len(header) != 2 or not header[0].startswith("v1.") or not header[1].isdigit():
+        raise ValueError(f"{index_path}: not a DALI WebDataset index (first line {' '.join(header)!r})")
+    return int(header[1])
+
+
+def read_tar_member(tar_path: str, offset: int) -> tuple[str, bytes]:
+    """The name and bytes of the member whose data starts at ``offset`` (as DALI's index and source
+    names give it), read through its tar header."""
+    storage = storage_for(tar_path)
+    header = storage.read(tar_path, offset - tarfile.BLOCKSIZE, tarfile.BLOCKSIZE)
+    info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+    return info.name, storage.read(tar_path, offset, info.size)
+
+
+def standin_index(index_path: str, keys: set[str], out_dir: str | os.PathLike) -> str:
+    """A copy of a DALI index in which the samples ``keys`` read the image of another sample of the same
+    tar, under their own names; returns its path (written once into ``out_dir``).
+
+    The loader reads it instead of the original once those samples are known to be bad: the reader
+    still counts them (so positions, checkpoints and batch counts do not move), nothing fails on them,
+    and their rows are recognised by name and marked as padding.
+    """
+    digest = hashlib.sha1("\n".join([os.path.abspath(index_path), *sorted(keys)]).encode()).hexdigest()[:16]
+    out = Path(out_dir) / f"{Path(index_path).stem}-standin-{digest}.idx"
+    if out.is_file() and out.stat().st_mtime_ns >= os.stat(index_path).st_mtime_ns:
+        return str(out)
+    lines = Path(index_path).read_text().splitlines()
+    rows = [line.split() for line in lines[1:]]
+
+    def image(row):
+        return next((i for i in range(0, len(row), 4) if row[i].lower() in SHARD_IMAGE_EXTENSIONS), None)
+
+    donor = next((row for row in rows if sample_key(row[3]) not in keys and image(row) is not None), None)
+    if donor is None:
+        raise ValueError(f"{index_path}: no good image is left in this shard to stand in for its bad samples")
+    i = image(donor)
+    for row in rows:
+        key = sample_key(row[3])
+        if key in keys:
+            j = image(row)
+            if j is None:  # a sample without an image gets one (the donor's), named after it
+                row += [donor[i], donor[i + 1], donor[i + 2], f"{key}.{donor[i]}"]
+            else:
+                row[j + 1 : j + 3] = donor[i + 1 : i + 3]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, lines[0] + "\n" + "".join(" ".join(row) + "\n" for row in rows))
+    return str(out)
+
+
+def index_problem(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> str | None:
+    """A cheap check that an index still describes its tar: ``None`` when it looks current, else why not.
+
+    Reads only the index's first and last lines, so it costs little at thousands of shards; the full
+    comparison is ``python -m dali_resizer.shards verify``.
+    """
+    tar_stat, index_stat = os.stat(tar_path), os.stat(index_path)
+    if index_stat.st_mtime_ns < tar_stat.st_mtime_ns:
+        return "the index is older than its tar"
+    with open(index_path, "rb") as f:
+        header = f.readline().split()
+        f.seek(max(0, index_stat.st_size - 65536))
+        tail = f.read().splitlines()
+    if len(header) != 2 or not header[0].startswith(b"v1.") or not header[1].isdigit():
+        return "not a DALI WebDataset index"
+    if int(header[1]) == 0:
+        return None
+    last = tail[-1].split() if tail else []
+    try:
+        ends = [int(last[i + 1]) + int(last[i + 2]) for i in range(0, len(last), 4)]
+    except (ValueError, IndexError):
+        return "its last line is not a sample"
+    if not ends or max(ends) > tar_stat.st_size:
+        return f"it points past the end of the tar ({max(ends, default=0)} > {tar_stat.st_size} bytes)"
+    return None

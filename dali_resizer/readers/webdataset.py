@@ -1,0 +1,280 @@
+"""WebDataset tar shards (``<key>.{jpg,jpeg,png,webp}`` + ``<key>.cls``), each read with a DALI index."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dali_resizer.readers.base import Reader, Restart
+from dali_resizer.readers.wds_index import (
+    DUPLICATES_SUFFIX,
+    build_index,
+    index_problem,
+    read_index_count,
+    read_tar_member,
+    sample_key,
+    standin_index,
+)
+from dali_resizer.samples import (
+    PAD_LABEL,
+    STATUS_NOT_AN_IMAGE,
+    STATUS_OVERSIZE,
+    describe_bytes,
+    oversize_problem,
+)
+from dali_resizer.storage import storage_for
+
+__all__ = ["CLASSES_FILE", "ShardReader", "ShardSource", "default_cache_dir", "default_index_dir",
+           "parse_ascii_labels"]
+
+CLASSES_FILE = "classes.txt"
+
+
+def default_cache_dir() -> Path:
+    """``$DALI_RESIZER_CACHE``, else ``$XDG_CACHE_HOME/dali_resizer``, else ``~/.cache/dali_resizer``."""
+    if "DALI_RESIZER_CACHE" in os.environ:
+        return Path(os.environ["DALI_RESIZER_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dali_resizer"
+
+
+def default_index_dir() -> Path:
+    """Where the loader builds the WebDataset indexes that are missing beside their tars."""
+    return default_cache_dir() / "wds-index"
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """WebDataset tar shards, each with a DALI index file, and the sample count of each shard."""
+
+    paths: list[str]
+    index_paths: list[str]
+    counts: list[int]
+    classes: list[str] | None = None
+    # tar -> members left out of its index because their sample key and extension came before
+    # (only known for indexes built by build_index, which records them beside the index)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
+    index_dir: Path = field(default_factory=default_index_dir, repr=False)
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def class_to_idx(self) -> dict[str, int] | None:
+        return None if self.classes is None else {name: i for i, name in enumerate(self.classes)}
+
+    def reader(self, plan, ledger) -> ShardReader:
+        return ShardReader(self, plan, ledger)
+
+    @classmethod
+    def from_paths(cls, paths: list[str], index_dir: str | os.PathLike | None = None) -> ShardSource:
+        """Uses ``<shard>.idx`` beside each tar, or builds a missing index once into ``index_dir``."""
+        storage = storage_for(paths[0])
+        missing = [p for p in paths if not storage.is_file(p)]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise FileNotFoundError(f"shard not found: {missing[0]}{more}")
+        index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
+        index_paths = [_index_for(p, index_dir) for p in paths]
+        counts = [read_index_count(p) for p in index_paths]
+        classes_file = storage.join(storage.parent(paths[0]), CLASSES_FILE)
+        classes = storage.read(classes_file).decode().splitlines() if storage.is_file(classes_file) else None
+        duplicates = {}
+        for tar, index in zip(paths, index_paths):
+            if os.path.isfile(index + DUPLICATES_SUFFIX):
+                duplicates[tar] = Path(index + DUPLICATES_SUFFIX).read_text().splitlines()
+        return cls(list(paths), index_paths, counts, classes, duplicates, index_dir)
+
+
+def _index_for(tar_path: str, index_dir: Path) -> str:
+    """The index beside the tar when it is current, else one built once into ``index_dir``."""
+    beside = os.path.splitext(tar_path)[0] + ".idx"
+    if os.path.isfile(beside):
+        problem = index_problem(tar_path, beside)
+        if problem is None:
+            return beside
+        warnings.warn(f"{beside}: {problem}; using an index built from the tar instead "
+                      f"(`python -m dali_resizer.shards index {tar_path}` rewrites it)", stacklevel=5)
+    stat = storage_for(tar_path).stat(tar_path)
+    digest = hashlib.sha1(f"{os.path.abspath(tar_path)}:{stat.size}:{stat.version}".encode()).hexdigest()[:16]
+    index_dir.mkdir(parents=True, exist_ok=True)
+    cached = index_dir / f"{Path(tar_path).stem}-{digest}.idx"
+    if not cached.is_file():
+        try:
+            build_index(tar_path, cached)
+        except (tarfile.TarError, OSError) as e:
+            raise ValueError(f"{tar_path}: cannot be indexed, the tar is damaged or cut short ({e})") from None
+    return str(cached)
+
+
+def parse_ascii_labels(raw: torch.Tensor) -> torch.Tensor:
+    """``(N, L)`` uint8 rows of ASCII digits (WebDataset ``.cls``), zero/whitespace padded, to int64 ``(N,)``;
+    a row that is not a non-negative integer is an error."""
+    value, valid = _ascii_labels(raw)
+    if not bool(valid.all()):
+        row = raw[(~valid).nonzero()[0, 0]]
+        raise ValueError(f"WebDataset label (.cls) is not a non-negative integer: {bytes(row[row != 0].tolist())!r}")
+    return value
+
+
+def _ascii_labels(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, valid) of ``(N, L)`` rows of ASCII digits; an invalid row's value is meaningless."""
+    is_digit = (raw >= ord("0")) & (raw <= ord("9"))
+    is_blank = (raw == 0) | (raw == ord(" ")) | (raw == ord("\n")) | (raw == ord("\r")) | (raw == ord("\t"))
+    valid = (is_digit | is_blank).all(dim=1) & is_digit.any(dim=1) & (raw.shape[1] <= 18)  # (int64 range)
+    digits = (raw.to(torch.int64) - ord("0")).clamp_(0, 9)
+    value = torch.zeros(raw.shape[0], dtype=torch.int64)
+    for column in range(raw.shape[1]):
+        value = torch.where(is_digit[:, column], value * 10 + digits[:, column], value)
+    return value, valid
+
+
+def _row_texts(raw: torch.Tensor) -> list[str]:
+    """Zero-padded uint8 rows (DALI's source names, labels) to strings."""
+    return [bytes(row[row != 0].tolist()).decode("utf-8", "surrogateescape") for row in raw.cpu()]
+
+
+def _split_source_name(name: str) -> tuple[str, int, str]:
+    """DALI's source name of a shard sample's component, ``"<tar>:<offset>:<member>"``."""
+    tar, offset, member = name.rsplit(":", 2)
+    return tar, int(offset), member
+
+
+class ShardReader(Reader):
+    """Reads a :class:`ShardSource` with ``pipelines.webdataset_pipeline``.
+
+    The tars' order is one permutation of ``(seed, epoch)`` for every shard; DALI's reader splits the
+    samples across shards and shuffles within its buffer. A bad sample is found by its name (DALI's
+    source info: tar, offset, member); once skipped, its tar is read through a stand-in index in
+    which it reads another sample's image under its own name, and its row is marked as padding.
+    """
+
+    output_names = ("images", "targets", "status", "image_name", "label_name")
+
+    def __init__(self, source: ShardSource, plan, ledger) -> None:
+        super().__init__(source, plan, ledger)
+        self.bad_keys: dict[str, set[str]] = {}  # tar -> keys of its skipped samples (read as stand-ins)
+        if source.duplicates:
+            ledger.found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
+                          "and extension; this copy is left out of the index" for tar, members in
+                          source.duplicates.items() for member in members}, stacklevel=4)
+
+    def describe(self) -> str:
+        return f"{len(self.source.paths)} shards"
+
+    def state_dict(self) -> dict:
+        return {"bad_keys": {tar: sorted(keys) for tar, keys in self.bad_keys.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for tar, keys in state.get("bad_keys", {}).items():
+            self.bad_keys.setdefault(tar, set()).update(keys)
+
+    def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False):
+        import pipelines
+
+        source, plan = self.source, self.plan
+        order = plan.order(len(source.paths), epoch)  # identical on every shard
+        index_paths = [
+            standin_index(source.index_paths[i], self.bad_keys[source.paths[i]], source.index_dir / "standin")
+            if self.bad_keys.get(source.paths[i]) else source.index_paths[i]
+            for i in order
+        ]
+        pipe = pipelines.webdataset_pipeline(
+            [source.paths[i] for i in order], index_paths, shard_id=plan.shard_id, num_shards=plan.num_shards,
+            random_shuffle=plan.shuffle, **plan.pipeline_settings(epoch), checkpoint=checkpoint,
+            replay=replay)
+        pipe.build()
+        return pipe
+
+    def labels(self, out):
+        status = out["status"].view(-1)
+        labels, valid = _ascii_labels(out["targets"])
+        classes = len(self.source.classes) if self.source.classes is not None else None
+        if classes is not None:
+            valid &= labels < classes
+        if bool(valid.all()) and not bool(status.any()) and not self.bad_keys:
+            return labels, None
+        padding = torch.zeros_like(valid)
+        image_names, label_names = _row_texts(out["image_name"]), _row_texts(out["label_name"])
+        texts = _row_texts(out["targets"])
+        bad, keys = {}, []
+        for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
+            has_image, has_label = bool(image_name), bool(label_name)
+            tar, offset, member = _split_source_name(image_name or label_name)
+            key = sample_key(member)
+            if key in self.bad_keys.get(tar, ()):
+                padding[row] = True  # a stand-in for a sample skipped before
+                continue
+            if int(status[row]) == STATUS_OVERSIZE:
+                problem = oversize_problem(self.plan.pipeline["max_pixels"])
+            elif int(status[row]) == STATUS_NOT_AN_IMAGE:
+                problem = (f"{describe_bytes(read_tar_member(tar, offset)[1])} (not decoded)" if has_image
+                           else "no image (.jpg/.jpeg/.png/.webp) in the sample")
+            elif not has_label:
+                problem = "no label (.cls) in the sample"
+            elif not texts[row].strip().isdigit():
+                problem = f"label {texts[row]!r} is not a non-negative integer"
+            elif not bool(valid[row]):
+                problem = f"label {int(texts[row])} is out of range for the {classes} classes of classes.txt"
+            else:
+                continue
+            bad[f"{tar} (sample {key})"] = problem
+            keys.append((tar, key))
+            padding[row] = True
+        if bad:
+            self.ledger.found(bad, stacklevel=4)
+            for tar, key in keys:
+                self.bad_keys.setdefault(tar, set()).add(key)
+        labels[padding] = PAD_LABEL
+        return labels, None
+
+    def recover(self, error, epoch, done, batches):
+        from pipelines.probe import probe_samples
+
+        detail, named = self.dali_message(error)
+        checkpoint = batches.checkpoints()[0] if batches is not None else None
+        if named:
+            candidates = [named]
+        elif checkpoint is not None:
+            remaining = self.batches_per_epoch - done
+            candidates = self._replay(epoch, checkpoint, min(self.plan.prefetch_queue_depth + 2, remaining))
+        else:
+            candidates = []
+        members = {}  # source name -> (the tar header's member name, bytes)
+        for name in dict.fromkeys(candidates):
+            tar, offset, _ = _split_source_name(name)
+            members[name] = read_tar_member(tar, offset)
+        if named:
+            problems = {name: f"{describe_bytes(data)}; DALI: {detail}" for name, (_, data) in members.items()}
+        else:
+            problems = probe_samples((name, data) for name, (_, data) in members.items())
+        bad, keys = {}, []
+        for name, problem in problems.items():
+            tar, _, member = _split_source_name(name)
+            key = sample_key(member)
+            if key in self.bad_keys.get(tar, ()):  # a stand-in's image: the donor sample is bad
+                key = sample_key(members[name][0])
+            bad[f"{tar} (sample {key})"] = problem
+            keys.append((tar, key))
+        repeated = [name for name, (tar, key) in zip(bad, keys) if key in self.bad_keys.get(tar, ())]
+        self.report(bad, repeated, detail, self.source.paths[0], error)
+        for tar, key in keys:
+            self.bad_keys.setdefault(tar, set()).add(key)
+        return Restart(checkpoint=checkpoint)
+
+    def _replay(self, epoch: int, checkpoint: bytes, count: int) -> list[str]:
+        """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
+        pipeline that decodes nothing."""
+        import numpy as np
+
+        pipe = self.pipeline(epoch, checkpoint, replay=True)
+        names = []
+        for _ in range(max(count, 1)):
+            image_names = pipe.run()[self.output_names.index("image_name")]
+            names += [text for text in _row_texts(torch.from_numpy(np.array(image_names.as_tensor()))) if text]
+        return names
