@@ -83,19 +83,12 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
             note("empty class folder (the loader refuses it)", str(root / name))
 
     oversize = set()
-    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # read sizes, however large
-    try:
-        for path in candidates:
-            try:
-                with Image.open(path) as image:
-                    width, height = image.size
-            except Exception:  # PIL cannot read the header; DALI's decode below says more
-                continue
-            if width * height > MAX_PIXELS:
-                oversize.add(path)
-                note(f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", f"{path} ({width}x{height})")
-    finally:
-        Image.MAX_IMAGE_PIXELS = bomb_limit
+    for path in candidates:
+        with open(path, "rb") as f:
+            size = _header_size(f.read(1 << 16), Image)  # (the header is at the start)
+        if size is not None and size[0] * size[1] > MAX_PIXELS:
+            oversize.add(path)
+            note(f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", f"{path} ({size[0]}x{size[1]})")
     candidates = [p for p in candidates if p not in oversize]  # never decoded here either
     bar = ProgressBar(len(candidates), f"decoding {root}", unit="img") if progress else None
     bad = _decode_batches(candidates, 64, bar)
@@ -108,29 +101,52 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
 
 
 def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """Problems by kind for a folder of shards: ``shards verify`` plus a decode of every image."""
+    """Problems by kind for a folder of shards: ``shards verify``, images over the loader's
+    ``max_pixels`` (read from their headers), and a DALI decode of every other image, as the loader
+    decodes them."""
     import tarfile
 
     from PIL import Image
 
     from dali_resizer.shards import verify_shards
+    from pipelines.probe import decode_samples
 
     problems = verify_shards(shard_dir)
+
+    def images(tar):
+        with tarfile.open(tar, mode="r:") as archive:
+            for member in archive:
+                base = os.path.basename(member.name)
+                ext = base.split(".", 1)[1].lower() if "." in base else ""
+                if member.isfile() and not base.startswith(".") and ext in SHARD_IMAGE_EXTENSIONS:
+                    name, data = f"{tar}: {member.name}", archive.extractfile(member).read()
+                    size = _header_size(data, Image)
+                    if size is not None and size[0] * size[1] > MAX_PIXELS:
+                        problems.setdefault(f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", []).append(
+                            f"{name} ({size[0]}x{size[1]})")
+                        continue
+                    yield name, data
+
     for tar in sorted(Path(shard_dir).glob("*.tar")):
         try:
-            with tarfile.open(tar, mode="r:") as archive:
-                for member in archive:
-                    base = os.path.basename(member.name)
-                    ext = base.split(".", 1)[1].lower() if "." in base else ""
-                    if member.isfile() and ext in SHARD_IMAGE_EXTENSIONS:
-                        try:
-                            with Image.open(io.BytesIO(archive.extractfile(member).read())) as image:
-                                image.load()
-                        except Exception as e:
-                            problems.setdefault("cannot be decoded", []).append(f"{tar}: {member.name}: {e}")
+            bad = decode_samples(images(tar))
         except (tarfile.TarError, OSError):
-            pass  # reported by verify_shards as an unreadable tar
+            continue  # reported by verify_shards as an unreadable tar
+        for name, problem in bad.items():
+            problems.setdefault("cannot be decoded", []).append(f"{name}: {problem}")
     return problems
+
+
+def _header_size(data: bytes, Image) -> tuple[int, int] | None:
+    """(width, height) from an image's header (PIL reads no pixels), or None where PIL can't say."""
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # read sizes, however large
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # DALI's decode says more
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
 
 
 def write_file_list(root: str | os.PathLike, files: list[str], path: str | os.PathLike) -> None:

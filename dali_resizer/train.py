@@ -46,7 +46,7 @@ from dali_resizer.loader import DALILoader
 from dali_resizer.muller import MullerResizer
 from dali_resizer.progress import ProgressBar
 from dali_resizer.resizer import FixedResizer, LearnableResizer
-from dali_resizer.samples import PAD_LABEL
+from dali_resizer.samples import real_mask
 
 __all__ = ["RECIPES", "TrainConfig", "build_model", "main", "make_optimizer", "make_schedule", "resolve_recipe",
            "train"]
@@ -241,6 +241,16 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list
     return [float(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
 
 
+def batch_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, float, float]:
+    """(real samples, their summed loss, their correct top-1) of a training batch; padding rows
+    (``PAD_LABEL``) count nowhere: the mean loss is over the real rows (``ignore_index``)."""
+    mask = real_mask(labels)
+    real = int(mask.sum())
+    if real == 0:
+        return 0, 0.0, 0.0
+    return real, float(loss.detach()) * real, float((logits.argmax(1) == labels)[mask].sum())
+
+
 def evaluate(model: nn.Module, loader: DALILoader, cfg: TrainConfig, device: torch.device) -> dict:
     """Loss, top-1 and top-5 over the whole validation set, each sample counted once across ranks."""
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -252,7 +262,7 @@ def evaluate(model: nn.Module, loader: DALILoader, cfg: TrainConfig, device: tor
             logits = model(images).float()
             loss += float(criterion(logits, labels))
             a, b = _topk_correct(logits, labels)  # padding (PAD_LABEL) never matches, and the loss ignores it
-            c1, c5, n = c1 + a, c5 + b, n + float((labels != PAD_LABEL).sum())
+            c1, c5, n = c1 + a, c5 + b, n + float(real_mask(labels).sum())
     loss, c1, c5, n = _all_sum([loss, c1, c5, n], device)
     return {"val_loss": loss / max(n, 1), "val_top1": 100 * c1 / max(n, 1), "val_top5": 100 * c5 / max(n, 1),
             "val_samples": int(n)}
@@ -345,6 +355,9 @@ def train(cfg: TrainConfig) -> list[dict]:
             with autocast:
                 logits = run_model(images)
                 loss = criterion(logits.float(), labels)
+            real, batch_loss, batch_correct = batch_sums(loss, logits, labels)
+            if real == 0:  # only padding (skipped samples): a zero loss keeps every rank's backward in step
+                loss = logits.float().sum() * 0.0
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             lr_used = optimizer.param_groups[0]["lr"]
@@ -352,9 +365,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             scaler.update()
             schedule.step()
             step += 1
-            seen += labels.shape[0]
-            loss_sum += float(loss.detach()) * labels.shape[0]
-            correct += float((logits.argmax(1) == labels).sum())
+            seen, loss_sum, correct = seen + real, loss_sum + batch_loss, correct + batch_correct
             if i + 1 < steps and cfg.max_steps is not None and step >= cfg.max_steps:
                 stopped = (i + 1, seen, loss_sum, correct)  # leave before the loader hands out another batch
                 break

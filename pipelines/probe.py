@@ -9,7 +9,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from dali_resizer.samples import describe_bytes
 
-__all__ = ["probe_bytes", "probe_files", "probe_samples"]
+__all__ = ["decode_samples", "probe_bytes", "probe_files", "probe_samples"]
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None)
@@ -36,6 +36,40 @@ def probe_samples(samples: Iterable[tuple[str, bytes]]) -> dict[str, str]:
             said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
             problems[name] = f"{describe_bytes(data)}; DALI: {said[-1].strip() if said else 'decode failed'}"
             pipe = None
+    return problems
+
+
+@pipeline_def(num_threads=2, device_id=None)
+def _sample_batch():
+    encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
+
+
+def decode_samples(samples: Iterable[tuple[str, bytes]], batch_size: int = 64) -> dict[str, str]:
+    """Decodes ``(name, bytes)`` pairs with DALI on the CPU, a batch at a time, as the loader would;
+    a batch that fails is probed sample by sample (:func:`probe_samples`). Returns ``{name: problem}``."""
+    problems: dict[str, str] = {}
+    pipe, chunk = None, []
+
+    def run(chunk):
+        nonlocal pipe
+        if pipe is None:
+            pipe = _sample_batch(batch_size=batch_size, prefetch_queue_depth=1)
+            pipe.build()
+        pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8) for _, data in chunk])
+        try:
+            pipe.run()
+        except RuntimeError:
+            pipe = None  # (a failed pipeline is rebuilt)
+            problems.update(probe_samples(chunk))
+
+    for sample in samples:
+        chunk.append(sample)
+        if len(chunk) == batch_size:
+            run(chunk)
+            chunk = []
+    if chunk:
+        run(chunk)
     return problems
 
 

@@ -74,13 +74,18 @@ def test_set_epoch_gives_new_reproducible_orders(image_folder):
     assert sorted(order(1, 5)) == list(range(11))
 
 
-def test_augmentations_are_reproducible_per_epoch(image_folder):
-    def first_batch(epoch):
-        loader = DALILoader(image_folder, batch_size=4, size=16, seed=7)
+def test_augmentations_depend_on_seed_and_epoch_only(image_folder):
+    """The same files (no shuffling), so only the crops and flips differ: equal for the same
+    (seed, epoch) in two fresh loaders, different for another epoch or another seed."""
+    def first_batch(epoch, seed=7):
+        loader = DALILoader(image_folder, batch_size=4, size=16, seed=seed, shuffle=False)
         loader.set_epoch(epoch)
         return next(iter(loader))[0]
 
-    torch.testing.assert_close(first_batch(2), first_batch(2), rtol=0, atol=0)
+    again = first_batch(2)
+    torch.testing.assert_close(first_batch(2), again, rtol=0, atol=0)
+    assert not torch.equal(first_batch(3), again)
+    assert not torch.equal(first_batch(2, seed=8), again)
 
 
 def test_iterating_again_advances_the_epoch(image_folder):

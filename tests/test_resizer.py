@@ -228,3 +228,18 @@ def test_cuda_forward_backward():
 def test_repr_names_the_options():
     text = repr(LearnableResizer((9, 7), interpolation="bicubic", memory_efficient=True))
     assert "size=(9, 7), interpolation=bicubic, antialias=False, memory_efficient=True" in text
+
+
+def test_state_dicts_saved_under_the_former_block_name_load():
+    """The block after the residual blocks (conv3x3 - BN, + f) is ``merge``; state dicts that call it
+    ``fuse`` load into it, inside a model as well."""
+    torch.manual_seed(0)
+    saved = nn.Sequential(LearnableResizer(8), nn.Flatten())
+    for p in saved.parameters():
+        p.data.normal_()
+    old = {k.replace(".merge.", ".fuse."): v for k, v in saved.state_dict().items()}
+    assert any(".fuse." in k for k in old)
+    model = nn.Sequential(LearnableResizer(8), nn.Flatten())
+    model.load_state_dict(old)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(model.eval()(x), saved.eval()(x), rtol=0, atol=0)

@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from dali_resizer import LearnableResizer
@@ -29,6 +30,7 @@ def test_checkpointed_stem_equals_the_reference():
             torch.testing.assert_close(gp.get(name, gp.get("resizer." + name)), g, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_benchmark_reports_every_row(tmp_path):
     rows = load_benchmark("resizer").main(["--batch-size", "2", "--input-sizes", "32", "--size", "16", "--repeats", "1",
                         "--precisions", "fp32", "--json", str(tmp_path / "r.json")])

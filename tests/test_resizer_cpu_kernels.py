@@ -20,10 +20,11 @@ from tests.conftest import (
 )
 from tests.conftest import training_step as step
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("ninja") is None or shutil.which("c++") is None,
-    reason="the CPU kernels are compiled with c++ and ninja, not found here",
-)
+pytestmark = [
+    pytest.mark.skipif(shutil.which("ninja") is None or shutil.which("c++") is None,
+                       reason="the CPU kernels are compiled with c++ and ninja, not found here"),
+    pytest.mark.slow,  # (the first test compiles the kernels)
+]
 
 
 def cpu_has_amx() -> bool:

@@ -347,6 +347,7 @@ def test_one_pixel_image(tmp_path):
 # -- fuzz ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["folder", "shards"])
 def test_fuzzed_jpegs_never_hang_or_crash(tmp_path, layout):
     """Mutated JPEG bytes through the real decode path, in a child process with a time limit: each
@@ -439,11 +440,13 @@ def test_check_shards(tmp_path, capsys):
     with wds.TarWriter(str(tar)) as sink:
         sink.write({"__key__": "good", "jpg": good_jpeg(), "cls": b"0"})
         sink.write({"__key__": "bad", "jpg": b"<html></html>", "cls": b"1"})
+        sink.write({"__key__": "gif", "jpg": encode(Image.new("RGB", (8, 8)), "GIF"), "cls": b"1"})  # PIL reads it
     build_index(tar, tmp_path / "s-000000.idx")
     (tmp_path / "classes.txt").write_text("x\ny\n")
     assert main([str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "cannot be decoded: 1" in out and "bad.jpg" in out
+    assert "cannot be decoded: 2" in out and "bad.jpg: HTML/XML text" in out
+    assert "gif.jpg: GIF image (DALI does not decode GIF)" in out
 
 
 def test_not_a_file_list(tmp_path):

@@ -38,6 +38,7 @@ def test_trains_evaluates_and_writes(data, tmp_path):
     assert any(k.startswith("resizer.stem") for k in ckpt["model"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["adamw", "paper"])
 def test_resume_continues_exactly(data, tmp_path, recipe):
     full = main(["--data", str(data), "--epochs", "3", "--output", str(tmp_path / "a"), "--recipe", recipe, *TINY])
@@ -115,6 +116,7 @@ def test_compiled_model_trains(data, tmp_path):
     assert history[0]["step"] == 3 and torch.isfinite(torch.tensor(history[0]["train_loss"]))
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_continues_exactly(data, tmp_path):
     """--save-every checkpoints inside an epoch; a run stopped there (--max-steps) and resumed ends with
     the same weights and metrics as one that never stopped."""
@@ -145,6 +147,7 @@ def test_memory_efficient_resizer_trains(data, tmp_path):
     assert torch.isfinite(torch.tensor(history[0]["train_loss"]))
 
 
+@pytest.mark.slow
 def test_cpu_kernels_flag_reaches_the_resizer(data, tmp_path):
     """--cpu-kernels builds the resizer with the C++ stem kernel and a run trains with it (its equality
     with the plain module is tested in test_resizer_cpu_kernels.py)."""
@@ -241,3 +244,16 @@ def test_recipe_options_reach_the_run(data, tmp_path):
     assert args["decay_norm_and_bias"] is False
     groups = ckpt["optimizer"]["param_groups"]
     assert {g["name"]: g["initial_lr"] for g in groups} == {"backbone": 0.01, "resizer": 0.2}
+
+
+def test_batch_sums_count_real_samples_only():
+    from dali_resizer.samples import PAD_LABEL
+    from dali_resizer.train import batch_sums
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0, PAD_LABEL, PAD_LABEL])  # padding rows would "match" nothing, and count nothing
+    loss = torch.nn.functional.cross_entropy(logits, labels)  # (the mean over the 2 real rows)
+    real, loss_sum, correct = batch_sums(loss, logits, labels)
+    assert (real, correct) == (2, 1.0)
+    assert loss_sum == pytest.approx(2 * float(loss))
+    assert batch_sums(loss, logits, torch.full((4,), PAD_LABEL)) == (0, 0.0, 0.0)
