@@ -20,7 +20,7 @@ def shrink(code: str) -> str:
         "LearnableResizer(224)": "LearnableResizer(32)",
     }
     for old, new in replacements.items():
-        assert code.count(old) == 1, f"README usage block no longer contains {old!r}"
+        assert code.count(old) >= 1, f"README usage block no longer contains {old!r}"
         code = code.replace(old, new)
     return code
 
@@ -38,6 +38,7 @@ def test_usage_block_trains(tmp_path, monkeypatch, capsys):
         id(p) for group in namespace["optimizer"].param_groups for p in group["params"]
     }
     assert capsys.readouterr().out.count("epoch ") == 2
+    assert namespace["seen"] == len(namespace["val_loader"].dataset)  # every validation image, once
 
 
 def test_readme_commands():
