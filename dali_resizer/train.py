@@ -452,7 +452,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="learned resizer: recompute its input-resolution stem in backward (about a third of its "
                         "activation memory, for more compute; LearnableResizer(memory_efficient=True))")
     g.add_argument("--cpu-kernels", action="store_true",
-                   help="learned resizer on CPU: its stem and BatchNorms through fused C++ kernels (compiled on "
+                   help="learned resizer on CPU: its stem and BatchNorms through C++ kernels (compiled on "
                         "first use; LearnableResizer(cpu_kernels=True))")
     g.add_argument("--backbone", default=d.backbone, help="torchvision classification model name, e.g. resnet18, "
                    "resnet50, mobilenet_v2, densenet121, efficientnet_b0")

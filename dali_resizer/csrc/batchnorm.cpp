@@ -1,5 +1,5 @@
 // BatchNorm for the resizer's output-resolution layers on the CPU, channels_last, with the
-// LeakyReLU after it and the residual added to it fused into the same pass:
+// LeakyReLU after it and the residual added to it done in the same pass:
 //
 //   y = lrelu(x * scale + offset) + residual,   scale = gamma * invstd,  offset = beta - mean * scale
 //

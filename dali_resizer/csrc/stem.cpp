@@ -1,4 +1,4 @@
-// Fused CPU kernel for the learnable resizer's input-resolution stem.
+// CPU kernel for the learnable resizer's input-resolution stem.
 //
 // The stem is conv7x7 -> LeakyReLU -> conv1x1 -> LeakyReLU -> BatchNorm -> resize. The 7x7
 // convolution stays with oneDNN; this file does everything after it in one pass over the
