@@ -27,6 +27,7 @@ _REFUSED = {
     "generator": (None, "pass seed= (an int): with set_epoch() it decides the order and the augmentations"),
     "timeout": (0, "DALI's reads take no timeout; a read that fails raises"),
     "pin_memory_device": ("", "pass device= (where the batches are delivered)"),
+    "in_order": (True, "DALI delivers the batches in order"),
 }
 
 def distributed_rank_and_world() -> tuple[int, int]:
@@ -404,7 +405,8 @@ class DALILoader:
         if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             if last is None:
-                last = self._images(torch.zeros((1, 3, *self.size), device=self.device))
+                last = torch.zeros((1, 3, *self.size), dtype=self.dtype, device=self.device).contiguous(
+                    memory_format=self.memory_format)
             images, labels, indices = self._pad(last[:0], empty, empty, last, padding)
             done += 1
             self._active = (epoch, None, done, base)
@@ -414,8 +416,9 @@ class DALILoader:
             self._finished = batches
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
-        """DALI's batch as the user asked for it: NHWC as a channels-last NCHW view, in ``dtype``."""
-        if images.ndim == 4 and images.shape[-1] == 3 and self.memory_format == torch.channels_last:
+        """DALI's batch as the user asked for it: NHWC (what the pipeline writes for channels_last) as a
+        channels-last NCHW view, in ``dtype``."""
+        if self.memory_format == torch.channels_last:
             images = images.permute(0, 3, 1, 2)
         return images.to(self.dtype).contiguous(memory_format=self.memory_format)
 

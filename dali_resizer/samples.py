@@ -24,6 +24,7 @@ __all__ = [
     "BadSampleError",
     "BadSamples",
     "describe_bytes",
+    "oversize_problem",
     "real_mask",
 ]
 
@@ -65,6 +66,7 @@ class BadSampleError(ValueError):
 
 
 def oversize_problem(max_pixels: int) -> str:
+    """Why an image over ``max_pixels`` (read from its header) was not decoded."""
     return f"image over max_pixels={max_pixels:,} (not decoded; pass a larger max_pixels to read it)"
 
 

@@ -509,3 +509,13 @@ def test_check_flags_images_over_max_pixels_without_decoding(tmp_path, monkeypat
     problems, good = check.check_folder(root)
     assert problems["over the loader's max_pixels=10,000 (not decoded)"] == [f"{root / 'a' / 'wide.png'} (300x200)"]
     assert str(root / "a" / "wide.png") not in good and len(good) == 10
+
+
+@pytest.mark.parametrize("kind", ["truncated", "html"])  # found while decoding / before decoding
+def test_skip_warnings_point_at_the_loop_that_met_the_sample(tmp_path, kind):
+    root = make_folder(tmp_path, "2_bad.jpg", BAD[kind]())
+    loader = DALILoader(root, batch_size=4, size=16, shuffle=False, on_error="skip")
+    with pytest.warns(UserWarning, match="2_bad.jpg") as record:
+        for _ in loader:
+            pass
+    assert [w.filename for w in record if "2_bad.jpg" in str(w.message)] == [__file__]

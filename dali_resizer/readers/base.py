@@ -151,4 +151,4 @@ class Reader(abc.ABC):
                                  f"{detail}") from error
         if repeated:
             raise BadSampleError(f"{repeated[0]}: still fails after it was skipped; DALI: {detail}") from error
-        self.ledger.found(bad, stacklevel=6)
+        self.ledger.found(bad, stacklevel=4)  # (found, report, recover, the loader: the caller)
