@@ -130,3 +130,14 @@ def test_real_mask_counts_each_sample_once_across_ranks(image_folder):
             counted += int(mask.sum())
         assert len(loader) == 2
     assert counted == 11
+
+
+@pytest.mark.needs_cuda
+def test_channels_last_bfloat16_batches_on_the_gpu(image_folder):
+    kw = dict(batch_size=4, size=16, train=False, device="cuda")
+    reference, labels = one_pass(DALILoader(image_folder, **kw))
+    loader = DALILoader(image_folder, memory_format=torch.channels_last, dtype=torch.bfloat16, **kw)
+    images, got = one_pass(loader)
+    assert images.is_cuda and images.dtype == torch.bfloat16 and torch.equal(got, labels)
+    assert next(iter(loader))[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(images.float(), reference, rtol=0, atol=float(reference.abs().max()) * 2 ** -8)
