@@ -278,7 +278,8 @@ class DALILoader:
         )
         return ReadPlan(batch_size=self.batch_size, shard_id=self.shard_id, num_shards=self.num_shards,
                         shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last,
-                        prefetch_queue_depth=self.prefetch_queue_depth, pipeline=settings)
+                        prefetch_queue_depth=self.prefetch_queue_depth, pipeline=settings,
+                        sample_indices=self.return_index)
 
     # -- DataLoader surface -------------------------------------------------------------------------
 

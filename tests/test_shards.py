@@ -1,9 +1,14 @@
+import io
 import tarfile
 
+import numpy as np
 import pytest
+import torch
 
 from dali_resizer import DALILoader
 from dali_resizer.shards import write_shards
+from tests.conftest import encode, random_image
+from tests.conftest import write_shards as write_test_shards
 
 
 def test_write_shards_round_trip(image_folder, tmp_path):
@@ -100,3 +105,50 @@ def test_verify_reports_missing_parts(tmp_path):
     assert problems["sample without label"] == [f"{tar}: c"]
     assert problems["label out of range"] == [f"{tar}: d (7 >= 2)"]
     assert "stale index" not in problems
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_return_index_gives_shard_samples_a_stable_index(tmp_path, shuffle):
+    """Index = position in the tars in the order given, each in its index's order: with unique labels
+    (label i for the i-th sample written) the index is the label, on every rank, every epoch."""
+    write_test_shards(tmp_path, [5, 3, 4], unique_labels=True)
+    seen = []
+    for rank in range(2):
+        loader = DALILoader(tmp_path, batch_size=3, size=8, shuffle=shuffle, shard_id=rank, num_shards=2,
+                            return_index=True)
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            for _, labels, indices in loader:
+                real = indices >= 0
+                assert torch.equal(indices[real], labels[real]) and bool((labels[~real] == -100).all())
+                if epoch == 0:
+                    seen += indices[real].tolist()
+    assert sorted(seen) == list(range(12))  # a coverage check written from README works on shards
+
+
+def write_tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_member_names_with_extra_dots_follow_webdataset_keys(tmp_path):
+    """``img.v0.jpg``: key ``img``, extension ``v0.jpg`` (all after the first dot of the file name), as
+    webdataset reads it: not the ``jpg`` image. A sample with neither an image nor a label has no name
+    in DALI's output; the loader finds it in the index and names it."""
+    from dali_resizer.samples import BadSampleError
+
+    jpeg = encode(random_image(np.random.default_rng(0), 20, 30))
+    write_tar(tmp_path / "s-000000.tar", [("img.v0.jpg", jpeg), ("img.v0.cls", b"0"), ("a.b.jpg", jpeg),
+                                          ("a.cls", b"1"), ("dir.x/c.jpg", jpeg), ("dir.x/c.cls", b"2")])
+    loader = DALILoader(tmp_path, batch_size=3, size=8, shuffle=False, on_error="skip", return_index=True)
+    with pytest.warns(UserWarning, match="sample img"):
+        batches = list(loader)
+    labels = [y for _, lab, _ in batches for y in lab.tolist()]
+    assert sorted(labels) == [-100, -100, 2]  # only dir.x/c is a whole sample
+    assert "its members are img.v0.jpg, img.v0.cls" in loader.skipped[f"{tmp_path}/s-000000.tar (sample img)"]
+    assert "no image" in loader.skipped[f"{tmp_path}/s-000000.tar (sample a)"]
+    with pytest.raises(BadSampleError, match="sample img.*neither an image"):
+        list(DALILoader(tmp_path, batch_size=3, size=8, shuffle=False))

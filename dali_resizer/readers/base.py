@@ -33,6 +33,7 @@ class ReadPlan:
     drop_last: bool
     prefetch_queue_depth: int
     pipeline: dict[str, Any] = field(default_factory=dict)
+    sample_indices: bool = False  # labels() also gives each sample's index in the source
 
     def pipeline_settings(self, epoch: int) -> dict[str, Any]:
         """``pipeline`` in DALI's terms for ``epoch``: its seed, the decoder for the device, DALI's dtype."""

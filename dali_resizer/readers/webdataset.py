@@ -9,6 +9,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dali_resizer.readers.base import Reader, Restart
@@ -23,6 +24,9 @@ from dali_resizer.readers.wds_index import (
 )
 from dali_resizer.samples import (
     PAD_LABEL,
+    SHARD_IMAGE_EXTENSIONS,
+    SHARD_LABEL_EXTENSION,
+    BadSampleError,
     STATUS_NOT_AN_IMAGE,
     STATUS_OVERSIZE,
     describe_bytes,
@@ -159,6 +163,8 @@ class ShardReader(Reader):
     def __init__(self, source: ShardSource, plan, ledger) -> None:
         super().__init__(source, plan, ledger)
         self.bad_keys: dict[str, set[str]] = {}  # tar -> keys of its skipped samples (read as stand-ins)
+        self._nameless_found: dict[str, str] | None = None
+        self._positions: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
         if source.duplicates:
             ledger.found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
                           "and extension; this copy is left out of the index" for tar, members in
@@ -197,19 +203,26 @@ class ShardReader(Reader):
         classes = len(self.source.classes) if self.source.classes is not None else None
         if classes is not None:
             valid &= labels < classes
-        if bool(valid.all()) and not bool(status.any()) and not self.bad_keys:
+        if bool(valid.all()) and not bool(status.any()) and not self.bad_keys and not self.plan.sample_indices:
             return labels, None
         padding = torch.zeros_like(valid)
         image_names, label_names = _row_texts(out["image_name"]), _row_texts(out["label_name"])
+        indices = torch.full_like(labels, -1) if self.plan.sample_indices else None
         texts = _row_texts(out["targets"])
         bad, keys = {}, []
         for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
             has_image, has_label = bool(image_name), bool(label_name)
+            if not has_image and not has_label:  # DALI cannot say which sample: the indexes can
+                bad.update(self._nameless())
+                padding[row] = True
+                continue
             tar, offset, member = _split_source_name(image_name or label_name)
             key = sample_key(member)
             if key in self.bad_keys.get(tar, ()):
                 padding[row] = True  # a stand-in for a sample skipped before
                 continue
+            if indices is not None:
+                indices[row] = self._sample_index(tar, offset)
             if int(status[row]) == STATUS_OVERSIZE:
                 problem = oversize_problem(self.plan.pipeline["max_pixels"])
             elif int(status[row]) == STATUS_NOT_AN_IMAGE:
@@ -231,7 +244,50 @@ class ShardReader(Reader):
             for tar, key in keys:
                 self.bad_keys.setdefault(tar, set()).add(key)
         labels[padding] = PAD_LABEL
-        return labels, None
+        if indices is not None:
+            indices[padding] = -1
+        return labels, indices
+
+    def _nameless(self) -> dict[str, str]:
+        """The samples with neither an image nor a label component, found in the tars' indexes (DALI
+        gives such a sample no name), recorded as bad keys; ``{}`` once they are known."""
+        if self._nameless_found is not None:
+            return {}
+        found = {}
+        for tar, index in zip(self.source.paths, self.source.index_paths):
+            with open(index) as f:
+                rows = [line.split() for line in f.read().splitlines()[1:]]
+            for row in rows:
+                exts = [row[i].lower() for i in range(0, len(row), 4)]
+                if not any(e in SHARD_IMAGE_EXTENSIONS or e == SHARD_LABEL_EXTENSION for e in exts):
+                    key = sample_key(row[3])
+                    members = ", ".join(row[i + 3] for i in range(0, len(row), 4))
+                    found[f"{tar} (sample {key})"] = (
+                        f"neither an image (.jpg/.jpeg/.png/.webp) nor a label (.cls) in the sample: its members are "
+                        f"{members} (a component's extension is all after the first dot of the file name, as in "
+                        f"webdataset)")
+                    self.bad_keys.setdefault(tar, set()).add(key)
+        if not found:
+            raise BadSampleError(f"a sample of {self.source.paths[0]} ... came with neither an image nor a label, "
+                                 f"and no index lists one (run `python -m dali_resizer.shards verify`)")
+        self._nameless_found = found
+        return found
+
+    def _sample_index(self, tar: str, offset: int) -> int:
+        """A sample's index in the source: the tars in the order given, each in its index's order."""
+        if self._positions is None:
+            self._positions = {}
+            self._tar_number = {path: i for i, path in enumerate(self.source.paths)}
+            self._first = np.concatenate([[0], np.cumsum(self.source.counts)]).tolist()
+        i = self._tar_number[tar]
+        if i not in self._positions:  # (a tar's component offsets, sorted, and the sample each is in)
+            with open(self.source.index_paths[i]) as f:
+                rows = [line.split() for line in f.read().splitlines()[1:]]
+            pairs = sorted((int(row[k + 1]), n) for n, row in enumerate(rows) for k in range(0, len(row), 4))
+            self._positions[i] = (np.array([p[0] for p in pairs], dtype=np.int64),
+                                  np.array([p[1] for p in pairs], dtype=np.int64))
+        offsets, samples = self._positions[i]
+        return self._first[i] + int(samples[np.searchsorted(offsets, offset)])
 
     def recover(self, error, epoch, done, batches):
         from pipelines.probe import probe_samples
@@ -270,8 +326,6 @@ class ShardReader(Reader):
     def _replay(self, epoch: int, checkpoint: bytes, count: int) -> list[str]:
         """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
         pipeline that decodes nothing."""
-        import numpy as np
-
         pipe = self.pipeline(epoch, checkpoint, replay=True)
         names = []
         for _ in range(max(count, 1)):
