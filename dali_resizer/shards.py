@@ -18,11 +18,21 @@ import numpy as np
 
 from dali_resizer.progress import ProgressBar
 from dali_resizer.readers import ImageFolderSource
-from dali_resizer.readers.wds_index import build_index, index_problem
+from dali_resizer.readers.wds_index import (
+    CUT_SUFFIX,
+    DUPLICATES_SUFFIX,
+    build_index,
+    index_problem,
+    read_members,
+    sample_key,
+)
 from dali_resizer.readers.webdataset import CLASSES_FILE
-from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS
+from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS, SHARD_LABEL_EXTENSION
 
-__all__ = ["main", "report_problems", "verify_shards", "write_shards"]
+__all__ = ["NO_INDEX", "main", "report_problems", "verify_shards", "write_shards"]
+
+# a note, not a failure: the loader reads such a tar through an index it builds once into its cache
+NO_INDEX = "no .idx beside the tar (note: the loader builds one into its cache; `shards index` writes it)"
 
 
 def write_shards(
@@ -108,7 +118,7 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     for tar in tars:
         index = tar.with_suffix(".idx")
         if not index.is_file():
-            problems.setdefault("missing index", []).append(str(index))
+            problems.setdefault(NO_INDEX, []).append(str(index))
         else:
             problem = index_problem(tar, index)
             if problem is None:
@@ -119,24 +129,34 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                         problem = "differs from the tar's contents"
                 finally:
                     expected.unlink(missing_ok=True)
-                    Path(f"{expected}.duplicates").unlink(missing_ok=True)
+                    Path(f"{expected}{DUPLICATES_SUFFIX}").unlink(missing_ok=True)
+                    Path(f"{expected}{CUT_SUFFIX}").unlink(missing_ok=True)
             if problem is not None:
                 problems.setdefault("stale index", []).append(f"{index}: {problem}")
         try:
-            samples: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(tar, mode="r:") as archive:
-                for member in archive:
-                    base = os.path.basename(member.name)
-                    if member.isfile() and not base.startswith(".") and "." in base:
-                        stem, ext = base.split(".", 1)
-                        key = os.path.join(os.path.dirname(member.name), stem)
-                        if key in samples and ext in samples[key]:
-                            problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
-                        data = archive.extractfile(member).read() if ext == "cls" else b""
-                        samples.setdefault(key, {})[ext] = data
+            members, cut = read_members(str(tar))
         except (tarfile.TarError, OSError) as e:
             problems.setdefault("unreadable tar", []).append(f"{tar}: {e}")
             continue
+        for name in cut:
+            where = f"at byte {name[1:]}: whatever came after is lost" if name.startswith("@") else f"inside {name}"
+            problems.setdefault("tar cut short", []).append(f"{tar}: {where}")
+        samples: dict[str, dict[str, bytes]] = {}
+        with open(tar, "rb") as f:
+            for member in members:
+                base = os.path.basename(member.name)
+                if member.isfile() and not base.startswith(".") and "." in base:
+                    ext = base.split(".", 1)[1].lower()
+                    key = sample_key(member.name)
+                    if key in samples and ext in samples[key]:
+                        problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
+                        continue
+                    if ext == SHARD_LABEL_EXTENSION:
+                        f.seek(member.offset_data)
+                        data = f.read(member.size)
+                    else:
+                        data = b""
+                    samples.setdefault(key, {})[ext] = data
         for key, parts in samples.items():
             if not any(ext.lower() in SHARD_IMAGE_EXTENSIONS for ext in parts):
                 problems.setdefault("sample without image", []).append(f"{tar}: {key}")
@@ -184,27 +204,34 @@ def main(argv: list[str] | None = None) -> int:
         for tar in args.tars:
             index = os.path.splitext(tar)[0] + ".idx"
             count = build_index(tar, index)
-            duplicates = Path(f"{index}.duplicates")
-            left_out = duplicates.read_text().splitlines() if duplicates.is_file() else []
-            print(f"{tar}: {count} samples" + (f"; {len(left_out)} duplicate member(s) left out, listed in "
-                                               f"{duplicates}" if left_out else ""))
-            status = status or (1 if left_out else 0)
+            said = []
+            for suffix, what in ((DUPLICATES_SUFFIX, "duplicate member(s)"), (CUT_SUFFIX, "cut-short member(s)")):
+                listed = Path(f"{index}{suffix}")
+                if listed.is_file():
+                    said.append(f"{len(listed.read_text().splitlines())} {what} left out, listed in {listed}")
+            print(f"{tar}: {count} samples" + "".join(f"; {s}" for s in said))
+            status = status or (1 if said else 0)
         return status
     return report_problems(verify_shards(args.dir))
 
 
 def report_problems(problems: dict[str, list[str]], shown: int = 10) -> int:
-    """Prints problems by kind (the first ``shown`` of each); returns the exit status: 1 when any kind
-    but those the loader ignores anyway ("... (ignored)") is present, else 0."""
+    """Prints problems by kind (the first ``shown`` of each) on stdout; returns the exit status: 1 when
+    any kind but notes (``"(ignored)"``, ``"(note: ..."``) is present, else 0."""
     for kind, items in sorted(problems.items()):
         print(f"{kind}: {len(items)}")
         for item in items[:shown]:
             print(f"  {item}")
         if len(items) > shown:
             print(f"  ... and {len(items) - shown} more")
-    serious = sum(len(items) for kind, items in problems.items() if not kind.endswith("(ignored)"))
-    print("ok" if not serious else f"{serious} problem(s)", file=sys.stderr)
+    serious = sum(len(items) for kind, items in problems.items() if not _is_note(kind))
+    notes = sum(len(items) for kind, items in problems.items() if _is_note(kind))
+    print(("ok" if not serious else f"{serious} problem(s)") + (f", {notes} note(s)" if notes else ""))
     return 1 if serious else 0
+
+
+def _is_note(kind: str) -> bool:
+    return kind.endswith("(ignored)") or "(note:" in kind
 
 
 if __name__ == "__main__":

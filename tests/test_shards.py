@@ -152,3 +152,58 @@ def test_member_names_with_extra_dots_follow_webdataset_keys(tmp_path):
     assert "no image" in loader.skipped[f"{tmp_path}/s-000000.tar (sample a)"]
     with pytest.raises(BadSampleError, match="sample img.*neither an image"):
         list(DALILoader(tmp_path, batch_size=3, size=8, shuffle=False))
+
+
+def test_a_tar_listed_twice_is_refused(tmp_path):
+    tar = write_test_shards(tmp_path, [2])[0]
+    with pytest.raises(ValueError, match="listed twice in the source"):
+        DALILoader([tar, tar], batch_size=2)
+    (tmp_path / "link.tar").symlink_to(tar)
+    with pytest.raises(ValueError, match=f"link.tar: listed twice in the source \\(also as {tar}\\)"):
+        DALILoader([tar, tmp_path / "link.tar"], batch_size=2)
+
+
+def test_verify_notes_a_missing_index_and_prints_on_stdout(tmp_path, capsys):
+    from dali_resizer.shards import main
+
+    write_test_shards(tmp_path, [2])  # webdataset's writer: no .idx
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    assert main(["verify", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "no .idx beside the tar (note:" in captured.out and captured.out.rstrip().endswith("ok, 1 note(s)")
+    assert captured.err == ""
+
+
+@pytest.mark.parametrize("cut", ["inside a member", "inside a header"])
+@pytest.mark.parametrize("on_error", ["skip", "raise"])
+def test_a_tar_cut_short_is_read_up_to_the_cut(tmp_path, cut, on_error):
+    from dali_resizer.samples import BadSampleError
+    from dali_resizer.shards import verify_shards
+
+    tar = write_test_shards(tmp_path, [4], unique_labels=True)[0]
+    with tarfile.open(tar) as t:
+        last = t.getmembers()[-2:]  # sample-00003's .cls and .jpg (webdataset writes them in key order)
+    data = tar.read_bytes()
+    jpg = next(m for m in last if m.name.endswith(".jpg"))
+    end = jpg.offset_data + jpg.size // 2 if cut == "inside a member" else jpg.offset + 100
+    tar.write_bytes(data[:end])
+    if on_error == "raise" and cut == "inside a member":
+        with pytest.raises(BadSampleError, match="sample sample-00003.*cut short"):
+            DALILoader(tmp_path, batch_size=2, size=8)
+        return
+    if on_error == "raise":  # the cut is said at construction; the sample it leaves without an image stops
+        with pytest.warns(UserWarning, match="cut short or damaged at byte"):
+            loader = DALILoader(tmp_path, batch_size=2, size=8, shuffle=False)
+        with pytest.raises(BadSampleError, match=r"sample sample-00003\): no image"):
+            list(loader)
+        return
+    with pytest.warns(UserWarning) as record:
+        loader = DALILoader(tmp_path, batch_size=2, size=8, shuffle=False, on_error=on_error, return_index=True)
+        labels = [y for _, lab, _ in loader for y in lab.tolist()]
+    said = " ".join(str(w.message) for w in record)
+    if cut == "inside a member":  # the cut sample is counted and padded; the others are read
+        assert sorted(labels) == [-100, 0, 1, 2] and "sample-00003" in next(iter(loader.skipped))
+    else:  # the header of the last image is cut: the tar is read to there, and the cut is said
+        assert "cut short or damaged at byte" in said
+        assert sorted(y for y in labels if y >= 0) == [0, 1, 2]
+    assert verify_shards(tmp_path)["tar cut short"]

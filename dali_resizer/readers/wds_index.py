@@ -12,6 +12,7 @@ from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS
 from dali_resizer.storage import storage_for
 
 __all__ = [
+    "CUT_SUFFIX",
     "DUPLICATES_SUFFIX",
     "build_index",
     "index_problem",
@@ -23,6 +24,7 @@ __all__ = [
 ]
 
 DUPLICATES_SUFFIX = ".duplicates"  # beside an index: the members build_index left out as duplicate keys
+CUT_SUFFIX = ".cut"  # beside an index: the members of a tar cut short that build_index left out
 
 
 def sample_key(member: str) -> str:
@@ -36,30 +38,57 @@ def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> i
     Members are grouped into samples by the name before the first dot of the file name, as
     webdataset does; hidden files and non-regular members are left out, as DALI does. A member whose
     key and extension were already seen (a duplicate key) is left out of the index, not merged, and
-    listed in ``<index_path>.duplicates`` for the loader and the checks to report.
+    listed in ``<index_path>.duplicates`` for the loader and the checks to report. A tar cut short
+    is indexed up to its last whole member; the members it cuts are listed in ``<index_path>.cut``.
     """
     samples: dict[str, list[str]] = {}
     seen: set[tuple[str, str]] = set()
     duplicates: list[str] = []
     tar_path = os.fspath(tar_path)
-    with storage_for(tar_path).open(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:
-            base = os.path.basename(member.name)
-            if not member.isfile() or base.startswith(".") or "." not in base:
-                continue
-            ext = base.split(".", 1)[1]
-            if any(c.isspace() for c in member.name):
-                raise ValueError(
-                    f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
-            key = sample_key(member.name)
-            if (key, ext.lower()) in seen:
-                duplicates.append(member.name)
-                continue
-            seen.add((key, ext.lower()))
-            samples.setdefault(key, []).append(f"{ext} {member.offset_data} {member.size} {member.name}")
+    members, cut = read_members(tar_path)
+    for member in members:
+        base = os.path.basename(member.name)
+        if not member.isfile() or base.startswith(".") or "." not in base:
+            continue
+        ext = base.split(".", 1)[1]
+        if any(c.isspace() for c in member.name):
+            raise ValueError(
+                f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
+        key = sample_key(member.name)
+        if (key, ext.lower()) in seen:
+            duplicates.append(member.name)
+            continue
+        seen.add((key, ext.lower()))
+        samples.setdefault(key, []).append(f"{ext} {member.offset_data} {member.size} {member.name}")
     write_atomic(f"{os.fspath(index_path)}{DUPLICATES_SUFFIX}", "".join(f"{name}\n" for name in duplicates) or None)
+    write_atomic(f"{os.fspath(index_path)}{CUT_SUFFIX}", "".join(f"{name}\n" for name in cut) or None)
     write_atomic(index_path, f"v1.2 {len(samples)}\n" + "".join(" ".join(c) + "\n" for c in samples.values()))
     return len(samples)
+
+
+def read_members(tar_path: str) -> tuple[list[tarfile.TarInfo], list[str]]:
+    """The whole members of a tar, and the names of those it cuts short: a member whose data runs past
+    the end, or ``@<offset>`` where what follows the last whole member is neither a member nor the
+    zero blocks that end a tar (the tar ends there, or a header is cut short or damaged: whatever
+    came after is lost)."""
+    storage = storage_for(tar_path)
+    size = storage.stat(tar_path).size
+    members: list[tarfile.TarInfo] = []
+    cut: list[str] = []
+    with storage.open(tar_path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        try:
+            while (member := tar.next()) is not None:
+                members.append(member)
+        except tarfile.ReadError:  # the tar ends inside a header, or inside the data before it
+            pass
+    while members and members[-1].offset_data + members[-1].size > size:
+        cut.insert(0, members.pop().name)
+    end = members[-1].offset_data + -(-members[-1].size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE if members else 0
+    # a whole tar ends with zero blocks after its last member
+    tail = storage.read(tar_path, end, max(0, min(size - end, 2 * tarfile.BLOCKSIZE))) if end < size else b""
+    if not cut and (len(tail) < tarfile.BLOCKSIZE or any(tail)):
+        cut.append(f"@{min(end, size)}")
+    return members, cut
 
 
 def write_atomic(path: str | os.PathLike, text: str | None) -> None:

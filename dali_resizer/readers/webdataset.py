@@ -14,6 +14,7 @@ import torch
 
 from dali_resizer.readers.base import Reader, Restart
 from dali_resizer.readers.wds_index import (
+    CUT_SUFFIX,
     DUPLICATES_SUFFIX,
     build_index,
     index_problem,
@@ -26,9 +27,9 @@ from dali_resizer.samples import (
     PAD_LABEL,
     SHARD_IMAGE_EXTENSIONS,
     SHARD_LABEL_EXTENSION,
-    BadSampleError,
     STATUS_NOT_AN_IMAGE,
     STATUS_OVERSIZE,
+    BadSampleError,
     describe_bytes,
     oversize_problem,
 )
@@ -63,6 +64,8 @@ class ShardSource:
     # tar -> members left out of its index because their sample key and extension came before
     # (only known for indexes built by build_index, which records them beside the index)
     duplicates: dict[str, list[str]] = field(default_factory=dict)
+    # tar -> members of a tar cut short that its index leaves out (``@<offset>``: where it stops)
+    cut: dict[str, list[str]] = field(default_factory=dict)
     index_dir: Path = field(default_factory=default_index_dir, repr=False)
 
     def __len__(self) -> int:
@@ -79,6 +82,13 @@ class ShardSource:
     def from_paths(cls, paths: list[str], index_dir: str | os.PathLike | None = None) -> ShardSource:
         """Uses ``<shard>.idx`` beside each tar, or builds a missing index once into ``index_dir``."""
         storage = storage_for(paths[0])
+        seen: dict[str, str] = {}
+        for path in paths:
+            real = os.path.realpath(path)
+            if real in seen:
+                also = f" (also as {seen[real]})" if seen[real] != path else ""
+                raise ValueError(f"{path}: listed twice in the source{also}; a tar is read once per epoch")
+            seen[real] = path
         missing = [p for p in paths if not storage.is_file(p)]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -88,11 +98,12 @@ class ShardSource:
         counts = [read_index_count(p) for p in index_paths]
         classes_file = storage.join(storage.parent(paths[0]), CLASSES_FILE)
         classes = storage.read(classes_file).decode().splitlines() if storage.is_file(classes_file) else None
-        duplicates = {}
+        duplicates, cut = {}, {}
         for tar, index in zip(paths, index_paths):
-            if os.path.isfile(index + DUPLICATES_SUFFIX):
-                duplicates[tar] = Path(index + DUPLICATES_SUFFIX).read_text().splitlines()
-        return cls(list(paths), index_paths, counts, classes, duplicates, index_dir)
+            for suffix, found in ((DUPLICATES_SUFFIX, duplicates), (CUT_SUFFIX, cut)):
+                if os.path.isfile(index + suffix):
+                    found[tar] = Path(index + suffix).read_text().splitlines()
+        return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
 
 
 def _index_for(tar_path: str, index_dir: Path) -> str:
@@ -169,6 +180,17 @@ class ShardReader(Reader):
             ledger.found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
                           "and extension; this copy is left out of the index" for tar, members in
                           source.duplicates.items() for member in members}, stacklevel=4)
+        cut_samples = {}
+        for tar, members in source.cut.items():
+            for member in members:
+                if member.startswith("@"):
+                    warnings.warn(f"{tar}: cut short or damaged at byte {member[1:]}: whatever came after is lost; "
+                                  f"the samples before it are read", stacklevel=4)
+                else:
+                    key = sample_key(member)
+                    cut_samples[f"{tar} (sample {key})"] = f"the tar ends inside its member {member} (cut short)"
+                    self.bad_keys.setdefault(tar, set()).add(key)
+        ledger.found(cut_samples, stacklevel=4)
 
     def describe(self) -> str:
         return f"{len(self.source.paths)} shards"
