@@ -151,7 +151,7 @@ def stats(values: list[float]) -> dict:
 
 def run(args: list[str]) -> dict:
     t0 = time.perf_counter()
-    history = train_main(args + ["--quiet"])
+    history = train_main(args + ["--quiet", "--overwrite"])  # (a rerun replaces the arm's earlier run)
     return {"val_top1": history[-1]["val_top1"], "train_loss": history[-1]["train_loss"],
             "seconds": time.perf_counter() - t0, "history": history}
 

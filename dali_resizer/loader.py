@@ -328,7 +328,7 @@ class DALILoader:
         its readers and random generators, or the next epoch when none is in progress."""
         state = {"epoch": self._epoch, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
                  "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.dataset),
-                 "skipped": dict(self.skipped), **self._reader.state_dict()}
+                 **self._pipeline_identity(), "skipped": dict(self.skipped), **self._reader.state_dict()}
         if self._active is not None:
             epoch, batches, done, base = self._active
             state |= {"epoch": epoch, "batches_done": done, "base": base}
@@ -343,10 +343,21 @@ class DALILoader:
                           ("num_source_samples", len(self.dataset))):
             if state.get(key) != mine:
                 raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}")
+        for key, mine in self._pipeline_identity().items():  # (states saved without them: not checked)
+            if key in state and state[key] != mine:
+                raise ValueError(
+                    f"loader state is for {key}={state[key]!r}, this loader has {key}={mine!r}: its position and "
+                    f"DALI checkpoint hold only for a loader built the same way; build it with {key}={state[key]!r}")
         self._epoch = int(state["epoch"])
         self.skipped.update(state.get("skipped", {}))
         self._reader.load_state_dict(state)
         self._resume = state if state["batches_done"] else None
+
+    def _pipeline_identity(self) -> dict:
+        """What a saved position and DALI checkpoint depend on besides the data and the shard: the
+        batch size (positions count batches) and the pipeline's graph (training or evaluation)."""
+        return {"batch_size": self.batch_size, "train": self.train, "shuffle": self.shuffle,
+                "drop_last": self.drop_last}
 
     def __repr__(self) -> str:
         return (

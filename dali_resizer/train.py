@@ -21,7 +21,9 @@ are trained with a fixed resize in the resizer's place: the baseline to compare 
 ``--data`` is an image folder or WebDataset shards; a folder holding ``train/`` and ``val/`` is split
 that way, otherwise pass ``--val-data``. Each epoch writes ``checkpoint.pt`` (model, optimizer,
 schedule, loader epoch, arguments) and appends to ``metrics.csv`` / ``metrics.json`` in ``--output``;
-``--resume`` continues from the checkpoint there. Under torchrun the model runs under DDP (gloo on
+``--resume`` continues from the checkpoint there; a folder that holds a run is refused without
+``--resume`` or ``--overwrite``. ``--on-error skip`` skips bad samples, counts them in the metrics and
+names them at the end. Under torchrun the model runs under DDP (gloo on
 the CPU, nccl on GPUs), the loader shards by rank, and only rank 0 writes.
 """
 
@@ -105,6 +107,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     resume: bool = False
+    overwrite: bool = False
+    on_error: str = "raise"
     max_steps: int | None = None
     seed: int = 0
     num_threads: int | None = None
@@ -283,11 +287,17 @@ def train(cfg: TrainConfig) -> list[dict]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
+    out = Path(cfg.output)
+    _check_output(out, cfg)
     train_dir, val_dir = _split_data(cfg)
     common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
-                  seed=cfg.seed, shard_id=rank, num_shards=world)
+                  seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error)
     train_loader = DALILoader(train_dir, train=True, drop_last=True, random_area=tuple(cfg.random_area),
                               random_aspect_ratio=tuple(cfg.random_aspect_ratio), **common)
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {train_loader.samples_per_shard} training "
+                         f"sample(s) of each of the {world} process(es) ({len(train_loader.dataset)} in all): not one "
+                         f"full batch to train on; use a smaller --batch-size")
     val_loader = DALILoader(val_dir, train=False, crop_ratio=cfg.crop_ratio, **common) if val_dir else None
     num_classes = cfg.num_classes or len(train_loader.classes or [])
     if not num_classes:
@@ -307,7 +317,6 @@ def train(cfg: TrainConfig) -> list[dict]:
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
-    out = Path(cfg.output)
     history: list[dict] = []
     start_epoch = step = 0
     partial = None  # running sums of an epoch interrupted mid-way
@@ -323,6 +332,13 @@ def train(cfg: TrainConfig) -> list[dict]:
         start_epoch, step = ckpt["loaders"][rank]["epoch"], ckpt["step"]
         history, partial = ckpt["history"], ckpt["partial"]
         torch.set_rng_state(ckpt["rng"])
+        resumed = (f"resumed from {(out / 'checkpoint.pt').resolve()} at epoch {start_epoch}, step {step}"
+                   + (f" (batch {partial[0]} of {steps} in the epoch)" if partial else " (the epoch's start)"))
+    else:
+        resumed = None
+        if rank == 0 and cfg.overwrite:
+            for name in ("checkpoint.pt", "metrics.csv", "metrics.json"):
+                (out / name).unlink(missing_ok=True)
     device_ids = [device.index] if device.type == "cuda" else None
     ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids) if world > 1 else model
     run_model = torch.compile(ddp_model) if cfg.compile else ddp_model
@@ -333,6 +349,11 @@ def train(cfg: TrainConfig) -> list[dict]:
         f"{len(train_loader.dataset)} train samples, world {world}, device {device}, recipe {cfg.recipe}: "
         f"{cfg.optimizer} lr {cfg.lr}" + (f" (resizer {cfg.resizer_lr})" if cfg.resizer_lr else "")
         + f", {cfg.schedule} schedule, {cfg.warmup_epochs:g} warm-up epoch(s)")
+    if resumed:
+        log(resumed)
+    if val_loader is None:
+        log(f"no validation data ({train_dir} has no val/ beside train/, and no --val-data): the metrics hold "
+            f"training figures only")
 
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_steps is not None and step >= cfg.max_steps:
@@ -390,13 +411,44 @@ def train(cfg: TrainConfig) -> list[dict]:
                "images_per_s": seen_now / elapsed, "epoch_s": elapsed}
         if val_loader is not None:
             row |= evaluate(model, val_loader, cfg, device)
+        if cfg.on_error == "skip":
+            row |= {"train_skipped": len(_skipped_everywhere(train_loader)),
+                    **({"val_skipped": len(_skipped_everywhere(val_loader))} if val_loader is not None else {})}
         history.append(row)
         log(f"epoch {epoch}: " + " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in row.items() if k != "epoch"))
         _save(out, cfg, model, optimizer, schedule, scaler, train_loader, step, history, rank)
         if cfg.max_steps is not None and step >= cfg.max_steps:
             break
+    if cfg.on_error == "skip":
+        for name, loader in (("training", train_loader), ("validation", val_loader)):
+            skipped = _skipped_everywhere(loader) if loader is not None else {}
+            shown = "; ".join(f"{k} ({v})" for k, v in list(skipped.items())[:5])
+            log(f"{len(skipped)} bad {name} sample(s) skipped" + (f": {shown}" if shown else "")
+                + (f" ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
     return history
+
+
+def _check_output(out: Path, cfg: TrainConfig) -> None:
+    """A run's folder is continued (``--resume``) or replaced (``--overwrite``), never silently both."""
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("--resume continues the run in --output and --overwrite replaces it: pass one")
+    held = [name for name in ("checkpoint.pt", "metrics.csv", "metrics.json") if (out / name).exists()]
+    if cfg.resume and not (out / "checkpoint.pt").is_file():
+        raise ValueError(f"--resume: there is no checkpoint.pt in {out.resolve()} to continue from")
+    if held and not (cfg.resume or cfg.overwrite):
+        raise ValueError(f"{out.resolve()} already holds a run ({', '.join(held)}): pass --resume to continue it "
+                         f"or --overwrite to replace it, or choose another --output")
+
+
+def _skipped_everywhere(loader: DALILoader) -> dict[str, str]:
+    """The bad samples every rank's loader skipped so far (one rank may meet a sample that another met
+    in an earlier epoch: counted once)."""
+    if not dist.is_initialized():
+        return dict(loader.skipped)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, dict(loader.skipped))
+    return {name: problem for part in gathered for name, problem in part.items()}
 
 
 def _save(out: Path, cfg, model, optimizer, schedule, scaler, loader, step: int, history, rank: int,
@@ -430,6 +482,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--val-data", help="validation image folder or shards (evaluation pipeline: center crop)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
     g.add_argument("--num-threads", type=int, help="DALI threads per process (default: usable cores)")
+    g.add_argument("--on-error", choices=("raise", "skip"), default=d.on_error,
+                   help="a bad sample stops the run (raise), or is skipped, counted in the metrics and named at the "
+                        "end (skip)")
     g.add_argument("--random-area", type=float, nargs=2, default=d.random_area, metavar=("LOW", "HIGH"),
                    help="training random-resized-crop area range (torchvision's scale)")
     g.add_argument("--random-aspect-ratio", type=float, nargs=2, default=d.random_aspect_ratio,
@@ -486,6 +541,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g = p.add_argument_group("run")
     g.add_argument("--output", default=d.output, help="checkpoint and metrics folder")
     g.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    g.add_argument("--overwrite", action="store_true", help="replace the run OUTPUT already holds")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
     g.add_argument("--save-every", type=int, metavar="STEPS",
                    help="also checkpoint every STEPS optimizer steps inside an epoch (--resume continues mid-epoch)")
@@ -498,6 +554,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    """Trains as the command line says; returns the metrics, a row per epoch."""
     cfg = parse_args(argv)
     try:
         return train(cfg)
@@ -506,5 +563,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             dist.destroy_process_group()
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command: a problem with the arguments, the output folder or the data is one line, exit 2."""
+    try:
+        main(argv)
+    except ValueError as e:  # (BadSampleError too: it names the sample)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

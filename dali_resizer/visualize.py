@@ -11,7 +11,7 @@ to look natural (the paper shows the same): they are tuned to what the backbone 
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--input-size", type=int, help="default: the run's --input-size")
     p.add_argument("--output", default="resizer-grid.png")
     args = p.parse_args(argv)
+    if args.num_images < 1:
+        p.error(f"--num-images must be at least 1, got {args.num_images}")
 
     from PIL import Image, ImageDraw
 
@@ -101,9 +103,10 @@ def main(argv: list[str] | None = None) -> str:
     page = Image.new("RGB", (grid.width, grid.height + header.height), "white")
     page.paste(header, (0, 0))
     page.paste(grid, (0, header.height))
-    page.save(args.output)
-    print(f"{args.output}: {images.shape[0]} rows; columns: {', '.join(COLUMNS)}", file=sys.stderr)
-    return args.output
+    path = Path(args.output).resolve()
+    page.save(path)
+    print(f"wrote {path}: {images.shape[0]} rows; columns: {', '.join(COLUMNS)}")
+    return str(path)
 
 
 if __name__ == "__main__":

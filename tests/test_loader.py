@@ -394,3 +394,19 @@ def test_resume_on_shards(shard_dir, tmp_path):
     assert [y for _, y in tail] == [y for _, y in full[1:]]
     for (a, _), (b, _) in zip(full[1:], tail):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_state_loads_only_into_a_loader_built_the_same_way(image_folder):
+    """A position counts batches of one size, and DALI's checkpoint is of one graph: another batch size
+    or evaluation mode is refused, naming what to build instead."""
+    loader = DALILoader(image_folder, batch_size=4, size=16, return_index=True)
+    batches = iter(loader)
+    next(batches)
+    state = loader.state_dict()
+    with pytest.raises(ValueError, match="batch_size=4, this loader has batch_size=2.*build it with batch_size=4"):
+        DALILoader(image_folder, batch_size=2, size=16).load_state_dict(state)
+    with pytest.raises(ValueError, match="train=True, this loader has train=False"):
+        DALILoader(image_folder, batch_size=4, size=16, train=False, shuffle=True).load_state_dict(state)
+    resumed = DALILoader(image_folder, batch_size=4, size=16, return_index=True)
+    resumed.load_state_dict(state)
+    assert epoch_indices(resumed) == [i for _, _, idx in batches for i in idx.tolist()]  # the rest, as it was

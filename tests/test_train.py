@@ -14,6 +14,7 @@ from dali_resizer.train import main
 
 TINY = ["--backbone", "resnet18", "--size", "16", "--input-size", "32", "--batch-size", "4", "--num-threads", "1",
         "--quiet", "--lr", "0.01"]
+LOUD = [a for a in TINY if a != "--quiet"]  # (what the run says, on stderr)
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +258,47 @@ def test_batch_sums_count_real_samples_only():
     assert (real, correct) == (2, 1.0)
     assert loss_sum == pytest.approx(2 * float(loss))
     assert batch_sums(loss, logits, torch.full((4,), PAD_LABEL)) == (0, 0.0, 0.0)
+
+
+def test_an_output_that_holds_a_run_needs_resume_or_overwrite(data, tmp_path, capsys):
+    from dali_resizer.train import cli
+
+    main(["--data", str(data), "--epochs", "1", "--max-steps", "1", "--output", str(tmp_path), *TINY])
+    before = (tmp_path / "metrics.csv").read_text()
+    assert cli(["--data", str(data), "--epochs", "1", "--output", str(tmp_path), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "metrics.csv").read_text() == before  # untouched
+    assert cli(["--data", str(data), "--output", str(tmp_path), "--resume", "--overwrite", *TINY]) == 2
+    assert cli(["--data", str(data), "--output", str(tmp_path / "new"), "--resume", *TINY]) == 2
+    assert "no checkpoint.pt" in capsys.readouterr().err
+    history = main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path), "--overwrite", *TINY])
+    assert len(history) == 1 and len((tmp_path / "metrics.csv").read_text().splitlines()) == 2  # a new run
+
+
+def test_resume_and_missing_validation_say_so(tmp_path, capsys):
+    folder = make_synthetic_folder(tmp_path / "data", num_classes=2, images_per_class=4, min_side=24, max_side=32)
+    args = ["--data", str(folder), "--epochs", "2", "--output", str(tmp_path / "run"), *LOUD]
+    main([*args, "--max-steps", "1"])
+    first = capsys.readouterr().err
+    assert "no validation data" in first
+    main([*args, "--resume"])
+    said = capsys.readouterr().err
+    assert f"resumed from {(tmp_path / 'run' / 'checkpoint.pt').resolve()} at epoch 0, step 1 (batch 1 of 2" in said
+
+
+def test_a_batch_larger_than_the_training_set_is_an_error(data, tmp_path):
+    with pytest.raises(ValueError, match="--batch-size 64 is larger than the .* training sample"):
+        main(["--data", str(data), "--output", str(tmp_path), *TINY, "--batch-size", "64"])
+
+
+def test_on_error_skip_trains_past_a_bad_file_and_counts_it(tmp_path, capsys):
+    folder = make_synthetic_folder(tmp_path / "data", num_classes=2, images_per_class=6, min_side=24, max_side=32)
+    bad = sorted(folder.glob("*/*"))[0]
+    bad.write_bytes(b"<html>not an image</html>")
+    args = ["--data", str(folder), "--epochs", "2", "--output", str(tmp_path / "run"), *LOUD]
+    with pytest.raises(ValueError, match="HTML/XML text"):
+        main(args)
+    history = main([*args, "--on-error", "skip", "--overwrite"])
+    assert [row["train_skipped"] for row in history] == [1, 1]
+    assert f"1 bad training sample(s) skipped: {bad}" in capsys.readouterr().err

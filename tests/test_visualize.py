@@ -47,3 +47,18 @@ def test_cli_reads_a_muller_checkpoint(tmp_path, image_folder):
     out = main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--data", str(image_folder), "--num-images", "2",
                 "--output", str(tmp_path / "grid.png")])
     assert Image.open(out).size[0] == 24 + 3 * 24 + 5 * 4
+
+
+def test_cli_says_where_it_wrote_and_refuses_zero_images(tmp_path, image_folder, capsys, monkeypatch):
+    import pytest
+
+    model = torch.nn.Sequential()
+    model.add_module("resizer", LearnableResizer(12))
+    torch.save({"model": model.state_dict(), "args": {"size": 12, "input_size": 24}}, tmp_path / "ckpt.pt")
+    monkeypatch.chdir(tmp_path)
+    out = main(["--checkpoint", "ckpt.pt", "--data", str(image_folder), "--num-images", "2"])
+    assert out == str(tmp_path / "resizer-grid.png") and Image.open(out).size[0] > 0
+    assert f"wrote {tmp_path / 'resizer-grid.png'}" in capsys.readouterr().out  # the full path, on stdout
+    with pytest.raises(SystemExit):
+        main(["--checkpoint", "ckpt.pt", "--data", str(image_folder), "--num-images", "0"])
+    assert "--num-images must be at least 1, got 0" in capsys.readouterr().err
