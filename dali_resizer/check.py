@@ -15,41 +15,44 @@ of ``python -m dali_resizer.shards verify`` plus a decode of every image.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from pathlib import Path
 
 from dali_resizer.progress import ProgressBar
 from dali_resizer.readers import FILE_LIST_HEADER
-from dali_resizer.samples import FOLDER_IMAGE_EXTENSIONS, MAX_PIXELS, SHARD_IMAGE_EXTENSIONS
+from dali_resizer.samples import FOLDER_IMAGE_EXTENSIONS, MAX_PIXELS, SHARD_IMAGE_EXTENSIONS, image_size, jpeg_cut_short
+from dali_resizer.storage import storage_for
 
 __all__ = ["check_folder", "check_shards", "main", "write_file_list"]
 
 
 
-def _decode_batches(paths: list[str], batch_size: int, bar: ProgressBar | None) -> dict[str, str]:
-    """DALI-decodes ``paths`` a batch at a time; a failing batch is probed file by file."""
-    import pipelines
-    from pipelines.probe import probe_files
+def _decode_files(paths: list[str], bar: ProgressBar | None) -> dict[str, str]:
+    """DALI-decodes ``paths`` a batch at a time, as the loader would; a batch that fails, or whose
+    decoder warns of corrupt data, is probed file by file."""
+    from pipelines.probe import decode_samples
 
     problems: dict[str, str] = {}
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        try:
-            pipe = pipelines.decode_only_pipeline(chunk, batch_size=len(chunk), num_threads=2, device_id=None)
-            pipe.build()
-            pipe.run()
-        except RuntimeError:
-            problems.update(probe_files(chunk))
-        if bar is not None:
-            bar.update(len(chunk))
+
+    def read():
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                problems[path] = f"unreadable: {e.strerror or e}"
+                continue
+            if bar is not None:
+                bar.update(1)
+            yield path, data
+
+    problems.update(decode_samples(read()))
     return problems
 
 
 def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[dict[str, list[str]], list[str]]:
     """Returns ``(problems by kind, good image files)`` for an ImageFolder layout."""
-    from PIL import Image
 
     root = Path(root)
     problems: dict[str, list[str]] = {}
@@ -62,41 +65,47 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
         if not entry.is_dir():
             note("file beside the class folders (ignored)", entry.path)
     candidates: list[str] = []
+    storage, loops, unlisted = storage_for(str(root)), [], set()
     for name in classes:
         before = len(candidates)
-        for dirpath, _, fnames in sorted(os.walk(root / name, followlinks=True)):
-            for fname in sorted(fnames):
-                path = os.path.join(dirpath, fname)
-                if not fname.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
-                    note("not an image extension (ignored)", path)
-                    continue
-                if fname.startswith("."):
-                    note("hidden image file (read as a sample)", path)
-                if os.path.islink(path) and not os.path.exists(path):
-                    note("broken symbolic link", path)
-                    continue
-                if not os.access(path, os.R_OK):
-                    note("unreadable", path)
-                    continue
-                candidates.append(path)
+        for path in storage.files(str(root / name), loops):
+            fname = os.path.basename(path)
+            if not fname.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
+                note("not an image extension (ignored)", path)
+                continue
+            if fname.startswith("."):
+                note("hidden image file (read as a sample)", path)
+            if os.path.islink(path) and not os.path.exists(path):
+                note("broken symbolic link", path)
+                continue
+            if not os.access(path, os.R_OK):
+                note("unreadable", path)
+                continue
+            if "\n" in path or "\r" in path:
+                note("line break in the file name (read by the loader; left out of --write-list, which holds "
+                     "a name a line)", repr(path))
+                unlisted.add(path)
+            candidates.append(path)
         if len(candidates) == before:
             note("empty class folder (the loader refuses it)", str(root / name))
+    for loop in loops:
+        note("symbolic link loop (its files are listed again at every level, as ImageFolder lists them)", loop)
 
-    oversize = set()
+    flagged = set()
     for path in candidates:
         with open(path, "rb") as f:
-            size = _header_size(f.read(1 << 16), Image)  # (the header is at the start)
-        if size is not None and size[0] * size[1] > MAX_PIXELS:
-            oversize.add(path)
-            note(f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", f"{path} ({size[0]}x{size[1]})")
-    candidates = [p for p in candidates if p not in oversize]  # never decoded here either
+            found = _header_problem(path, f.read(1 << 16), os.fstat(f.fileno()).st_size)  # (headers come first)
+        if found is not None:
+            flagged.add(path)
+            note(*found)
+    candidates = [p for p in candidates if p not in flagged]  # never decoded by the loader, nor here
     bar = ProgressBar(len(candidates), f"decoding {root}", unit="img") if progress else None
-    bad = _decode_batches(candidates, 64, bar)
+    bad = _decode_files(candidates, bar)
     if bar is not None:
         bar.close()
     for path, problem in bad.items():
         note("cannot be decoded", f"{path}: {problem}")
-    good = [p for p in candidates if p not in bad]
+    good = [p for p in candidates if p not in bad and p not in unlisted]
     return problems, good
 
 
@@ -105,8 +114,6 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     ``max_pixels`` (read from their headers), and a DALI decode of every other image, as the loader
     decodes them."""
     import tarfile
-
-    from PIL import Image
 
     from dali_resizer.shards import verify_shards
     from pipelines.probe import decode_samples
@@ -120,10 +127,9 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                 ext = base.split(".", 1)[1].lower() if "." in base else ""
                 if member.isfile() and not base.startswith(".") and ext in SHARD_IMAGE_EXTENSIONS:
                     name, data = f"{tar}: {member.name}", archive.extractfile(member).read()
-                    size = _header_size(data, Image)
-                    if size is not None and size[0] * size[1] > MAX_PIXELS:
-                        problems.setdefault(f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", []).append(
-                            f"{name} ({size[0]}x{size[1]})")
+                    found = _header_problem(name, data, len(data))
+                    if found is not None:
+                        problems.setdefault(found[0], []).append(found[1])
                         continue
                     yield name, data
 
@@ -137,21 +143,22 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     return problems
 
 
-def _header_size(data: bytes, Image) -> tuple[int, int] | None:
-    """(width, height) from an image's header (PIL reads no pixels), or None where PIL can't say."""
-    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # read sizes, however large
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except Exception:  # DALI's decode says more
-        return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = bomb_limit
+def _header_problem(name: str, head: bytes, size: int) -> tuple[str, str] | None:
+    """(kind, item) for an image the loader does not decode because of its header, as the loader
+    decides it: over ``MAX_PIXELS``, or a JPEG too short for its declared size; else None."""
+    dims = image_size(head)
+    if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
+        return f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", f"{name} ({dims[0]}x{dims[1]})"
+    cut = jpeg_cut_short(head, size)
+    return ("cannot be decoded", f"{name}: {cut}") if cut else None
 
 
 def write_file_list(root: str | os.PathLike, files: list[str], path: str | os.PathLike) -> None:
     """Writes ``files`` (under ``root``) as a list that ``DALILoader`` reads as an image folder."""
     root = Path(root).resolve()
+    broken = next((f for f in files if "\n" in str(f) or "\r" in str(f)), None)
+    if broken is not None:
+        raise ValueError(f"{broken!r}: a file name with a line break cannot be written to a file list")
     lines = [f"{FILE_LIST_HEADER}\n", f"# root: {root}\n"]
     lines += [f"{Path(f).resolve().relative_to(root).as_posix()}\n" for f in files]
     Path(path).write_text("".join(lines))

@@ -218,13 +218,20 @@ class DALILoader:
         mean, std = _channel_triple(mean, "mean"), _channel_triple(std, "std")
         if min(std) <= 0:
             raise ValueError(f"std must be positive, got {std!r}")
-        if not 0 < crop_ratio <= 1:
-            raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio!r}")
-        if not 0 < random_area[0] <= random_area[1] <= 1:
+        if not _is_number(crop_ratio) or not 0 < crop_ratio <= 1:
+            raise ValueError(f"crop_ratio must be a number in (0, 1], got {crop_ratio!r}")
+        area = _number_pair(random_area)
+        if area is None or not 0 < area[0] <= area[1] <= 1:
             raise ValueError(f"random_area must be (low, high) with 0 < low <= high <= 1, got {random_area!r}")
-        if not 0 < random_aspect_ratio[0] <= random_aspect_ratio[1]:
+        aspect = _number_pair(random_aspect_ratio)
+        if aspect is None or not 0 < aspect[0] <= aspect[1]:
             raise ValueError(
                 f"random_aspect_ratio must be (low, high) with 0 < low <= high, got {random_aspect_ratio!r}")
+        if max_pixels is not None and (not isinstance(max_pixels, int) or isinstance(max_pixels, bool)
+                                       or max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive int, or None for no limit, got {max_pixels!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an int, got {seed!r}")
 
         self.batch_size = batch_size
         self.train = bool(train)
@@ -239,8 +246,7 @@ class DALILoader:
         self.memory_format = memory_format
         self.mean, self.std = mean, std
         self.crop_ratio = float(crop_ratio)
-        self.random_area = (float(random_area[0]), float(random_area[1]))
-        self.random_aspect_ratio = (float(random_aspect_ratio[0]), float(random_aspect_ratio[1]))
+        self.random_area, self.random_aspect_ratio = area, aspect
         self.prefetch_queue_depth = prefetch_queue_depth
         self.return_index = bool(return_index)
         self.pin_memory = bool(pin_memory)
@@ -273,7 +279,7 @@ class DALILoader:
             num_threads=self.num_threads,
             device_id=None if self.device.type == "cpu" else self.device.index,
             prefetch_queue_depth=self.prefetch_queue_depth,
-            max_pixels=min(self.max_pixels or 2**31 - 1, 2**31 - 1),  # (a DALI constant: int32)
+            max_pixels=min(self.max_pixels if self.max_pixels is not None else 2**31 - 1, 2**31 - 1),  # (int32)
             enable_checkpointing=True,
         )
         return ReadPlan(batch_size=self.batch_size, shard_id=self.shard_id, num_shards=self.num_shards,
@@ -464,6 +470,17 @@ class DALILoader:
         # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
         return DALIGenericIterator([pipe], list(self._reader.output_names), reader_name="Reader",
                                    last_batch_policy=policy, prepare_first_batch=False)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number_pair(value) -> tuple[float, float] | None:
+    """``(low, high)`` as floats from a pair of numbers, else None."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_number(v) for v in value):
+        return None
+    return float(value[0]), float(value[1])
 
 
 def _channel_triple(values, name: str) -> tuple[float, float, float]:

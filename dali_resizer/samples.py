@@ -18,12 +18,16 @@ __all__ = [
     "PAD_LABEL",
     "SHARD_IMAGE_EXTENSIONS",
     "SHARD_LABEL_EXTENSION",
+    "JPEG_MAX_PIXELS_PER_BYTE",
+    "STATUS_CUT_SHORT",
     "STATUS_NOT_AN_IMAGE",
     "STATUS_OK",
     "STATUS_OVERSIZE",
     "BadSampleError",
     "BadSamples",
     "describe_bytes",
+    "image_size",
+    "jpeg_cut_short",
     "oversize_problem",
     "real_mask",
 ]
@@ -41,7 +45,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 178_956_970
 
 # Per-sample status output by the pipelines: decoded, or replaced by a placeholder and why.
-STATUS_OK, STATUS_OVERSIZE, STATUS_NOT_AN_IMAGE = 0, 1, 2
+STATUS_OK, STATUS_OVERSIZE, STATUS_NOT_AN_IMAGE, STATUS_CUT_SHORT = 0, 1, 2, 3
+
+# A JPEG codes at least ~1 bit per 8x8 block: libjpeg's flattest (a uniform grey, progressive) is ~255
+# pixels a byte. One whose header declares many more pixels per byte of the file is cut short or
+# damaged (libjpeg-turbo decodes it to grey, with only a warning on stderr).
+JPEG_MAX_PIXELS_PER_BYTE = 4096
 
 # The label of a padding row (a skipped sample's place, or the copy that evens out the shards):
 # CrossEntropyLoss's default ignore_index.
@@ -63,6 +72,32 @@ def real_mask(labels):
 class BadSampleError(ValueError):
     """A sample that cannot be read, decoded or labelled; the message names the file (or the shard and
     the sample's key) and why."""
+
+
+def jpeg_cut_short(data: bytes, size: int) -> str | None:
+    """Why a JPEG of ``size`` bytes starting with ``data`` (its header) is cut short, or None: more
+    pixels than ``JPEG_MAX_PIXELS_PER_BYTE`` a byte of the file."""
+    dims = image_size(data) if data.startswith(b"\xff\xd8\xff") else None
+    if dims is None or dims[0] * dims[1] <= size * JPEG_MAX_PIXELS_PER_BYTE:
+        return None
+    return (f"JPEG whose header declares {dims[0]}x{dims[1]} but whose file holds only {size:,} bytes: cut short "
+            f"or damaged (not decoded)")
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's first bytes (PIL reads the header, no pixels), or None."""
+    import io
+
+    from PIL import Image
+
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # read sizes, however large
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # not an image PIL knows, or a header cut short
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
 
 
 def oversize_problem(max_pixels: int) -> str:
@@ -89,8 +124,14 @@ def describe_bytes(data: bytes) -> str:
         return "GIF image (DALI does not decode GIF)"
     for magic, kind in _SIGNATURES:
         if data.startswith(magic):
-            if kind == "JPEG" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-                return "truncated JPEG (no end-of-image marker)"
+            if kind == "JPEG":
+                precision = _jpeg_precision(data)
+                if precision not in (None, 8):
+                    return f"{precision}-bit JPEG (DALI decodes 8-bit JPEG only)"
+                if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                    return "truncated JPEG (no end-of-image marker)"
+            if kind == "TIFF" and _tiff_lacks_bits_per_sample(data):
+                return "TIFF without a BitsPerSample field (a 1-bit image as PIL writes it; DALI needs the field)"
             return f"{kind} image"
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
@@ -98,6 +139,33 @@ def describe_bytes(data: bytes) -> str:
     if all(32 <= b < 127 or b in (9, 10, 13) for b in data[:512]):
         return "text, not an image"
     return "unrecognised bytes, not an image"
+
+
+def _jpeg_precision(data: bytes) -> int | None:
+    """The sample precision in bits of a JPEG's frame header (SOF0-15 but DHT, JPG, DAC), or None."""
+    i = 2
+    while i + 4 <= len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return data[i + 4] if i + 4 < len(data) else None
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        i += 2 + length
+    return None
+
+
+def _tiff_lacks_bits_per_sample(data: bytes) -> bool:
+    """Whether a TIFF's first image directory has no BitsPerSample (tag 258) entry."""
+    order = "little" if data[:2] == b"II" else "big"
+    if len(data) < 8:
+        return False
+    offset = int.from_bytes(data[4:8], order)
+    if offset + 2 > len(data):
+        return False
+    count = int.from_bytes(data[offset : offset + 2], order)
+    tags = [int.from_bytes(data[offset + 2 + 12 * k : offset + 4 + 12 * k], order) for k in range(count)
+            if offset + 4 + 12 * k <= len(data)]
+    return len(tags) == count and 258 not in tags
 
 
 class BadSamples:

@@ -47,8 +47,10 @@ class Storage:
         """The files directly in ``path`` (not below it), as full paths, sorted."""
         raise NotImplementedError
 
-    def files(self, path: str) -> Iterator[str]:
-        """Every file below ``path`` (recursively), as full paths, in a sorted, repeatable order."""
+    def files(self, path: str, loops: list[str] | None = None) -> Iterator[str]:
+        """Every file below ``path`` (recursively), as full paths, in a sorted, repeatable order.
+        ``loops``: where given, each symbolic link to a folder above it (or to its own folder) is
+        appended as ``"<link> -> <target>"``, once."""
         raise NotImplementedError
 
     def open(self, path: str) -> BinaryIO:
@@ -89,9 +91,20 @@ class LocalStorage(Storage):
     def files_here(self, path: str) -> list[str]:
         return sorted(entry.path for entry in os.scandir(path) if entry.is_file())
 
-    def files(self, path: str) -> Iterator[str]:
-        # followlinks: torchvision's ImageFolder follows symbolic links to folders, and so do we
-        for dirpath, _, names in sorted(os.walk(path, followlinks=True)):
+    def files(self, path: str, loops: list[str] | None = None) -> Iterator[str]:
+        # followlinks: torchvision's ImageFolder follows symbolic links to folders, and so do we, loops
+        # included (a loop is walked until the path is too long, as ImageFolder walks it)
+        seen: set[tuple[str, str]] = set()
+        for dirpath, dirnames, names in sorted(os.walk(path, followlinks=True)):
+            if loops is not None:
+                here = os.path.realpath(dirpath)
+                for d in dirnames:
+                    link = os.path.join(dirpath, d)
+                    if os.path.islink(link) and (here, d) not in seen:
+                        target = os.path.realpath(link)
+                        if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                            seen.add((here, d))
+                            loops.append(f"{link} -> {target}")
             for name in sorted(names):
                 yield os.path.join(dirpath, name)
 

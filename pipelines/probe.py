@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 from collections.abc import Iterable
 
 import numpy as np
@@ -19,10 +24,44 @@ def _one_sample():
     return fn.decoders.image(encoded, device="cpu", output_type=types.RGB), shape
 
 
-def probe_samples(samples: Iterable[tuple[str, bytes]]) -> dict[str, str]:
+# What the decoders print on stderr about a sample: DALI's codec plugins ("[ERROR] [tiff_parser] ..."),
+# libjpeg-turbo's warnings ("Corrupt JPEG data: ..."), libpng's.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LEVEL = re.compile(r"^\[(ERROR|WARNING)\] ")
+_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "libpng warning", "libpng error")
+
+
+@contextlib.contextmanager
+def _stderr_into(said: list[str]):
+    """Sends what is written to file descriptor 2 (by C libraries too) into ``said`` instead of the
+    terminal, while the block runs: a probe reports the sample itself."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said += [line.strip() for line in _ANSI.sub("", tmp.read().decode("utf-8", "replace")).splitlines()
+                     if line.strip()]
+
+
+def _decoder_said(lines: list[str]) -> str:
+    if not lines:
+        return ""
+    return f" (decoder: {_LEVEL.sub('', lines[-1])})"
+
+
+def probe_samples(samples: Iterable[tuple[str, bytes]], *, damage: bool = False) -> dict[str, str]:
     """Reads the header and decodes each ``(name, bytes)`` alone on the CPU, as the loader would;
-    returns ``{name: problem}`` for those that fail, the problem naming what the bytes are and what
-    DALI said. One pipeline serves every sample until one fails (a failed pipeline is rebuilt)."""
+    returns ``{name: problem}`` for those that fail, the problem naming what the bytes are, what DALI
+    said and what the decoder printed (which is kept off the terminal). ``damage=True``: a sample that
+    decodes while the decoder warns of corrupt data is a problem too. One pipeline serves every
+    sample until one fails (a failed pipeline is rebuilt)."""
     problems = {}
     pipe = None
     for name, data in samples:
@@ -30,12 +69,19 @@ def probe_samples(samples: Iterable[tuple[str, bytes]]) -> dict[str, str]:
             pipe = _one_sample(prefetch_queue_depth=1)
             pipe.build()
         pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
+        lines: list[str] = []
         try:
-            pipe.run()
+            with _stderr_into(lines):
+                pipe.run()
         except RuntimeError as e:
             said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
-            problems[name] = f"{describe_bytes(data)}; DALI: {said[-1].strip() if said else 'decode failed'}"
+            reason = re.sub(r"\s*:\s*$", "", said[-1].strip()) if said else "decode failed"
+            problems[name] = f"{describe_bytes(data)}; DALI: {reason}{_decoder_said(lines)}"
             pipe = None
+            continue
+        warned = [line for line in lines if line.startswith(_DAMAGE)]
+        if damage and warned:
+            problems[name] = f"{describe_bytes(data)}, damaged: decoded with the decoder's warning \"{warned[0]}\""
     return problems
 
 
@@ -47,7 +93,8 @@ def _sample_batch():
 
 def decode_samples(samples: Iterable[tuple[str, bytes]], batch_size: int = 64) -> dict[str, str]:
     """Decodes ``(name, bytes)`` pairs with DALI on the CPU, a batch at a time, as the loader would;
-    a batch that fails is probed sample by sample (:func:`probe_samples`). Returns ``{name: problem}``."""
+    a batch that fails, or whose decoder warns of corrupt data, is probed sample by sample
+    (:func:`probe_samples` with ``damage=True``). Returns ``{name: problem}``."""
     problems: dict[str, str] = {}
     pipe, chunk = None, []
 
@@ -57,11 +104,15 @@ def decode_samples(samples: Iterable[tuple[str, bytes]], batch_size: int = 64) -
             pipe = _sample_batch(batch_size=batch_size, prefetch_queue_depth=1)
             pipe.build()
         pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8) for _, data in chunk])
+        lines: list[str] = []
         try:
-            pipe.run()
+            with _stderr_into(lines):
+                pipe.run()
         except RuntimeError:
             pipe = None  # (a failed pipeline is rebuilt)
-            problems.update(probe_samples(chunk))
+            lines.append("failed")
+        if lines:
+            problems.update(probe_samples(chunk, damage=True))
 
     for sample in samples:
         chunk.append(sample)

@@ -9,7 +9,9 @@ from nvidia.dali import fn, types
 from dali_resizer.samples import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    JPEG_MAX_PIXELS_PER_BYTE,
     MAX_PIXELS,
+    STATUS_CUT_SHORT,
     STATUS_NOT_AN_IMAGE,
     STATUS_OK,
     STATUS_OVERSIZE,
@@ -28,9 +30,9 @@ def decoder_device(device_id: int | None) -> str:
     return "cpu" if device_id is None else "mixed"
 
 
-def _has_image_signature(encoded):
-    """True where the first bytes are those of a format DALI decodes: JPEG, PNG, BMP, TIFF, WebP,
-    JPEG 2000 or PNM (GIF, text, HTML and empty files are not)."""
+def _image_signature(encoded):
+    """(any, jpeg): True where the first bytes are those of a format DALI decodes: JPEG, PNG, BMP,
+    TIFF, WebP, JPEG 2000 or PNM (GIF, text, HTML and empty files are not); and where they are JPEG's."""
     head = fn.cast(fn.slice(encoded, start=[0], shape=[12], axes=[0], out_of_bounds_policy="pad", fill_values=0),
                    dtype=types.INT32)
     b = [head[i] for i in range(12)]
@@ -44,23 +46,29 @@ def _has_image_signature(encoded):
     jp2 = ((b[0] == 0) & (b[1] == 0) & (b[2] == 0) & (b[3] == 0x0C) & (b[4] == 0x6A) & (b[5] == 0x50)) | (
         (b[0] == 0xFF) & (b[1] == 0x4F) & (b[2] == 0xFF) & (b[3] == 0x51))
     pnm = (b[0] == 0x50) & (b[1] >= 0x31) & (b[1] <= 0x36)
-    return jpeg | png | bmp | tiff | webp | jp2 | pnm
+    return jpeg | png | bmp | tiff | webp | jp2 | pnm, jpeg
 
 
 def image_status(encoded, max_pixels: int = MAX_PIXELS, *, replay: bool = False):
-    """Per sample: ``STATUS_OK``, ``STATUS_OVERSIZE`` (more than ``max_pixels``, read from the header) or
-    ``STATUS_NOT_AN_IMAGE`` (empty, or bytes of no format DALI decodes), as uint8, without decoding.
+    """Per sample: ``STATUS_OK``, ``STATUS_OVERSIZE`` (more than ``max_pixels``, read from the header),
+    ``STATUS_NOT_AN_IMAGE`` (empty, or bytes of no format DALI decodes) or ``STATUS_CUT_SHORT`` (a JPEG
+    with fewer bytes than its declared size can be coded in: more than ``JPEG_MAX_PIXELS_PER_BYTE``
+    pixels a byte, which libjpeg-turbo decodes to grey with only a warning), as uint8, without decoding.
 
     ``replay=True`` gives every sample a non-OK status and reads no header: the graph is the same
     (only a constant differs), so a pipeline built with it can restore a decoding pipeline's checkpoint
     and list the samples that pipeline was reading, without failing where it failed. (Needs
     ``enable_conditionals=True``.)
     """
-    has_bytes = encoded.shape(dtype=types.INT64)[0] * (0 if replay else 1) >= 1
-    if _has_image_signature(encoded) & has_bytes:
+    size = encoded.shape(dtype=types.INT64)[0]
+    has_bytes = size * (0 if replay else 1) >= 1
+    known, jpeg = _image_signature(encoded)
+    if known & has_bytes:
         shape = fn.peek_image_shape(encoded)  # (H, W, C) from the header, nothing decoded
         area = fn.cast(shape[0], dtype=types.INT64) * fn.cast(shape[1], dtype=types.INT64)
-        status = fn.cast(area > max_pixels, dtype=types.UINT8) * STATUS_OVERSIZE
+        oversize = fn.cast(area > max_pixels, dtype=types.UINT8)
+        cut = fn.cast(jpeg & (area > size * JPEG_MAX_PIXELS_PER_BYTE), dtype=types.UINT8)
+        status = oversize * STATUS_OVERSIZE + (1 - oversize) * cut * STATUS_CUT_SHORT
     else:
         status = fn.cast(has_bytes, dtype=types.UINT8) * 0 + STATUS_NOT_AN_IMAGE  # (a per-sample constant)
     return status

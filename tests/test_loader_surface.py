@@ -141,3 +141,38 @@ def test_channels_last_bfloat16_batches_on_the_gpu(image_folder):
     assert images.is_cuda and images.dtype == torch.bfloat16 and torch.equal(got, labels)
     assert next(iter(loader))[0].is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(images.float(), reference, rtol=0, atol=float(reference.abs().max()) * 2 ** -8)
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"random_area": (0.5,)}, "random_area must be (low, high)"),
+    ({"random_area": (0.9, 0.1)}, "random_area must be (low, high)"),
+    ({"random_aspect_ratio": "wide"}, "random_aspect_ratio must be (low, high)"),
+    ({"max_pixels": 0}, "max_pixels must be a positive int, or None"),
+    ({"max_pixels": -1}, "max_pixels must be a positive int, or None"),
+    ({"max_pixels": 2.5}, "max_pixels must be a positive int, or None"),
+    ({"crop_ratio": "0.9"}, "crop_ratio must be a number in (0, 1]"),
+    ({"crop_ratio": 1.5}, "crop_ratio must be a number in (0, 1]"),
+    ({"seed": 1.5}, "seed must be an int"),
+    ({"size": (3, 4, 5)}, "size must be an int or a (height, width) pair"),
+    ({"size": 0}, "size must be positive"),
+    ({"batch_size": 0}, "batch_size must be a positive int"),
+    ({"num_threads": 0}, "num_threads must be a positive int"),
+    ({"prefetch_queue_depth": 0}, "prefetch_queue_depth must be a positive int"),
+    ({"on_error": "ignore"}, "on_error must be 'raise' or 'skip'"),
+    ({"dtype": torch.int8}, "dtype must be"),
+    ({"device": "tpu"}, "device must be None, 'cpu', 'cuda' or 'cuda:N'"),
+    ({"num_shards": 2, "shard_id": 2}, "shard_id must be in [0, num_shards=2)"),
+])
+def test_every_argument_error_is_a_value_error_that_shows_the_value(image_folder, kwargs, says):
+    args = {"batch_size": 4, **kwargs}
+    with pytest.raises(ValueError) as info:
+        DALILoader(image_folder, **args)
+    message = str(info.value)
+    assert says in message
+    shown = next(iter(kwargs.values())) if len(kwargs) == 1 else 2
+    assert repr(shown) in message or str(shown) in message
+
+
+def test_a_source_of_the_wrong_type_is_a_value_error():
+    with pytest.raises(ValueError, match="source must be a path, a list of shard paths or a brace pattern, got 42"):
+        DALILoader(42, batch_size=4)

@@ -23,6 +23,9 @@ BAD = {
     "zero bytes": lambda: b"",
     "html": lambda: b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
     "gif named jpg": lambda: encode(random_image(np.random.default_rng(2), 20, 20), "GIF"),
+    "declares 12000x12000": lambda: jpeg_with_frame(height=12000, width=12000),  # ~1 KB of data
+    "12-bit jpeg": lambda: jpeg_with_frame(precision=12),
+    "1-bit tiff": lambda: encode(Image.new("1", (16, 16)), "TIFF"),  # PIL decodes it
 }
 EXPECT = {
     "truncated": "truncated JPEG",
@@ -30,7 +33,21 @@ EXPECT = {
     "zero bytes": "empty file",
     "html": "HTML/XML text",
     "gif named jpg": "GIF image",
+    "declares 12000x12000": "JPEG whose header declares 12000x12000 but whose file holds only",
+    "12-bit jpeg": "12-bit JPEG (DALI decodes 8-bit JPEG only)",
+    "1-bit tiff": "TIFF without a BitsPerSample field",
 }
+
+
+def jpeg_with_frame(precision: int = 8, height: int | None = None, width: int | None = None) -> bytes:
+    """A small good JPEG whose frame header (SOF0) says another sample precision or size: what a
+    12-bit JPEG, or a file whose header promises a huge image its data does not hold, looks like."""
+    data = bytearray(good_jpeg())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 4] = precision
+    if height is not None:
+        data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
 
 
 def make_folder(root, bad_name=None, bad_bytes=None, per_class=5):
@@ -527,3 +544,53 @@ def test_skip_warnings_point_at_the_loop_that_met_the_sample(tmp_path, kind):
         for _ in loader:
             pass
     assert [w.filename for w in record if "2_bad.jpg" in str(w.message)] == [__file__]
+
+
+def test_check_names_what_decodes_wrongly_or_not_at_all_in_dali(tmp_path, capsys):
+    """Images PIL reads and DALI does not (12-bit JPEG, 1-bit TIFF), a JPEG whose header promises a
+    huge image its data does not hold, a JPEG cut short, and one that libjpeg-turbo decodes with a
+    warning of corrupt data (reported as damage). What the decoders print stays off the terminal."""
+    from dali_resizer.check import check_folder
+
+    root = make_folder(tmp_path / "data")
+    for kind in ("declares 12000x12000", "12-bit jpeg", "1-bit tiff"):
+        (root / "a" / f"{kind.replace(' ', '_')}.jpg").write_bytes(BAD[kind]())
+    jpeg = good_jpeg(h=64, w=64)
+    (root / "b" / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 3 // 4])
+    (root / "b" / "extra.jpg").write_bytes(jpeg[:-2] + b"\x13\x37\x42" + jpeg[-2:])  # decodes, with a warning
+    capsys.readouterr()
+    problems, good = check_folder(root)
+    bad = "\n".join(problems["cannot be decoded"])
+    for kind in ("declares 12000x12000", "12-bit jpeg", "1-bit tiff"):
+        assert f"{kind.replace(' ', '_')}.jpg: {EXPECT[kind]}" in bad
+    assert ("cut.jpg: truncated JPEG (no end-of-image marker); DALI: " in bad
+            and "(decoder: [libjpeg_turbo_decoder] Could not decode jpeg code stream - Premature end" in bad)
+    assert "extra.jpg: JPEG image, damaged: decoded with the decoder's warning \"Corrupt JPEG data: " in bad
+    assert len(problems["cannot be decoded"]) == 5 and len(good) == 10
+    assert "[ERROR]" not in capsys.readouterr().err  # the codec's own lines stay off the terminal
+
+
+def test_symbolic_link_loops_are_listed_as_imagefolder_lists_them_and_said(tmp_path, capsys):
+    from torchvision.datasets import ImageFolder
+
+    from dali_resizer.check import check_folder
+
+    root = make_folder(tmp_path / "data", per_class=2)
+    (root / "a" / "up").symlink_to("..")
+    with pytest.warns(UserWarning, match=r"1 symbolic link loop\(s\) \(.*a/up -> .*data\)"):
+        loader = DALILoader(root, batch_size=4)
+    assert len(loader.dataset) == len(ImageFolder(str(root))) > 4  # the same (multiplied) listing
+    problems, _ = check_folder(root)
+    assert problems["symbolic link loop (its files are listed again at every level, as ImageFolder lists them)"] == [
+        f"{root / 'a' / 'up'} -> {root}"]
+
+
+def test_a_line_break_in_a_file_name_is_kept_out_of_the_list(tmp_path, capsys):
+    from dali_resizer.check import main
+
+    root = make_folder(tmp_path / "data", per_class=2)
+    (root / "a" / "new\nline.jpg").write_bytes(good_jpeg())
+    assert main([str(root), "--write-list", str(tmp_path / "list.txt")]) == 1
+    assert "line break in the file name" in capsys.readouterr().out
+    listed = DALILoader(tmp_path / "list.txt", batch_size=2)
+    assert len(listed.dataset) == 4 and len(DALILoader(root, batch_size=2).dataset) == 5

@@ -41,7 +41,7 @@ def open_source(
             raise ValueError("source is an empty list of shards")
         return ShardSource.from_paths([os.fspath(p) for p in source], index_dir)
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path, a list of shard paths or a brace pattern, got {type(source).__name__}")
+        raise ValueError(f"source must be a path, a list of shard paths or a brace pattern, got {source!r}")
     path = os.fspath(source)
     if "{" in path and ".." in path:
         return ShardSource.from_paths(_expand_shard_pattern(path), index_dir)

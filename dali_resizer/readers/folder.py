@@ -4,13 +4,22 @@ list of one written by ``python -m dali_resizer.check --write-list``."""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from dali_resizer.readers.base import Reader, Restart
-from dali_resizer.samples import FOLDER_IMAGE_EXTENSIONS, PAD_LABEL, STATUS_OVERSIZE, describe_bytes, oversize_problem
+from dali_resizer.samples import (
+    FOLDER_IMAGE_EXTENSIONS,
+    PAD_LABEL,
+    STATUS_CUT_SHORT,
+    STATUS_OVERSIZE,
+    describe_bytes,
+    jpeg_cut_short,
+    oversize_problem,
+)
 from dali_resizer.storage import Storage, storage_for
 
 __all__ = ["FILE_LIST_HEADER", "FolderReader", "ImageFolderSource"]
@@ -32,6 +41,9 @@ class ImageFolderSource:
     classes: list[str]
     class_to_idx: dict[str, int] = field(repr=False)
     storage: Storage = field(repr=False, compare=False, default_factory=lambda: storage_for("."))
+    # symbolic links to a folder above them: their files are listed again at every level, as
+    # torchvision's ImageFolder lists them ("<link> -> <target>")
+    loops: list[str] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -59,9 +71,10 @@ class ImageFolderSource:
         files: list[str] = []
         labels: list[int] = []
         empty: list[str] = []
+        loops: list[str] = []
         for name in classes:
             before = len(files)
-            for path in storage.files(storage.join(root, name)):
+            for path in storage.files(storage.join(root, name), loops):
                 if path.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
                     files.append(path)
                     labels.append(class_to_idx[name])
@@ -73,7 +86,12 @@ class ImageFolderSource:
                 f"{root}: {len(empty)} class folder(s) hold no image ({shown}); "
                 f"supported extensions: {', '.join(FOLDER_IMAGE_EXTENSIONS)}"
             )
-        return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage)
+        if loops:
+            warnings.warn(f"{root}: {len(loops)} symbolic link loop(s) ({loops[0]}"
+                          + (" ..." if len(loops) > 1 else "") + f"): their files are listed again at every level, "
+                          f"as torchvision's ImageFolder lists them ({len(files)} files in all); "
+                          f"`python -m dali_resizer.check {root}` lists them", stacklevel=4)
+        return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage, loops)
 
     @classmethod
     def from_list(cls, list_path: str | os.PathLike) -> ImageFolderSource:
@@ -155,6 +173,10 @@ class FolderReader(Reader):
             for row in status.nonzero().view(-1).tolist():
                 if int(status[row]) == STATUS_OVERSIZE:
                     problems[row] = oversize_problem(self.plan.pipeline["max_pixels"])
+                elif int(status[row]) == STATUS_CUT_SHORT and files[row] is not None:
+                    size = self.source.storage.stat(files[row]).size
+                    problems[row] = jpeg_cut_short(self.source.storage.read(files[row], 0, 1 << 16), size) or (
+                        "JPEG data too short for its declared size: cut short or damaged (not decoded)")
                 elif files[row] is not None:  # (no known signature)
                     head = self.source.storage.read(files[row], 0, 4096)
                     problems[row] = f"{describe_bytes(head)} (not decoded)"

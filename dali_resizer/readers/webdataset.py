@@ -27,10 +27,12 @@ from dali_resizer.samples import (
     PAD_LABEL,
     SHARD_IMAGE_EXTENSIONS,
     SHARD_LABEL_EXTENSION,
+    STATUS_CUT_SHORT,
     STATUS_NOT_AN_IMAGE,
     STATUS_OVERSIZE,
     BadSampleError,
     describe_bytes,
+    jpeg_cut_short,
     oversize_problem,
 )
 from dali_resizer.storage import storage_for
@@ -247,6 +249,10 @@ class ShardReader(Reader):
                 indices[row] = self._sample_index(tar, offset)
             if int(status[row]) == STATUS_OVERSIZE:
                 problem = oversize_problem(self.plan.pipeline["max_pixels"])
+            elif int(status[row]) == STATUS_CUT_SHORT:
+                data = read_tar_member(tar, offset)[1]
+                problem = jpeg_cut_short(data, len(data)) or (
+                    "JPEG data too short for its declared size: cut short or damaged (not decoded)")
             elif int(status[row]) == STATUS_NOT_AN_IMAGE:
                 problem = (f"{describe_bytes(read_tar_member(tar, offset)[1])} (not decoded)" if has_image
                            else "no image (.jpg/.jpeg/.png/.webp) in the sample")
