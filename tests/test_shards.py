@@ -33,7 +33,8 @@ def test_shards_keep_the_original_bytes(image_folder, tmp_path):
     assert sorted(names[:2]) == ["000000000.cls", "000000000.jpg"]
     assert label == b"0"
     source = DALILoader(image_folder, batch_size=1).dataset
-    assert first == open(source.files[0], "rb").read()
+    with open(source.files[0], "rb") as f:
+        assert first == f.read()
 
 
 def test_unsupported_image_type_is_named(tmp_path):

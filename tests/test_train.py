@@ -299,6 +299,7 @@ def test_on_error_skip_trains_past_a_bad_file_and_counts_it(tmp_path, capsys):
     args = ["--data", str(folder), "--epochs", "2", "--output", str(tmp_path / "run"), *LOUD]
     with pytest.raises(ValueError, match="HTML/XML text"):
         main(args)
-    history = main([*args, "--on-error", "skip", "--overwrite"])
+    with pytest.warns(UserWarning, match="skipped 1 bad sample"):
+        history = main([*args, "--on-error", "skip", "--overwrite"])
     assert [row["train_skipped"] for row in history] == [1, 1]
     assert f"1 bad training sample(s) skipped: {bad}" in capsys.readouterr().err
