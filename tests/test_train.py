@@ -303,3 +303,12 @@ def test_on_error_skip_trains_past_a_bad_file_and_counts_it(tmp_path, capsys):
         history = main([*args, "--on-error", "skip", "--overwrite"])
     assert [row["train_skipped"] for row in history] == [1, 1]
     assert f"1 bad training sample(s) skipped: {bad}" in capsys.readouterr().err
+
+
+def test_resume_with_another_batch_size_is_refused(data, tmp_path, capsys):
+    from dali_resizer.train import cli
+
+    main(["--data", str(data), "--epochs", "2", "--max-steps", "1", "--output", str(tmp_path), *TINY])
+    assert cli(["--data", str(data), "--epochs", "2", "--output", str(tmp_path), "--resume", *TINY,
+                "--batch-size", "2"]) == 2
+    assert "loader state is for batch_size=4, this loader has batch_size=2" in capsys.readouterr().err
