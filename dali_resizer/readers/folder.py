@@ -188,7 +188,7 @@ class FolderReader(Reader):
         return labels, indices
 
     def recover(self, error, epoch, done, batches):
-        from pipelines.probe import probe_files
+        from pipelines.probe import probe_samples
 
         detail, named = self.dali_message(error)
         storage = self.source.storage
@@ -198,6 +198,15 @@ class FolderReader(Reader):
             files, _ = self.epoch_samples(epoch)
             b = self.plan.batch_size
             window = files[done * b : (done + self.plan.prefetch_queue_depth + 2) * b]
-            bad = probe_files(dict.fromkeys(f for f in window if f not in self.ledger))
+            bad = {}
+
+            def readable():
+                for path in dict.fromkeys(f for f in window if f not in self.ledger):
+                    try:
+                        yield path, storage.read(path)
+                    except OSError as e:
+                        bad[path] = f"unreadable: {getattr(e, 'strerror', None) or e}"
+
+            bad.update(probe_samples(readable()))
         self.report(bad, [path for path in bad if path in self.ledger], detail, "the batch", error)
         return Restart(base=done)  # the rest of the epoch's list, the bad file replaced by a stand-in

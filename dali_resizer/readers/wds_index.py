@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS
-from dali_resizer.storage import storage_for
+from dali_resizer.storage import absolute, storage_for
 
 __all__ = [
     "CUT_SUFFIX",
@@ -105,8 +105,7 @@ def write_atomic(path: str | os.PathLike, text: str | None) -> None:
 
 def read_index_count(index_path: str) -> int:
     """The sample count in an index's header line."""
-    with open(index_path) as f:
-        header = f.readline().split()
+    header = storage_for(index_path).read(index_path, 0, 64).decode("ascii", "replace").split("\n", 1)[0].split()
     if len(header) != 2 or not header[0].startswith("v1.") or not header[1].isdigit():
         raise ValueError(f"{index_path}: not a DALI WebDataset index (first line {' '.join(header)!r})")
     return int(header[1])
@@ -129,11 +128,12 @@ def standin_index(index_path: str, keys: set[str], out_dir: str | os.PathLike) -
     still counts them (so positions, checkpoints and batch counts do not move), nothing fails on them,
     and their rows are recognised by name and marked as padding.
     """
-    digest = hashlib.sha1("\n".join([os.path.abspath(index_path), *sorted(keys)]).encode()).hexdigest()[:16]
+    storage = storage_for(index_path)
+    digest = hashlib.sha1("\n".join([absolute(index_path), *sorted(keys)]).encode()).hexdigest()[:16]
     out = Path(out_dir) / f"{Path(index_path).stem}-standin-{digest}.idx"
-    if out.is_file() and out.stat().st_mtime_ns >= os.stat(index_path).st_mtime_ns:
+    if out.is_file() and out.stat().st_mtime_ns >= storage.stat(index_path).mtime_ns:
         return str(out)
-    lines = Path(index_path).read_text().splitlines()
+    lines = storage.read(index_path).decode().splitlines()
     rows = [line.split() for line in lines[1:]]
 
     def image(row):
@@ -162,13 +162,13 @@ def index_problem(tar_path: str | os.PathLike, index_path: str | os.PathLike) ->
     Reads only the index's first and last lines, so it costs little at thousands of shards; the full
     comparison is ``python -m dali_resizer.shards verify``.
     """
-    tar_stat, index_stat = os.stat(tar_path), os.stat(index_path)
-    if index_stat.st_mtime_ns < tar_stat.st_mtime_ns:
+    tar_path, index_path = os.fspath(tar_path), os.fspath(index_path)
+    storage = storage_for(index_path)
+    tar_stat, index_stat = storage_for(tar_path).stat(tar_path), storage.stat(index_path)
+    if index_stat.mtime_ns < tar_stat.mtime_ns:
         return "the index is older than its tar"
-    with open(index_path, "rb") as f:
-        header = f.readline().split()
-        f.seek(max(0, index_stat.st_size - 65536))
-        tail = f.read().splitlines()
+    header = storage.read(index_path, 0, 64).split(b"\n", 1)[0].split()
+    tail = storage.read(index_path, max(0, index_stat.size - 65536)).splitlines()
     if len(header) != 2 or not header[0].startswith(b"v1.") or not header[1].isdigit():
         return "not a DALI WebDataset index"
     if int(header[1]) == 0:
@@ -178,6 +178,6 @@ def index_problem(tar_path: str | os.PathLike, index_path: str | os.PathLike) ->
         ends = [int(last[i + 1]) + int(last[i + 2]) for i in range(0, len(last), 4)]
     except (ValueError, IndexError):
         return "its last line is not a sample"
-    if not ends or max(ends) > tar_stat.st_size:
-        return f"it points past the end of the tar ({max(ends, default=0)} > {tar_stat.st_size} bytes)"
+    if not ends or max(ends) > tar_stat.size:
+        return f"it points past the end of the tar ({max(ends, default=0)} > {tar_stat.size} bytes)"
     return None

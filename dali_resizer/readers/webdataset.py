@@ -35,7 +35,7 @@ from dali_resizer.samples import (
     jpeg_cut_short,
     oversize_problem,
 )
-from dali_resizer.storage import storage_for
+from dali_resizer.storage import absolute, storage_for
 
 __all__ = ["CLASSES_FILE", "ShardReader", "ShardSource", "default_cache_dir", "default_index_dir",
            "parse_ascii_labels"]
@@ -86,7 +86,7 @@ class ShardSource:
         storage = storage_for(paths[0])
         seen: dict[str, str] = {}
         for path in paths:
-            real = os.path.realpath(path)
+            real = path if "://" in path else os.path.realpath(path)
             if real in seen:
                 also = f" (also as {seen[real]})" if seen[real] != path else ""
                 raise ValueError(f"{path}: listed twice in the source{also}; a tar is read once per epoch")
@@ -103,22 +103,24 @@ class ShardSource:
         duplicates, cut = {}, {}
         for tar, index in zip(paths, index_paths):
             for suffix, found in ((DUPLICATES_SUFFIX, duplicates), (CUT_SUFFIX, cut)):
-                if os.path.isfile(index + suffix):
-                    found[tar] = Path(index + suffix).read_text().splitlines()
+                listed = storage_for(index + suffix)
+                if listed.is_file(index + suffix):
+                    found[tar] = listed.read(index + suffix).decode().splitlines()
         return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
 
 
 def _index_for(tar_path: str, index_dir: Path) -> str:
     """The index beside the tar when it is current, else one built once into ``index_dir``."""
+    storage = storage_for(tar_path)
     beside = os.path.splitext(tar_path)[0] + ".idx"
-    if os.path.isfile(beside):
+    if storage.is_file(beside):
         problem = index_problem(tar_path, beside)
         if problem is None:
             return beside
         warnings.warn(f"{beside}: {problem}; using an index built from the tar instead "
                       f"(`python -m dali_resizer.shards index {tar_path}` rewrites it)", stacklevel=5)
-    stat = storage_for(tar_path).stat(tar_path)
-    digest = hashlib.sha1(f"{os.path.abspath(tar_path)}:{stat.size}:{stat.version}".encode()).hexdigest()[:16]
+    stat = storage.stat(tar_path)
+    digest = hashlib.sha1(f"{absolute(tar_path)}:{stat.size}:{stat.version}".encode()).hexdigest()[:16]
     index_dir.mkdir(parents=True, exist_ok=True)
     cached = index_dir / f"{Path(tar_path).stem}-{digest}.idx"
     if not cached.is_file():
@@ -283,8 +285,7 @@ class ShardReader(Reader):
             return {}
         found = {}
         for tar, index in zip(self.source.paths, self.source.index_paths):
-            with open(index) as f:
-                rows = [line.split() for line in f.read().splitlines()[1:]]
+            rows = [line.split() for line in storage_for(index).read(index).decode().splitlines()[1:]]
             for row in rows:
                 exts = [row[i].lower() for i in range(0, len(row), 4)]
                 if not any(e in SHARD_IMAGE_EXTENSIONS or e == SHARD_LABEL_EXTENSION for e in exts):
@@ -309,8 +310,8 @@ class ShardReader(Reader):
             self._first = np.concatenate([[0], np.cumsum(self.source.counts)]).tolist()
         i = self._tar_number[tar]
         if i not in self._positions:  # (a tar's component offsets, sorted, and the sample each is in)
-            with open(self.source.index_paths[i]) as f:
-                rows = [line.split() for line in f.read().splitlines()[1:]]
+            index = self.source.index_paths[i]
+            rows = [line.split() for line in storage_for(index).read(index).decode().splitlines()[1:]]
             pairs = sorted((int(row[k + 1]), n) for n, row in enumerate(rows) for k in range(0, len(row), 4))
             self._positions[i] = (np.array([p[0] for p in pairs], dtype=np.int64),
                                   np.array([p[1] for p in pairs], dtype=np.int64))

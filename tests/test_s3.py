@@ -1,0 +1,86 @@
+"""Sources in object storage: a real S3 protocol server (moto) on 127.0.0.1, read by DALI's own S3
+client and by the project's listing and ranged reads (boto3), with the standard AWS configuration."""
+
+import pytest
+import torch
+
+from dali_resizer import DALILoader
+from dali_resizer.readers.wds_index import build_index
+from tests.conftest import upload, write_shards
+
+
+def one_pass(loader):
+    images, labels, indices = zip(*loader)
+    return torch.cat(images), torch.cat(labels), torch.cat(indices)
+
+
+def test_an_image_folder_under_a_prefix_is_the_local_folder(image_folder, s3_bucket):
+    client, bucket = s3_bucket
+    url = upload(client, bucket, image_folder, "imagenet/train")
+    kw = dict(batch_size=4, size=16, train=False, return_index=True, device="cpu")
+    local, remote = DALILoader(image_folder, **kw), DALILoader(url, **kw)
+    assert remote.classes == local.classes and remote.dataset.targets == local.dataset.targets
+    assert [f.replace(url, str(image_folder)) for f in remote.dataset.files] == local.dataset.files
+    for got, want in zip(one_pass(remote), one_pass(local)):
+        assert torch.equal(got, want)  # the same images, labels and order, read over S3
+
+
+@pytest.mark.parametrize("form", ["prefix", "brace", "list"])
+def test_shards_in_a_bucket_are_the_local_shards(tmp_path, s3_bucket, form):
+    client, bucket = s3_bucket
+    paths = write_shards(tmp_path, [5, 3, 4], unique_labels=True)
+    for path in paths:
+        build_index(path, path.with_suffix(".idx"))
+    url = upload(client, bucket, tmp_path, "shards")
+    source = {"prefix": url, "brace": f"{url}/train-{{000000..000002}}.tar",
+              "list": [f"{url}/{p.name}" for p in paths]}[form]
+    kw = dict(batch_size=3, size=8, shuffle=False, return_index=True, device="cpu", index_dir=tmp_path / "cache")
+    remote, local = DALILoader(source, **kw), DALILoader(paths, **kw)
+    assert remote.dataset.index_paths[0].startswith("s3://")  # the index beside the tar, read where it is
+    got, want = one_pass(remote), one_pass(local)
+    assert torch.equal(got[0], want[0]) and got[1].tolist() == got[2].tolist() == list(range(12))
+
+
+def test_a_tar_without_index_is_indexed_once_into_the_cache(tmp_path, s3_bucket):
+    client, bucket = s3_bucket
+    (tmp_path / "data").mkdir()
+    write_shards(tmp_path / "data", [4, 2], unique_labels=True)
+    url = upload(client, bucket, tmp_path / "data", "noidx")
+    cache = tmp_path / "cache"
+    loader = DALILoader(url, batch_size=2, size=8, shuffle=False, index_dir=cache)
+    built = sorted(cache.glob("*.idx"))
+    assert len(built) == 2 and sorted(y for _, lab in loader for y in lab.tolist()) == list(range(6))
+    stamps = [p.stat().st_mtime_ns for p in built]
+    DALILoader(url, batch_size=2, size=8, index_dir=cache)
+    assert [p.stat().st_mtime_ns for p in sorted(cache.glob("*.idx"))] == stamps  # keyed by URL, size, ETag
+    client.put_object(Bucket=bucket, Key="noidx/train-000001.tar", Body=(tmp_path / "data" / "train-000000.tar")
+                      .read_bytes())  # a new object under the same URL: a new index
+    DALILoader(url, batch_size=2, size=8, index_dir=cache)
+    assert len(list(cache.glob("*.idx"))) == 3
+
+
+def test_a_bad_image_in_a_bucket_is_named_by_its_url(image_folder, s3_bucket):
+    client, bucket = s3_bucket
+    url = upload(client, bucket, image_folder, "data")
+    client.put_object(Bucket=bucket, Key="data/dog/zz_bad.jpg", Body=b"<html>404</html>")
+    loader = DALILoader(url, batch_size=4, size=8, on_error="skip", shuffle=False)
+    with pytest.warns(UserWarning, match="zz_bad.jpg"):
+        labels = [y for _, lab in loader for y in lab.tolist()]
+    assert labels.count(-100) == 1 and list(loader.skipped) == [f"{url}/dog/zz_bad.jpg"]
+    assert "HTML/XML text" in loader.skipped[f"{url}/dog/zz_bad.jpg"]
+
+
+def test_missing_objects_and_wrong_credentials_are_named(s3_bucket, monkeypatch):
+    from dali_resizer import storage
+
+    _, bucket = s3_bucket
+    with pytest.raises(FileNotFoundError, match=f"source not found: s3://{bucket}/nothing"):
+        DALILoader(f"s3://{bucket}/nothing", batch_size=2)
+    with pytest.raises(FileNotFoundError, match=f"shard not found: s3://{bucket}/a.tar"):
+        DALILoader([f"s3://{bucket}/a.tar"], batch_size=2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("DALI_RESIZER_S3_RETRIES", "1")
+    monkeypatch.setenv("DALI_RESIZER_S3_TIMEOUT", "2")
+    monkeypatch.setattr(storage._S3, "_client", None)
+    with pytest.raises(ConnectionError, match=f"s3://{bucket}/x: cannot reach http://127.0.0.1:9"):
+        DALILoader(f"s3://{bucket}/x", batch_size=2)
