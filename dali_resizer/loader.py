@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterator
 
@@ -415,6 +416,13 @@ class DALILoader:
             except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
                 if "pipeline" not in str(error).lower():
                     raise
+                if _STORAGE_FAILED.search(str(error)):  # not a sample's fault: the storage went away
+                    self._keep_position(epoch, batches, done, base)
+                    detail = self._reader.dali_message(error)[0]
+                    raise ConnectionError(
+                        f"{self._reader.describe()} at {self.dataset_location()}: reading stopped after batch {done} "
+                        f"of epoch {epoch} (DALI: {detail}); loader.state_dict() resumes the epoch there once the "
+                        f"storage answers again") from None
                 restart = self._reader.recover(error, epoch, done, batches)
                 checkpoint = restart.checkpoint
                 if restart.base is not None:
@@ -432,6 +440,19 @@ class DALILoader:
         self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
         if reusable and not rebuilt:  # (a pipeline rebuilt mid-epoch may cover only the rest)
             self._finished = batches
+
+    def dataset_location(self) -> str:
+        """Where the source is read from: its root folder, prefix or first tar."""
+        return str(getattr(self.dataset, "root", None) or self.dataset.paths[0])
+
+    def _keep_position(self, epoch: int, batches, done: int, base: int) -> None:
+        """Freezes the epoch's position (with DALI's checkpoint, if the stopped pipeline still gives
+        one) so that state_dict() resumes from it."""
+        try:
+            checkpoint = batches.checkpoints()[0] if batches is not None else None
+        except Exception:  # noqa: BLE001 (a pipeline that cannot say: the position is still known)
+            checkpoint = None
+        self._active = (epoch, _Frozen(checkpoint), done, base)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         """DALI's batch as the user asked for it: NHWC (what the pipeline writes for channels_last) as a
@@ -470,6 +491,20 @@ class DALILoader:
         # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
         return DALIGenericIterator([pipe], list(self._reader.output_names), reader_name="Reader",
                                    last_batch_policy=policy, prepare_first_batch=False)
+
+
+# DALI's words when the object store (or a network file system) fails, not a sample
+_STORAGE_FAILED = re.compile(r"curlCode|Could not connect to server|Timeout was reached|S3 Object not found")
+
+
+class _Frozen:
+    """A stopped epoch's DALI checkpoint, for state_dict()."""
+
+    def __init__(self, checkpoint: bytes | None) -> None:
+        self._checkpoint = checkpoint
+
+    def checkpoints(self) -> list[bytes | None]:
+        return [self._checkpoint]
 
 
 def _is_number(value) -> bool:

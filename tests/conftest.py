@@ -182,36 +182,59 @@ def assert_double_backward_raises(module) -> None:
         grad.sum().backward()
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A real S3 protocol server (moto) in its own process on 127.0.0.1, for the session. (In this
-    process it would deadlock: DALI's readers make S3 requests while holding the GIL.)"""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+class S3Server:
+    """A real S3 protocol server (moto) in its own process on 127.0.0.1. (In the tests' process it
+    would deadlock: DALI's readers make S3 requests while holding the GIL.) ``stop()`` and ``start()``
+    keep the port; a restarted server is empty."""
 
-    pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (the test extra)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
+    def __init__(self, env: dict | None = None) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.endpoint, self.env, self.process = f"http://127.0.0.1:{self.port}", env or {}, None
+
+    def start(self) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, **self.env})
         for _ in range(300):
             try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)
+                return
             except OSError:
                 time.sleep(0.1)
-        else:
-            pytest.fail("the moto S3 server did not start")
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        self.stop()
+        pytest.fail("the moto S3 server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The session's S3 server. DALI's S3 client keeps the endpoint it first saw for the process, so
+    every test that DALI reads through uses this one."""
+    pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (the test extra)")
+    server = S3Server()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_endpoint(s3_server):
+    return s3_server.endpoint
 
 
 @pytest.fixture

@@ -84,3 +84,80 @@ def test_missing_objects_and_wrong_credentials_are_named(s3_bucket, monkeypatch)
     monkeypatch.setattr(storage._S3, "_client", None)
     with pytest.raises(ConnectionError, match=f"s3://{bucket}/x: cannot reach http://127.0.0.1:9"):
         DALILoader(f"s3://{bucket}/x", batch_size=2)
+
+
+def test_the_server_stopping_mid_epoch_is_named_and_the_state_resumes_after(tmp_path, s3_bucket, s3_server):
+    import boto3
+
+    from dali_resizer import storage
+
+    paths = write_shards(tmp_path, [6, 6], unique_labels=True)
+    for path in paths:
+        build_index(path, path.with_suffix(".idx"))
+    client, bucket = s3_bucket
+    url = upload(client, bucket, tmp_path, "shards")
+    kw = dict(batch_size=2, size=8, shuffle=False, prefetch_queue_depth=1, index_dir=tmp_path / "cache")
+    whole = [lab.tolist() for _, lab in DALILoader(url, **kw)]
+    loader = DALILoader(url, **kw)
+    batches = iter(loader)
+    head = [next(batches)[1].tolist()]
+    state = loader.state_dict()
+    s3_server.stop()
+    try:
+        with pytest.raises(ConnectionError, match=f"2 shards at {url}/train-000000.tar: reading stopped after batch "):
+            for _, labels in batches:
+                head.append(labels.tolist())
+        after = loader.state_dict()  # taken after the error: where it stopped
+    finally:
+        s3_server.start()  # (empty: the objects are put back)
+    storage._S3._client = None
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+    upload(client, bucket, tmp_path, "shards")
+    for saved, done in ((state, head[:1]), (after, head)):
+        resumed = DALILoader(url, **kw)
+        resumed.load_state_dict(saved)
+        assert done + [lab.tolist() for _, lab in resumed] == whole
+
+
+def test_refused_credentials_are_named(s3_bucket, monkeypatch):
+    """A server that checks credentials (moto with IAM authentication on) refuses the test keys."""
+    from dali_resizer import storage
+    from tests.conftest import S3Server
+
+    server = S3Server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        monkeypatch.setattr(storage._S3, "_client", None)
+        with pytest.raises(PermissionError, match="s3://locked-bucket/data: access denied .*check the credentials"):
+            DALILoader("s3://locked-bucket/data", batch_size=2)  # (refused by the listing, before DALI)
+    finally:
+        server.stop()
+
+
+def test_a_tar_cut_short_in_the_bucket_is_read_up_to_the_cut(tmp_path, s3_bucket):
+    client, bucket = s3_bucket
+    (tmp_path / "data").mkdir()
+    tar = write_shards(tmp_path / "data", [4], unique_labels=True)[0]
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) - 2048 - 600])  # (the end blocks, and into the last image)
+    url = upload(client, bucket, tmp_path / "data", "cut")
+    with pytest.warns(UserWarning) as record:
+        loader = DALILoader(url, batch_size=2, size=8, shuffle=False, on_error="skip", index_dir=tmp_path / "cache")
+        labels = sorted(y for _, lab in loader for y in lab.tolist())
+    assert any("cut short" in str(w.message) for w in record)
+    assert labels == [-100, 0, 1, 2] and "sample-00003" in next(iter(loader.skipped))
+
+
+@pytest.mark.slow
+def test_shards_in_a_bucket_on_two_ranks_exactly_once(tmp_path, s3_bucket):
+    from dali_resizer.samples import PAD_LABEL
+    from tests.test_distributed import check, torchrun
+
+    client, bucket = s3_bucket
+    (tmp_path / "data").mkdir()
+    write_shards(tmp_path / "data", [6, 1], unique_labels=True)
+    url = upload(client, bucket, tmp_path / "data", "shards")
+    ranks = torchrun(2, url, 2, False, tmp_path / "out.json", port=29690)
+    check(ranks, 7, 2, False, padding_id=PAD_LABEL)
