@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -26,8 +27,9 @@ from dali_resizer.readers.wds_index import (
     read_members,
     sample_key,
 )
-from dali_resizer.readers.webdataset import CLASSES_FILE
+from dali_resizer.readers.webdataset import CLASSES_FILE, MANIFEST_FILE, MANIFEST_FORMAT
 from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS, SHARD_LABEL_EXTENSION
+from dali_resizer.storage import storage_for
 
 __all__ = ["NO_INDEX", "main", "report_problems", "verify_shards", "write_shards"]
 
@@ -53,13 +55,18 @@ def write_shards(
     (the label as ASCII digits). ``shuffle`` writes the samples in a seeded random order, since
     readers of shards read sequentially and shuffle only within a buffer.
 
-    Each tar is written beside its final name and renamed into place, then indexed, and
-    ``classes.txt`` is written last: an interrupted run leaves no half-written shard under a shard's
-    name. Existing shards with the same prefix are replaced only with ``overwrite=True`` (and those a
-    smaller new set does not reach are removed, so no stale shard is read with the new ones).
+    ``out_dir`` is a folder or an ``s3://`` prefix. Each tar is published under its final name at once
+    (a rename on a disk, a completed upload in a bucket), then its index, then ``classes.txt`` and
+    last ``manifest.json`` (each tar's sample count and size, and the classes), which lets a loader
+    over many shards read one object at start-up instead of every index: an interrupted run leaves no
+    half-written shard under a shard's name. Existing shards with the same prefix are replaced only
+    with ``overwrite=True`` (and those a smaller new set does not reach are removed, so no stale shard
+    is read with the new ones).
 
-    Returns the shard paths.
+    Returns the shard paths (or URLs).
     """
+    import tempfile
+
     import webdataset as wds
 
     if samples_per_shard < 1:
@@ -69,35 +76,51 @@ def write_shards(
     if bad:
         raise ValueError(
             f"{bad[0]}: shards hold {', '.join(SHARD_IMAGE_EXTENSIONS)} images only ({len(bad)} file(s) affected)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = os.fspath(out_dir)
+    storage = storage_for(out)
+    if "://" not in out:
+        os.makedirs(out, exist_ok=True)
     pattern = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.(tar|idx)")
-    existing = sorted(p for p in out_dir.iterdir() if pattern.fullmatch(p.name))
+    existing = [p for p in (storage.files_here(out) if storage.is_dir(out) else []) if
+                pattern.fullmatch(p.rsplit("/", 1)[-1])]
     if existing and not overwrite:
-        raise FileExistsError(f"{out_dir} already holds {prefix}-*.tar shards ({existing[0].name} ...); "
+        raise FileExistsError(f"{out} already holds {prefix}-*.tar shards ({existing[0].rsplit('/', 1)[-1]} ...); "
                               "pass overwrite=True (--overwrite) to replace them")
-    bar = ProgressBar(len(source), f"writing {out_dir}", unit="img") if progress else None
+    bar = ProgressBar(len(source), f"writing {out}", unit="img") if progress else None
     order = np.random.default_rng(seed).permutation(len(source)) if shuffle else np.arange(len(source))
-    paths = []
+    paths, entries = [], []
+    work = tempfile.TemporaryDirectory(prefix="shards-", dir=None if "://" in out else out)
     for shard, start in enumerate(range(0, len(order), samples_per_shard)):
-        path = out_dir / f"{prefix}-{shard:06d}.tar"
-        tmp = path.with_name(path.name + ".tmp")
+        name = f"{prefix}-{shard:06d}"
+        tmp = Path(work.name) / f"{name}.tar"
         with wds.TarWriter(str(tmp)) as sink:
             for i in order[start : start + samples_per_shard]:
                 file = source.files[i]
                 sink.write({
                     "__key__": f"{i:09d}",
-                    Path(file).suffix.lower().lstrip("."): Path(file).read_bytes(),
+                    Path(file).suffix.lower().lstrip("."): source.storage.read(file),
                     "cls": str(int(source.labels[i])).encode(),
                 })
                 if bar is not None:
                     bar.update(1)
-        os.replace(tmp, path)
-        build_index(path, path.with_suffix(".idx"))
-        paths.append(path)
-    for stale in set(existing) - set(paths) - {p.with_suffix(".idx") for p in paths}:
-        stale.unlink()
-    (out_dir / CLASSES_FILE).write_text("".join(f"{name}\n" for name in source.classes))
+        count = build_index(tmp, tmp.with_suffix(".idx"))
+        tar, index = storage.join(out, f"{name}.tar"), storage.join(out, f"{name}.idx")
+        storage.put(tmp, tar)
+        storage.put(tmp.with_suffix(".idx"), index)  # (after its tar: an index never points past one)
+        entries.append({"tar": f"{name}.tar", "samples": count, "bytes": tmp.stat().st_size})
+        tmp.unlink()
+        tmp.with_suffix(".idx").unlink()
+        paths.append(Path(tar) if "://" not in out else tar)
+    written = {str(p) for p in paths} | {str(p)[: -len(".tar")] + ".idx" for p in paths}
+    for stale in sorted(set(existing) - written):
+        storage.delete(stale)
+    for name, text in ((CLASSES_FILE, "".join(f"{c}\n" for c in source.classes)),
+                       (MANIFEST_FILE, json.dumps({"format": MANIFEST_FORMAT, "classes": source.classes,
+                                                   "shards": entries}, indent=1) + "\n")):
+        local = Path(work.name) / name
+        local.write_text(text)
+        storage.put(local, storage.join(out, name))
+    work.cleanup()
     if bar is not None:
         bar.close()
     return paths
@@ -115,6 +138,26 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     num_classes = len(classes_file.read_text().splitlines()) if classes_file.is_file() else None
     if num_classes is None:
         problems.setdefault("no classes.txt", []).append(str(shard_dir))
+    manifest_file = shard_dir / MANIFEST_FILE
+    if manifest_file.is_file():
+        try:
+            listed = {e["tar"]: e for e in json.loads(manifest_file.read_text())["shards"]}
+        except (ValueError, KeyError, TypeError) as e:
+            listed = None
+            problems.setdefault("manifest does not match the shards", []).append(f"{manifest_file}: unreadable ({e})")
+        for tar in tars if listed is not None else []:
+            entry = listed.get(tar.name)
+            index = tar.with_suffix(".idx")
+            count = int(index.read_text().split(None, 2)[1]) if index.is_file() else None
+            if entry is None:
+                problem = "not listed"
+            elif entry.get("bytes") != tar.stat().st_size:
+                problem = f"{entry.get('bytes')} bytes listed, {tar.stat().st_size} in the tar"
+            elif count is not None and entry.get("samples") != count:
+                problem = f"{entry.get('samples')} samples listed, {count} in its index"
+            else:
+                continue
+            problems.setdefault("manifest does not match the shards", []).append(f"{tar}: {problem}")
     for tar in tars:
         index = tar.with_suffix(".idx")
         if not index.is_file():
@@ -194,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             paths = write_shards(args.src, args.out, samples_per_shard=args.samples_per_shard, prefix=args.prefix,
                                  shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, progress=True)
-        except (FileExistsError, FileNotFoundError, ValueError) as e:
+        except (OSError, ValueError) as e:  # (FileExistsError, a missing folder, storage failures)
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"{len(paths)} shard(s) in {args.out}")

@@ -73,6 +73,14 @@ class Storage:
     def parent(self, path: str) -> str:
         raise NotImplementedError
 
+    def put(self, local_file: str | os.PathLike, path: str) -> None:
+        """Publishes a local file under ``path`` at once: a reader sees the old object or the whole new
+        one, never a part."""
+        raise NotImplementedError
+
+    def delete(self, path: str) -> None:
+        raise NotImplementedError
+
 
 class LocalStorage(Storage):
     """A local (or mounted) file system."""
@@ -121,6 +129,20 @@ class LocalStorage(Storage):
 
     def parent(self, path: str) -> str:
         return os.path.dirname(path)
+
+    def put(self, local_file: str | os.PathLike, path: str) -> None:
+        import shutil
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        shutil.copyfile(local_file, tmp)
+        os.replace(tmp, path)  # (a rename: atomic)
+
+    def delete(self, path: str) -> None:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 class S3Storage(Storage):
@@ -256,6 +278,18 @@ class S3Storage(Storage):
 
     def parent(self, path: str) -> str:
         return path.rstrip("/").rsplit("/", 1)[0]
+
+    def put(self, local_file: str | os.PathLike, path: str) -> None:
+        # an object appears only once its upload (multipart too) completes: atomic for readers
+        bucket, key = self.split(path)
+        try:
+            self.client.upload_file(os.fspath(local_file), bucket, key)
+        except Exception as e:  # boto3's transfer errors wrap the client's
+            raise OSError(f"{path}: upload failed: {e}") from None
+
+    def delete(self, path: str) -> None:
+        bucket, key = self.split(path)
+        self._call(path, "delete_object", Bucket=bucket, Key=key)
 
 
 class _RangedObject(io.RawIOBase):

@@ -161,3 +161,22 @@ def test_shards_in_a_bucket_on_two_ranks_exactly_once(tmp_path, s3_bucket):
     url = upload(client, bucket, tmp_path / "data", "shards")
     ranks = torchrun(2, url, 2, False, tmp_path / "out.json", port=29690)
     check(ranks, 7, 2, False, padding_id=PAD_LABEL)
+
+
+def test_shards_make_writes_into_a_bucket(image_folder, s3_bucket, tmp_path):
+    from dali_resizer.shards import main
+
+    client, bucket = s3_bucket
+    url = f"s3://{bucket}/shards/train"
+    assert main(["make", str(image_folder), url, "--samples-per-shard", "4", "--prefix", "train"]) == 0
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == [f"shards/train/{name}" for name in ["classes.txt", "manifest.json", "train-000000.idx",
+                                                        "train-000000.tar", "train-000001.idx", "train-000001.tar",
+                                                        "train-000002.idx", "train-000002.tar"]]
+    loader = DALILoader(url, batch_size=4, size=8, shuffle=False, return_index=True, index_dir=tmp_path / "cache")
+    assert loader.classes == ["cat", "dog", "emu"] and not (tmp_path / "cache").exists()  # (read in the bucket)
+    assert sorted(i for _, _, idx in loader for i in idx.tolist()) == list(range(11))
+    assert main(["make", str(image_folder), url, "--prefix", "train"]) == 2  # holds shards: --overwrite
+    assert main(["make", str(image_folder), url, "--prefix", "train", "--overwrite"]) == 0
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert "shards/train/train-000001.tar" not in keys  # the smaller new set: the stale shards are gone

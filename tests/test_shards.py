@@ -208,3 +208,29 @@ def test_a_tar_cut_short_is_read_up_to_the_cut(tmp_path, cut, on_error):
         assert "cut short or damaged at byte" in said
         assert sorted(y for y in labels if y >= 0) == [0, 1, 2]
     assert verify_shards(tmp_path)["tar cut short"]
+
+
+def test_make_writes_a_manifest_that_the_loader_reads_instead_of_every_index(image_folder, tmp_path, monkeypatch):
+    import json
+
+    from dali_resizer import storage
+    from dali_resizer.shards import verify_shards
+
+    paths = write_shards(image_folder, tmp_path / "out", samples_per_shard=4, prefix="train")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["classes"] == ["cat", "dog", "emu"]
+    assert [(e["tar"], e["samples"], e["bytes"]) for e in manifest["shards"]] == [
+        (p.name, n, p.stat().st_size) for p, n in zip(paths, [4, 4, 3])]
+    assert verify_shards(tmp_path / "out") == {}
+    read = []
+    original = storage.LocalStorage.read
+    monkeypatch.setattr(storage.LocalStorage, "read", lambda self, path, *a: read.append(path) or original(
+        self, path, *a))
+    loader = DALILoader(tmp_path / "out", batch_size=4, size=8, shuffle=False, return_index=True)
+    assert read == [str(tmp_path / "out" / "manifest.json")]  # one object at start-up, no index header
+    assert len(loader) == 3 and loader.classes == ["cat", "dog", "emu"]
+    assert sorted(i for _, _, idx in loader for i in idx.tolist()) == list(range(11))
+    monkeypatch.undo()
+    paths[1].write_bytes(paths[1].read_bytes() + bytes(10240))  # a tar rewritten behind the manifest's back
+    assert verify_shards(tmp_path / "out")["manifest does not match the shards"] == [
+        f"{paths[1]}: {manifest['shards'][1]['bytes']} bytes listed, {paths[1].stat().st_size} in the tar"]

@@ -37,10 +37,14 @@ from dali_resizer.samples import (
 )
 from dali_resizer.storage import absolute, storage_for
 
-__all__ = ["CLASSES_FILE", "ShardReader", "ShardSource", "default_cache_dir", "default_index_dir",
-           "parse_ascii_labels"]
+__all__ = ["CLASSES_FILE", "MANIFEST_FILE", "MANIFEST_FORMAT", "ShardReader", "ShardSource", "default_cache_dir",
+           "default_index_dir", "parse_ascii_labels"]
 
 CLASSES_FILE = "classes.txt"
+# Written by `shards make` beside the shards: each tar's sample count and size, and the classes. A loader
+# over many shards reads this one object at start-up instead of every index header.
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "dali_resizer shards v1"
 
 
 def default_cache_dir() -> Path:
@@ -82,7 +86,11 @@ class ShardSource:
 
     @classmethod
     def from_paths(cls, paths: list[str], index_dir: str | os.PathLike | None = None) -> ShardSource:
-        """Uses ``<shard>.idx`` beside each tar, or builds a missing index once into ``index_dir``."""
+        """Uses ``<shard>.idx`` beside each tar, or builds a missing index once into ``index_dir``.
+
+        Tars listed in a ``manifest.json`` beside them (``shards make`` writes it) take their sample
+        counts and classes from it, and their indexes from beside them, unread: one object is read at
+        start-up, not one per tar (``shards verify`` checks a manifest against its tars)."""
         storage = storage_for(paths[0])
         seen: dict[str, str] = {}
         for path in paths:
@@ -91,11 +99,16 @@ class ShardSource:
                 also = f" (also as {seen[real]})" if seen[real] != path else ""
                 raise ValueError(f"{path}: listed twice in the source{also}; a tar is read once per epoch")
             seen[real] = path
+        index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
+        manifest = _manifest_for(paths)
+        if manifest is not None:
+            counts, classes = manifest
+            return cls(list(paths), [os.path.splitext(p)[0] + ".idx" for p in paths], counts, classes,
+                       index_dir=index_dir)
         missing = [p for p in paths if not storage.is_file(p)]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise FileNotFoundError(f"shard not found: {missing[0]}{more}")
-        index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
         index_paths = [_index_for(p, index_dir) for p in paths]
         counts = [read_index_count(p) for p in index_paths]
         classes_file = storage.join(storage.parent(paths[0]), CLASSES_FILE)
@@ -107,6 +120,29 @@ class ShardSource:
                 if listed.is_file(index + suffix):
                     found[tar] = listed.read(index + suffix).decode().splitlines()
         return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
+
+
+def _manifest_for(paths: list[str]) -> tuple[list[int], list[str] | None] | None:
+    """(counts, classes) of ``paths`` from the manifest beside them, when they all are in one folder
+    and it lists them all; else None."""
+    import json
+
+    folder = {os.path.dirname(p) for p in paths}
+    if len(folder) != 1:
+        return None
+    storage = storage_for(paths[0])
+    where = storage.join(folder.pop(), MANIFEST_FILE)
+    try:
+        manifest = json.loads(storage.read(where))
+    except (FileNotFoundError, ValueError):
+        return None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    by_name = {entry["tar"]: entry["samples"] for entry in manifest.get("shards", [])}
+    names = [os.path.basename(p) for p in paths]
+    if not all(name in by_name for name in names):
+        return None
+    return [int(by_name[name]) for name in names], manifest.get("classes")
 
 
 def _index_for(tar_path: str, index_dir: Path) -> str:
