@@ -180,3 +180,17 @@ def test_shards_make_writes_into_a_bucket(image_folder, s3_bucket, tmp_path):
     assert main(["make", str(image_folder), url, "--prefix", "train", "--overwrite"]) == 0
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
     assert "shards/train/train-000001.tar" not in keys  # the smaller new set: the stale shards are gone
+
+
+def test_a_file_list_of_a_folder_in_a_bucket(image_folder, s3_bucket, tmp_path):
+    from dali_resizer.readers import FILE_LIST_HEADER
+
+    client, bucket = s3_bucket
+    url = upload(client, bucket, image_folder, "listed")
+    names = ["cat/a.jpg", "dog/g.jpg", "emu/k.jpg"]
+    (tmp_path / "list.txt").write_text(f"{FILE_LIST_HEADER}\n# root: {url}\n" + "".join(f"{n}\n" for n in names))
+    client.upload_file(str(tmp_path / "list.txt"), bucket, "lists/subset.txt")
+    for where in (tmp_path / "list.txt", f"s3://{bucket}/lists/subset.txt"):
+        loader = DALILoader(where, batch_size=3, size=8, train=False)
+        assert loader.dataset.files == [f"{url}/{n}" for n in names] and loader.classes == ["cat", "dog", "emu"]
+        assert [y for _, lab in loader for y in lab.tolist()] == [0, 1, 2]
