@@ -57,7 +57,8 @@ def test_cli_make_verify_and_rerun(image_folder, tmp_path, capsys):
     # Overwrite with fewer, larger shards: the old third shard must not survive to be read again.
     assert main(["make", str(image_folder), str(out), "--samples-per-shard", "6", "--prefix", "train",
                  "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "train-000000.idx", "train-000000.tar",
+    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "manifest.json", "train-000000.idx",
+                                                     "train-000000.tar",
                                                      "train-000001.idx", "train-000001.tar"]
     assert len(DALILoader(out, batch_size=4, size=8).dataset) == 11
 
@@ -79,6 +80,9 @@ def test_verify_and_loader_catch_a_stale_index(image_folder, tmp_path):
         for i in range(3):
             sink.write({"__key__": f"new{i}", "jpg": image, "cls": b"x" if i == 2 else b"1"})
     os.utime(tar.with_suffix(".idx"), (time.time() - 100, time.time() - 100))
+    with pytest.raises(ValueError, match=f"{tar}: changed since manifest.json was written"):
+        list(DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "cache"))  # (checked when read)
+    (tmp_path / "manifest.json").unlink()  # without it, every index is checked at start-up
     problems = verify_shards(tmp_path)
     assert any(str(tar.with_suffix(".idx")) in p for p in problems["stale index"])
     assert problems["non-integer label"] == [f"{tar}: new2 (b'x')"]

@@ -20,6 +20,7 @@ __all__ = [
     "read_tar_member",
     "sample_key",
     "standin_index",
+    "sub_index",
     "write_atomic",
 ]
 
@@ -153,6 +154,22 @@ def standin_index(index_path: str, keys: set[str], out_dir: str | os.PathLike) -
                 row[j + 1 : j + 3] = donor[i + 1 : i + 3]
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lines[0] + "\n" + "".join(" ".join(row) + "\n" for row in rows))
+    return str(out)
+
+
+def sub_index(index_path: str, start: int, stop: int, out_dir: str | os.PathLike) -> str:
+    """A DALI index of samples ``[start, stop)`` of ``index_path`` (in its order), written once into
+    ``out_dir``; returns its path. A rank that reads part of a tar reads it through one."""
+    storage = storage_for(index_path)
+    stat = storage.stat(index_path)
+    digest = hashlib.sha1(f"{absolute(index_path)}:{stat.version}:{start}:{stop}".encode()).hexdigest()[:16]
+    out = Path(out_dir) / f"{Path(index_path).stem}-{start}-{stop}-{digest}.idx"
+    if out.is_file():
+        return str(out)
+    lines = storage.read(index_path).decode().splitlines()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{line}\n" for line in lines[1 + start : 1 + stop])
+    write_atomic(out, f"{lines[0].split()[0]} {stop - start}\n{rows}")
     return str(out)
 
 

@@ -22,6 +22,7 @@ from dali_resizer.readers.wds_index import (
     read_tar_member,
     sample_key,
     standin_index,
+    sub_index,
 )
 from dali_resizer.samples import (
     PAD_LABEL,
@@ -73,6 +74,8 @@ class ShardSource:
     # tar -> members of a tar cut short that its index leaves out (``@<offset>``: where it stops)
     cut: dict[str, list[str]] = field(default_factory=dict)
     index_dir: Path = field(default_factory=default_index_dir, repr=False)
+    # each tar's size in bytes as the manifest lists it (None: counts read from the indexes)
+    manifest_bytes: list[int] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -102,9 +105,9 @@ class ShardSource:
         index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
         manifest = _manifest_for(paths)
         if manifest is not None:
-            counts, classes = manifest
+            counts, sizes, classes = manifest
             return cls(list(paths), [os.path.splitext(p)[0] + ".idx" for p in paths], counts, classes,
-                       index_dir=index_dir)
+                       index_dir=index_dir, manifest_bytes=sizes)
         missing = [p for p in paths if not storage.is_file(p)]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -122,9 +125,9 @@ class ShardSource:
         return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
 
 
-def _manifest_for(paths: list[str]) -> tuple[list[int], list[str] | None] | None:
-    """(counts, classes) of ``paths`` from the manifest beside them, when they all are in one folder
-    and it lists them all; else None."""
+def _manifest_for(paths: list[str]) -> tuple[list[int], list[int], list[str] | None] | None:
+    """(counts, sizes, classes) of ``paths`` from the manifest beside them, when they all are in one
+    folder and it lists them all; else None."""
     import json
 
     folder = {os.path.dirname(p) for p in paths}
@@ -138,11 +141,12 @@ def _manifest_for(paths: list[str]) -> tuple[list[int], list[str] | None] | None
         return None
     if manifest.get("format") != MANIFEST_FORMAT:
         return None
-    by_name = {entry["tar"]: entry["samples"] for entry in manifest.get("shards", [])}
+    by_name = {entry["tar"]: entry for entry in manifest.get("shards", [])}
     names = [os.path.basename(p) for p in paths]
     if not all(name in by_name for name in names):
         return None
-    return [int(by_name[name]) for name in names], manifest.get("classes")
+    return ([int(by_name[n]["samples"]) for n in names], [int(by_name[n]["bytes"]) for n in names],
+            manifest.get("classes"))
 
 
 def _index_for(tar_path: str, index_dir: Path) -> str:
@@ -216,6 +220,7 @@ class ShardReader(Reader):
         self.bad_keys: dict[str, set[str]] = {}  # tar -> keys of its skipped samples (read as stand-ins)
         self._nameless_found: dict[str, str] | None = None
         self._positions: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+        self._checked: set[int] = set()  # tars checked against the manifest
         if source.duplicates:
             ledger.found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
                           "and extension; this copy is left out of the index" for tar, members in
@@ -245,19 +250,57 @@ class ShardReader(Reader):
     def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False):
         import pipelines
 
-        source, plan = self.source, self.plan
-        order = plan.order(len(source.paths), epoch)  # identical on every shard
-        index_paths = [
-            standin_index(source.index_paths[i], self.bad_keys[source.paths[i]], source.index_dir / "standin")
-            if self.bad_keys.get(source.paths[i]) else source.index_paths[i]
-            for i in order
-        ]
+        source = self.source
+        paths, index_paths = [], []
+        for i, start, stop in self.epoch_pieces(epoch):
+            self._check_against_manifest(i)
+            index = source.index_paths[i]
+            if (start, stop) != (0, source.counts[i]):  # part of a tar: through an index of that part
+                index = sub_index(index, start, stop, source.index_dir / "parts")
+            if self.bad_keys.get(source.paths[i]):
+                index = standin_index(index, self.bad_keys[source.paths[i]], source.index_dir / "standin")
+            paths.append(source.paths[i])
+            index_paths.append(index)
+        # this shard's tars only: its pipeline parses only their indexes (DALI's own split would read all)
         pipe = pipelines.webdataset_pipeline(
-            [source.paths[i] for i in order], index_paths, shard_id=plan.shard_id, num_shards=plan.num_shards,
-            random_shuffle=plan.shuffle, **plan.pipeline_settings(epoch), checkpoint=checkpoint,
-            replay=replay)
+            paths, index_paths, shard_id=0, num_shards=1, random_shuffle=self.plan.shuffle,
+            **self.plan.pipeline_settings(epoch), checkpoint=checkpoint, replay=replay)
         pipe.build()
         return pipe
+
+    def _check_against_manifest(self, i: int) -> None:
+        """A tar taken from the manifest is checked when this shard first reads it (its size, and that
+        its index is current): a rank pays for its own tars only."""
+        source = self.source
+        if source.manifest_bytes is None or i in self._checked:
+            return
+        tar, index = source.paths[i], source.index_paths[i]
+        size = storage_for(tar).stat(tar).size
+        problem = (f"{source.manifest_bytes[i]} bytes in the manifest, {size} in the tar"
+                   if size != source.manifest_bytes[i] else index_problem(tar, index))
+        if problem is not None:
+            raise ValueError(f"{tar}: changed since {MANIFEST_FILE} was written ({problem}); rewrite the shards with "
+                             f"`python -m dali_resizer.shards make`, or remove {MANIFEST_FILE} to read the indexes")
+        self._checked.add(i)
+
+    def epoch_pieces(self, epoch: int) -> list[tuple[int, int, int]]:
+        """This shard's part of ``epoch``: ``(tar, start, stop)`` sample ranges (index order).
+
+        The tars are permuted by ``(seed, epoch)`` (the same on every shard) and their samples, in
+        that order, cut into ``num_shards`` contiguous runs whose lengths differ by one at most: this
+        shard's run is whole tars and at most two parts of tars. Only the counts are needed (from the
+        manifest, or the index headers), not the indexes."""
+        source, plan = self.source, self.plan
+        total = len(source)
+        low, high = total * plan.shard_id // plan.num_shards, total * (plan.shard_id + 1) // plan.num_shards
+        pieces, position = [], 0
+        for i in plan.order(len(source.paths), epoch).tolist():
+            count = source.counts[i]
+            start, stop = max(low, position), min(high, position + count)
+            if start < stop:
+                pieces.append((i, start - position, stop - position))
+            position += count
+        return pieces
 
     def labels(self, out):
         status = out["status"].view(-1)
