@@ -262,7 +262,8 @@ def s3_bucket(s3_endpoint, monkeypatch, tmp_path, request):
 
 
 def upload(client, bucket: str, root: Path, prefix: str) -> str:
-    """Copies every file below ``root`` to ``s3://bucket/prefix/...``; returns that URL."""
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    """Copies every file below ``root`` to ``s3://bucket/prefix/...``, indexes after their tars (as
+    ``shards make`` publishes them: an index older than its tar is stale); returns that URL."""
+    for path in sorted((p for p in root.rglob("*") if p.is_file()), key=lambda p: (p.suffix == ".idx", p)):
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(root).as_posix()}")
     return f"s3://{bucket}/{prefix}"
