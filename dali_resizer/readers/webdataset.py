@@ -96,8 +96,9 @@ class ShardSource:
         start-up, not one per tar (``shards verify`` checks a manifest against its tars)."""
         storage = storage_for(paths[0])
         seen: dict[str, str] = {}
+        folders: dict[str, str] = {}  # (each folder resolved once: a path costs one lstat, not one per part)
         for path in paths:
-            real = path if "://" in path else os.path.realpath(path)
+            real = path if "://" in path else _resolved(path, folders)
             if real in seen:
                 also = f" (also as {seen[real]})" if seen[real] != path else ""
                 raise ValueError(f"{path}: listed twice in the source{also}; a tar is read once per epoch")
@@ -125,6 +126,16 @@ class ShardSource:
         return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
 
 
+def _resolved(path: str, folders: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, resolving each folder once (``folders``: its cache)."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    if folder not in folders:
+        folders[folder] = os.path.realpath(folder)
+    return os.path.join(folders[folder], name)
+
+
 def _manifest_for(paths: list[str]) -> tuple[list[int], list[int], list[str] | None] | None:
     """(counts, sizes, classes) of ``paths`` from the manifest beside them, when they all are in one
     folder and it lists them all; else None."""
@@ -141,12 +152,12 @@ def _manifest_for(paths: list[str]) -> tuple[list[int], list[int], list[str] | N
         return None
     if manifest.get("format") != MANIFEST_FORMAT:
         return None
-    by_name = {entry["tar"]: entry for entry in manifest.get("shards", [])}
-    names = [os.path.basename(p) for p in paths]
-    if not all(name in by_name for name in names):
+    by_name = {entry["tar"]: (entry["samples"], entry["bytes"]) for entry in manifest.get("shards", [])}
+    try:
+        found = [by_name[p.rsplit("/", 1)[-1]] for p in paths]
+    except KeyError:  # (a tar it does not list)
         return None
-    return ([int(by_name[n]["samples"]) for n in names], [int(by_name[n]["bytes"]) for n in names],
-            manifest.get("classes"))
+    return [int(n) for n, _ in found], [int(b) for _, b in found], manifest.get("classes")
 
 
 def _index_for(tar_path: str, index_dir: Path) -> str:
