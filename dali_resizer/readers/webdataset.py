@@ -218,8 +218,9 @@ def _split_source_name(name: str) -> tuple[str, int, str]:
 class ShardReader(Reader):
     """Reads a :class:`ShardSource` with ``pipelines.webdataset_pipeline``.
 
-    The tars' order is one permutation of ``(seed, epoch)`` for every shard; DALI's reader splits the
-    samples across shards and shuffles within its buffer. A bad sample is found by its name (DALI's
+    The tars' order is one permutation of ``(seed, epoch)`` for every shard; each shard reads its own
+    run of that order (:meth:`epoch_pieces`) in a pipeline of its own, which shuffles within its
+    buffer. A bad sample is found by its name (DALI's
     source info: tar, offset, member); once skipped, its tar is read through a stand-in index in
     which it reads another sample's image under its own name, and its row is marked as padding.
     """
