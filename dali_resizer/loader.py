@@ -345,12 +345,23 @@ class DALILoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Continues from :meth:`state_dict`: the next iteration resumes that epoch after its last
-        delivered batch, yielding what an uninterrupted run would have yielded."""
-        for key, mine in (("seed", self.seed), ("num_shards", self.num_shards), ("shard_id", self.shard_id),
-                          ("num_source_samples", len(self.dataset))):
+        delivered batch, yielding what an uninterrupted run would have yielded.
+
+        A state taken at an epoch boundary (no batch of the epoch delivered yet) loads into any world
+        size, shard and batch size: the epoch's split is decided by ``(seed, epoch)`` and the world
+        that reads it. Merge the ranks' ``skipped`` first where samples were skipped. A state taken
+        mid-epoch loads only into the same shard of the same world, with the same batch size."""
+        mid_epoch = bool(state["batches_done"])
+        checked = [("seed", self.seed), ("num_source_samples", len(self.dataset))]
+        if mid_epoch:
+            checked += [("num_shards", self.num_shards), ("shard_id", self.shard_id)]
+        for key, mine in checked:
             if state.get(key) != mine:
-                raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}")
-        for key, mine in self._pipeline_identity().items():  # (states saved without them: not checked)
+                where = (" (a mid-epoch state resumes in the world that saved it; at an epoch boundary any world "
+                         "size loads it)") if key in ("num_shards", "shard_id") else ""
+                raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}"
+                                 + where)
+        for key, mine in self._pipeline_identity().items() if mid_epoch else ():  # (saved without them: unchecked)
             if key in state and state[key] != mine:
                 raise ValueError(
                     f"loader state is for {key}={state[key]!r}, this loader has {key}={mine!r}: its position and "

@@ -327,7 +327,8 @@ def train(cfg: TrainConfig) -> list[dict]:
         schedule.load_state_dict(ckpt["schedule"])
         scaler.load_state_dict(ckpt["scaler"])
         if len(ckpt["loaders"]) != world:
-            raise ValueError(f"the checkpoint was written by {len(ckpt['loaders'])} process(es), this run has {world}")
+            raise ValueError(f"the checkpoint was written by {len(ckpt['loaders'])} process(es), this run has {world}: "
+                             f"resume with {len(ckpt['loaders'])} (the schedule counts steps of that world)")
         train_loader.load_state_dict(ckpt["loaders"][rank])  # each rank resumes its own part of the epoch
         start_epoch, step = ckpt["loaders"][rank]["epoch"], ckpt["step"]
         history, partial = ckpt["history"], ckpt["partial"]

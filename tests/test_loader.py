@@ -410,3 +410,32 @@ def test_a_state_loads_only_into_a_loader_built_the_same_way(image_folder):
     resumed = DALILoader(image_folder, batch_size=4, size=16, return_index=True)
     resumed.load_state_dict(state)
     assert epoch_indices(resumed) == [i for _, _, idx in batches for i in idx.tolist()]  # the rest, as it was
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2)])
+def test_a_state_at_an_epoch_boundary_loads_into_another_world_size(shard_dir, before, after):
+    """Shards (13 samples): N ranks finish epoch 0; their states load into M ranks, which read epoch 1
+    exactly as M fresh ranks would, every sample once. A mid-epoch state is refused elsewhere."""
+    def world(n):
+        return [DALILoader(shard_dir, batch_size=2, size=8, seed=5, shard_id=k, num_shards=n, return_index=True)
+                for k in range(n)]
+
+    old = world(before)
+    states = []
+    for loader in old:
+        list(loader)  # epoch 0, whole
+        states.append(loader.state_dict())
+    assert {s["epoch"] for s in states} == {1} and not any(s["batches_done"] for s in states)
+    resumed, fresh = world(after), world(after)
+    for k, loader in enumerate(resumed):
+        loader.load_state_dict(states[k % before])
+    for loader in fresh:
+        loader.set_epoch(1)
+    got = [[lab.tolist() for _, lab, _ in loader] for loader in resumed]
+    assert got == [[lab.tolist() for _, lab, _ in loader] for loader in fresh]
+    assert sorted(y for rank in got for batch in rank for y in batch if y != PAD_LABEL) == sorted(
+        i % 3 for i in range(13))
+    mid = world(before)[0]
+    next(iter(mid))
+    with pytest.raises(ValueError, match="a mid-epoch state resumes in the world that saved it"):
+        world(after)[0].load_state_dict(mid.state_dict())
