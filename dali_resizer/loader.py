@@ -430,6 +430,11 @@ class DALILoader:
                 if _STORAGE_FAILED.search(str(error)):  # not a sample's fault: the storage went away
                     self._keep_position(epoch, batches, done, base)
                     detail = self._reader.dali_message(error)[0]
+                    gone = self._reader.missing(epoch, done) if "curlCode" not in str(error) else []
+                    if gone:  # an object removed while the epoch ran
+                        raise FileNotFoundError(
+                            f"{gone[0]}: removed while epoch {epoch} was read (after batch {done}); put it back "
+                            f"and loader.state_dict() resumes the epoch there") from None
                     raise ConnectionError(
                         f"{self._reader.describe()} at {self.dataset_location()}: reading stopped after batch {done} "
                         f"of epoch {epoch} (DALI: {detail}); loader.state_dict() resumes the epoch there once the "
@@ -505,7 +510,9 @@ class DALILoader:
 
 
 # DALI's words when the object store (or a network file system) fails, not a sample
-_STORAGE_FAILED = re.compile(r"curlCode|Could not connect to server|Timeout was reached|S3 Object not found")
+_STORAGE_FAILED = re.compile(
+    r"curlCode|Could not connect to server|Timeout was reached|S3 Object not found|NoSuchKey|"
+    r"Failed to flush response stream")
 
 
 class _Frozen:

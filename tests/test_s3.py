@@ -194,3 +194,17 @@ def test_a_file_list_of_a_folder_in_a_bucket(image_folder, s3_bucket, tmp_path):
         loader = DALILoader(where, batch_size=3, size=8, train=False)
         assert loader.dataset.files == [f"{url}/{n}" for n in names] and loader.classes == ["cat", "dog", "emu"]
         assert [y for _, lab in loader for y in lab.tolist()] == [0, 1, 2]
+
+
+def test_an_object_removed_mid_epoch_is_named(tmp_path, s3_bucket):
+    client, bucket = s3_bucket
+    paths = write_shards(tmp_path, [4, 4], unique_labels=True)
+    for path in paths:
+        build_index(path, path.with_suffix(".idx"))
+    url = upload(client, bucket, tmp_path, "shards")
+    loader = DALILoader(url, batch_size=2, size=8, shuffle=False, prefetch_queue_depth=1, index_dir=tmp_path / "c")
+    batches = iter(loader)
+    next(batches)
+    client.delete_object(Bucket=bucket, Key="shards/train-000001.tar")
+    with pytest.raises(FileNotFoundError, match=f"{url}/train-000001.tar: removed while epoch 0 was read"):
+        list(batches)

@@ -124,6 +124,10 @@ class Reader(abc.ABC):
         """DALI stopped on a batch after ``done`` delivered ones: names the bad sample(s), hands them
         to the ledger (which raises, or records them) and says where to rebuild the pipeline."""
 
+    def missing(self, epoch: int, done: int) -> list[str]:
+        """The files this shard was about to read that are gone (after a storage failure)."""
+        return []
+
     def state_dict(self) -> dict:
         return {}
 

@@ -187,6 +187,12 @@ class FolderReader(Reader):
         indices[padding] = -1
         return labels, indices
 
+    def missing(self, epoch: int, done: int) -> list[str]:
+        files, _ = self.epoch_samples(epoch)
+        b = self.plan.batch_size
+        window = files[done * b : (done + self.plan.prefetch_queue_depth + 2) * b]
+        return [f for f in dict.fromkeys(window) if not self.source.storage.is_file(f)]
+
     def recover(self, error, epoch, done, batches):
         from pipelines.probe import probe_samples
 

@@ -280,6 +280,10 @@ class ShardReader(Reader):
         pipe.build()
         return pipe
 
+    def missing(self, epoch: int, done: int) -> list[str]:
+        paths = [self.source.paths[i] for i, _, _ in self.epoch_pieces(epoch)]
+        return [p for p in paths if not storage_for(p).is_file(p)]
+
     def _check_against_manifest(self, i: int) -> None:
         """A tar taken from the manifest is checked when this shard first reads it (its size, and that
         its index is current): a rank pays for its own tars only."""
