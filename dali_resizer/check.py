@@ -22,33 +22,10 @@ from pathlib import Path
 from dali_resizer.progress import ProgressBar
 from dali_resizer.readers import FILE_LIST_HEADER
 from dali_resizer.samples import FOLDER_IMAGE_EXTENSIONS, MAX_PIXELS, SHARD_IMAGE_EXTENSIONS, image_size, jpeg_cut_short
-from dali_resizer.storage import storage_for
+from dali_resizer.storage import read_each, storage_for
 
 __all__ = ["check_folder", "check_shards", "main", "write_file_list"]
 
-
-
-def _decode_files(paths: list[str], bar: ProgressBar | None) -> dict[str, str]:
-    """DALI-decodes ``paths`` a batch at a time, as the loader would; a batch that fails, or whose
-    decoder warns of corrupt data, is probed file by file."""
-    from pipelines.probe import decode_samples
-
-    problems: dict[str, str] = {}
-
-    def read():
-        for path in paths:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                problems[path] = f"unreadable: {e.strerror or e}"
-                continue
-            if bar is not None:
-                bar.update(1)
-            yield path, data
-
-    problems.update(decode_samples(read()))
-    return problems
 
 
 def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[dict[str, list[str]], list[str]]:
@@ -91,21 +68,29 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
     for loop in loops:
         note("symbolic link loop (its files are listed again at every level, as ImageFolder lists them)", loop)
 
-    flagged = set()
-    for path in candidates:
-        with open(path, "rb") as f:
-            found = _header_problem(path, f.read(1 << 16), os.fstat(f.fileno()).st_size)  # (headers come first)
-        if found is not None:
-            flagged.add(path)
-            note(*found)
-    candidates = [p for p in candidates if p not in flagged]  # never decoded by the loader, nor here
+    from pipelines.probe import decode_samples
+
     bar = ProgressBar(len(candidates), f"decoding {root}", unit="img") if progress else None
-    bad = _decode_files(candidates, bar)
+    flagged: set[str] = set()
+    bad: dict[str, str] = {}
+
+    def images():  # each file read once: its header decides what the loader would not decode
+        for path, data in read_each(candidates, bad):
+            if bar is not None:
+                bar.update(1)
+            found = _header_problem(path, data, len(data))
+            if found is not None:
+                flagged.add(path)
+                note(*found)
+                continue
+            yield path, data
+
+    bad.update(decode_samples(images()))
     if bar is not None:
         bar.close()
     for path, problem in bad.items():
         note("cannot be decoded", f"{path}: {problem}")
-    good = [p for p in candidates if p not in bad and p not in unlisted]
+    good = [p for p in candidates if p not in bad and p not in unlisted and p not in flagged]
     return problems, good
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["LocalStorage", "S3Storage", "Stat", "Storage", "absolute", "storage_for"]
+__all__ = ["LocalStorage", "S3Storage", "Stat", "Storage", "absolute", "read_each", "storage_for"]
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,18 @@ def storage_for(location: str | os.PathLike) -> Storage:
     if scheme:
         raise ValueError(f"{text}: {scheme}:// sources are not supported; give a local path or an s3:// URL")
     return _LOCAL
+
+
+def read_each(paths, problems: dict[str, str]) -> Iterator[tuple[str, bytes]]:
+    """``(path, bytes)`` of each path in order; one that cannot be read goes into ``problems`` as
+    ``"unreadable: why"`` instead, never silently."""
+    for path in paths:
+        try:
+            data = storage_for(path).read(path)
+        except OSError as e:
+            problems[path] = f"unreadable: {e.strerror or e}"
+            continue
+        yield path, data
 
 
 def absolute(path: str) -> str:

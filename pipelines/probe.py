@@ -14,7 +14,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from dali_resizer.samples import describe_bytes
 
-__all__ = ["decode_samples", "probe_bytes", "probe_files", "probe_samples"]
+__all__ = ["decode_samples", "probe_bytes", "probe_samples"]
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None)
@@ -127,19 +127,3 @@ def decode_samples(samples: Iterable[tuple[str, bytes]], batch_size: int = 64) -
 def probe_bytes(data: bytes) -> str | None:
     """:func:`probe_samples` of one sample: ``None`` when it decodes, else the problem."""
     return probe_samples([("", data)]).get("")
-
-
-def probe_files(paths: Iterable[str]) -> dict[str, str]:
-    """:func:`probe_samples` on each file; returns ``{path: problem}`` for those that fail."""
-    paths, problems = list(paths), {}
-
-    def readable():
-        for path in paths:
-            try:
-                with open(path, "rb") as f:
-                    yield path, f.read()
-            except OSError as e:
-                problems[path] = f"unreadable: {e.strerror or e}"
-
-    problems.update(probe_samples(readable()))
-    return {path: problems[path] for path in paths if path in problems}  # (in the given order)

@@ -20,7 +20,7 @@ from dali_resizer.samples import (
     jpeg_cut_short,
     oversize_problem,
 )
-from dali_resizer.storage import Storage, storage_for
+from dali_resizer.storage import Storage, read_each, storage_for
 
 __all__ = ["FILE_LIST_HEADER", "FolderReader", "ImageFolderSource"]
 
@@ -187,11 +187,14 @@ class FolderReader(Reader):
         indices[padding] = -1
         return labels, indices
 
-    def missing(self, epoch: int, done: int) -> list[str]:
+    def _window(self, epoch: int, done: int) -> list[str]:
+        """The files of the batches DALI was preparing after batch ``done``, once each."""
         files, _ = self.epoch_samples(epoch)
         b = self.plan.batch_size
-        window = files[done * b : (done + self.plan.prefetch_queue_depth + 2) * b]
-        return [f for f in dict.fromkeys(window) if not self.source.storage.is_file(f)]
+        return list(dict.fromkeys(files[done * b : (done + self.plan.prefetch_queue_depth + 2) * b]))
+
+    def missing(self, epoch: int, done: int) -> list[str]:
+        return [f for f in self._window(epoch, done) if not self.source.storage.is_file(f)]
 
     def recover(self, error, epoch, done, batches):
         from pipelines.probe import probe_samples
@@ -201,18 +204,7 @@ class FolderReader(Reader):
         if named and storage.is_file(named):
             bad = {named: f"{describe_bytes(storage.read(named))}; DALI: {detail}"}
         else:
-            files, _ = self.epoch_samples(epoch)
-            b = self.plan.batch_size
-            window = files[done * b : (done + self.plan.prefetch_queue_depth + 2) * b]
             bad = {}
-
-            def readable():
-                for path in dict.fromkeys(f for f in window if f not in self.ledger):
-                    try:
-                        yield path, storage.read(path)
-                    except OSError as e:
-                        bad[path] = f"unreadable: {getattr(e, 'strerror', None) or e}"
-
-            bad.update(probe_samples(readable()))
+            bad.update(probe_samples(read_each((f for f in self._window(epoch, done) if f not in self.ledger), bad)))
         self.report(bad, [path for path in bad if path in self.ledger], detail, "the batch", error)
         return Restart(base=done)  # the rest of the epoch's list, the bad file replaced by a stand-in
