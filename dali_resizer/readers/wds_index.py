@@ -17,6 +17,7 @@ __all__ = [
     "build_index",
     "index_problem",
     "read_index_count",
+    "read_index_rows",
     "read_tar_member",
     "sample_key",
     "standin_index",
@@ -102,6 +103,11 @@ def write_atomic(path: str | os.PathLike, text: str | None) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def read_index_rows(index_path: str) -> list[list[str]]:
+    """An index's samples, a row each: ``[ext, offset, size, member, ext, ...]`` (its header left out)."""
+    return [line.split() for line in storage_for(index_path).read(index_path).decode().splitlines()[1:]]
 
 
 def read_index_count(index_path: str) -> int:

@@ -19,6 +19,7 @@ from dali_resizer.readers.wds_index import (
     build_index,
     index_problem,
     read_index_count,
+    read_index_rows,
     read_tar_member,
     sample_key,
     standin_index,
@@ -380,7 +381,7 @@ class ShardReader(Reader):
             return {}
         found = {}
         for tar, index in zip(self.source.paths, self.source.index_paths):
-            rows = [line.split() for line in storage_for(index).read(index).decode().splitlines()[1:]]
+            rows = read_index_rows(index)
             for row in rows:
                 exts = [row[i].lower() for i in range(0, len(row), 4)]
                 if not any(e in SHARD_IMAGE_EXTENSIONS or e == SHARD_LABEL_EXTENSION for e in exts):
@@ -406,7 +407,7 @@ class ShardReader(Reader):
         i = self._tar_number[tar]
         if i not in self._positions:  # (a tar's component offsets, sorted, and the sample each is in)
             index = self.source.index_paths[i]
-            rows = [line.split() for line in storage_for(index).read(index).decode().splitlines()[1:]]
+            rows = read_index_rows(index)
             pairs = sorted((int(row[k + 1]), n) for n, row in enumerate(rows) for k in range(0, len(row), 4))
             self._positions[i] = (np.array([p[0] for p in pairs], dtype=np.int64),
                                   np.array([p[1] for p in pairs], dtype=np.int64))
