@@ -594,3 +594,24 @@ def test_a_line_break_in_a_file_name_is_kept_out_of_the_list(tmp_path, capsys):
     assert "line break in the file name" in capsys.readouterr().out
     listed = DALILoader(tmp_path / "list.txt", batch_size=2)
     assert len(listed.dataset) == 4 and len(DALILoader(root, batch_size=2).dataset) == 5
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_the_flattest_jpegs_stay_within_the_cut_short_bound(mode):
+    """A uniform image, progressive, at the lowest quality: the fewest bytes a pixel libjpeg writes
+    (about 255 pixels a byte in grey). Far from JPEG_MAX_PIXELS_PER_BYTE, so no real JPEG is taken
+    for one cut short."""
+    from dali_resizer.samples import JPEG_MAX_PIXELS_PER_BYTE, jpeg_cut_short
+
+    data = encode_with(Image.new(mode, (2048, 2048), 128), quality=1, progressive=True, optimize=True)
+    pixels_per_byte = 2048 * 2048 / len(data)
+    assert 100 < pixels_per_byte < JPEG_MAX_PIXELS_PER_BYTE / 8
+    assert jpeg_cut_short(data, len(data)) is None
+
+
+def encode_with(image, **options) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", **options)
+    return buf.getvalue()
