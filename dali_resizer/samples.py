@@ -47,7 +47,7 @@ MAX_PIXELS = 178_956_970
 # Per-sample status output by the pipelines: decoded, or replaced by a placeholder and why.
 STATUS_OK, STATUS_OVERSIZE, STATUS_NOT_AN_IMAGE, STATUS_CUT_SHORT = 0, 1, 2, 3
 
-# A JPEG codes at least ~1 bit per 8x8 block: libjpeg's flattest (a uniform grey, progressive) is ~255
+# A JPEG codes at least ~1 bit per 8x8 block: libjpeg's flattest (a uniform grey, progressive) is ~251
 # pixels a byte. One whose header declares many more pixels per byte of the file is cut short or
 # damaged (libjpeg-turbo decodes it to grey, with only a warning on stderr).
 JPEG_MAX_PIXELS_PER_BYTE = 4096
