@@ -7,9 +7,11 @@ import re
 import warnings
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from dali_resizer.readers import ReadPlan, open_source
+from dali_resizer.readers.base import Carried, union_of_runs
 from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, PAD_LABEL, BadSampleError, BadSamples
 from dali_resizer.utils import to_size
 
@@ -321,56 +323,111 @@ class DALILoader:
         """Sets the epoch that the next iteration runs: its order and augmentations depend on
         ``(seed, epoch)`` only. Without calls, each iteration advances the epoch by one."""
         self._epoch = int(epoch)
+        self._drop_carried(self._epoch)
+
+    def _drop_carried(self, epoch: int) -> None:
+        """An epoch taken over from another world is read once: any other epoch is a whole one."""
+        if self._reader.carried is not None and self._reader.carried.epoch != epoch:
+            self._reader.carried = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         epoch = self._epoch
         self._epoch += 1
+        self._drop_carried(epoch)
         resume, self._resume = self._resume, None
         if len(self) == 0:
+            self._drop_carried(epoch + 1)
             return iter(())
         return self._iterate(epoch, resume if resume and resume["epoch"] == epoch else None)
 
     def state_dict(self) -> dict:
         """Where the loader stands: the epoch in progress and how far it got, with DALI's checkpoint of
-        its readers and random generators, or the next epoch when none is in progress."""
+        its readers and random generators, or the next epoch when none is in progress.
+
+        Mid-epoch it also holds the samples this shard has delivered (``delivered``: runs of sample
+        ids), so that the states of all ranks together say what the world has read of the epoch (see
+        :meth:`load_state_dict`)."""
         state = {"epoch": self._epoch, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
                  "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.dataset),
                  **self._pipeline_identity(), "skipped": dict(self.skipped), **self._reader.state_dict()}
+        carried = self._reader.carried_for(self._epoch if self._active is None else self._active[0])
+        if carried is not None:  # an epoch taken over from another world: what it had read decides the split
+            state["carried"] = carried.runs.tolist()
+            state["delivered"] = carried.runs.tolist()
         if self._active is not None:
             epoch, batches, done, base = self._active
-            state |= {"epoch": epoch, "batches_done": done, "base": base}
+            state |= {"epoch": epoch, "batches_done": done, "base": base,
+                      "delivered": self._reader.delivered().tolist()}
             if batches is not None:
                 state["dali"] = batches.checkpoints()[0]
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict | list[dict]) -> None:
         """Continues from :meth:`state_dict`: the next iteration resumes that epoch after its last
-        delivered batch, yielding what an uninterrupted run would have yielded.
+        delivered batch.
 
-        A state taken at an epoch boundary (no batch of the epoch delivered yet) loads into any world
-        size, shard and batch size: the epoch's split is decided by ``(seed, epoch)`` and the world
-        that reads it. Merge the ranks' ``skipped`` first where samples were skipped. A state taken
-        mid-epoch loads only into the same shard of the same world, with the same batch size."""
-        mid_epoch = bool(state["batches_done"])
+        ``state``: this rank's own state, or the list of every rank's states (``all_gather_object``
+        them when saving). In the world that saved them (same shards, same batch size), an epoch
+        resumes exactly: the batches an uninterrupted run would have yielded, with the same samples
+        and augmentations. The list of all ranks' states also loads into a world of any other size or
+        batch size: at an epoch boundary the epoch is read as any fresh world reads it; mid-epoch the
+        samples no rank had delivered are split among the new world's shards, each read exactly once
+        (that epoch then has fewer batches: ``len(loader)`` says how many), and the next epochs are
+        whole. ``skipped`` and the shards' skipped samples are merged from all states."""
+        if isinstance(state, (list, tuple)):
+            self._load_world(list(state))
+            return
+        mid_epoch = bool(state["batches_done"]) or "carried" in state
         checked = [("seed", self.seed), ("num_source_samples", len(self.dataset))]
         if mid_epoch:
             checked += [("num_shards", self.num_shards), ("shard_id", self.shard_id)]
         for key, mine in checked:
             if state.get(key) != mine:
-                where = (" (a mid-epoch state resumes in the world that saved it; at an epoch boundary any world "
-                         "size loads it)") if key in ("num_shards", "shard_id") else ""
+                where = (" (a mid-epoch state of one rank resumes in the world that saved it; pass the list of every "
+                         "rank's states to resume in another world)") if key in ("num_shards", "shard_id") else ""
                 raise ValueError(f"loader state is for {key}={state.get(key)!r}, this loader has {key}={mine!r}"
                                  + where)
         for key, mine in self._pipeline_identity().items() if mid_epoch else ():  # (saved without them: unchecked)
             if key in state and state[key] != mine:
                 raise ValueError(
                     f"loader state is for {key}={state[key]!r}, this loader has {key}={mine!r}: its position and "
-                    f"DALI checkpoint hold only for a loader built the same way; build it with {key}={state[key]!r}")
+                    f"DALI checkpoint hold only for a loader built the same way; build it with {key}={state[key]!r}, "
+                    f"or pass the list of every rank's states, which resumes the epoch with any build")
         self._epoch = int(state["epoch"])
         self.skipped.update(state.get("skipped", {}))
         self._reader.load_state_dict(state)
+        self._reader.carried = (Carried(self._epoch, np.asarray(state["carried"], dtype=np.int64).reshape(-1, 2))
+                                if "carried" in state else None)
         self._resume = state if state["batches_done"] else None
 
+    def _load_world(self, states: list[dict]) -> None:
+        """Loads the states of every rank of a world (see :meth:`load_state_dict`)."""
+        if not states:
+            raise ValueError("load_state_dict() got an empty list of states")
+        worlds = {s.get("num_shards") for s in states}
+        if len(worlds) != 1 or sorted(s.get("shard_id") for s in states) != list(range(worlds.pop())):
+            raise ValueError(f"the states are not one world's: shards {sorted(s.get('shard_id') for s in states)} of "
+                             f"{sorted(worlds | {s.get('num_shards') for s in states})}; pass every rank's state, once "
+                             f"each (what one rank alone delivered cannot say what the others read)")
+        if len({s["epoch"] for s in states}) != 1:
+            raise ValueError(f"the ranks' states are at different epochs ({sorted({s['epoch'] for s in states})}): "
+                             f"save them at the same step")
+        for s in states:
+            self.skipped.update(s.get("skipped", {}))
+            self._reader.load_state_dict({"bad_keys": s.get("bad_keys", {})})
+        mine = next(s for s in states if s["shard_id"] == self.shard_id) if self.num_shards == len(states) else None
+        if mine is not None and all(mine.get(k, v) == v for k, v in self._pipeline_identity().items()):
+            self.load_state_dict(mine)  # the world that saved them: exact
+            return
+        first = states[0]
+        for key, value in (("seed", self.seed), ("num_source_samples", len(self.dataset))):
+            if first.get(key) != value:
+                raise ValueError(f"loader state is for {key}={first.get(key)!r}, this loader has {key}={value!r}")
+        delivered = union_of_runs(*(np.asarray(s.get("delivered") or [], dtype=np.int64).reshape(-1, 2)
+                                    for s in states))
+        self._epoch = int(first["epoch"])
+        self._resume = None
+        self._reader.carried = Carried(self._epoch, delivered) if delivered.size else None
     def _pipeline_identity(self) -> dict:
         """What a saved position and DALI checkpoint depend on besides the data and the shard: the
         batch size (positions count batches) and the pipeline's graph (training or evaluation)."""
@@ -389,6 +446,7 @@ class DALILoader:
     def _iterate(self, epoch: int, resume: dict | None) -> Iterator[tuple[torch.Tensor, ...]]:
         done = resume["batches_done"] if resume else 0
         base = resume.get("base", 0) if resume else 0  # batch at which the current pipeline's list starts
+        self._reader.begin(resume.get("delivered") if resume else None)
         n, b = self.num_samples, self.batch_size
         real_batches = n // b if self.drop_last else -(-n // b)
         padding = 0 if self.drop_last else self.samples_per_shard - self.num_samples  # 0 or 1 sample
@@ -454,6 +512,7 @@ class DALILoader:
             self._active = (epoch, None, done, base)
             yield self._deliver(images, labels, indices)
         self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
+        self._drop_carried(epoch + 1)  # (an epoch taken over from another world is read once)
         if reusable and not rebuilt:  # (a pipeline rebuilt mid-epoch may cover only the rest)
             self._finished = batches
 

@@ -40,6 +40,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -326,15 +327,23 @@ def train(cfg: TrainConfig) -> list[dict]:
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
         scaler.load_state_dict(ckpt["scaler"])
-        if len(ckpt["loaders"]) != world:
-            raise ValueError(f"the checkpoint was written by {len(ckpt['loaders'])} process(es), this run has {world}: "
-                             f"resume with {len(ckpt['loaders'])} (the schedule counts steps of that world)")
-        train_loader.load_state_dict(ckpt["loaders"][rank])  # each rank resumes its own part of the epoch
-        start_epoch, step = ckpt["loaders"][rank]["epoch"], ckpt["step"]
+        saved_batch = ckpt.get("args", {}).get("batch_size", cfg.batch_size)
+        if saved_batch != cfg.batch_size:
+            raise ValueError(f"--batch-size {cfg.batch_size}: the checkpoint was trained with --batch-size "
+                             f"{saved_batch} per process; resume with it")
+        states = ckpt["loaders"]
+        # Every rank's loader state: in the world that saved them each rank resumes its own part of the
+        # epoch exactly; in a world of another size the rest of the epoch is split among this world's ranks.
+        train_loader.load_state_dict(states)
+        start_epoch, step = states[0]["epoch"], ckpt["step"]
         history, partial = ckpt["history"], ckpt["partial"]
         torch.set_rng_state(ckpt["rng"])
         resumed = (f"resumed from {(out / 'checkpoint.pt').resolve()} at epoch {start_epoch}, step {step}"
                    + (f" (batch {partial[0]} of {steps} in the epoch)" if partial else " (the epoch's start)"))
+        if len(states) != world:
+            step, partial = _move_to_world(states, len(train_loader.dataset), steps, schedule, partial, world)
+            resumed += (f", saved by {len(states)} process(es): the rest of epoch {start_epoch} is split among "
+                        f"this run's {world}, and the schedule continues at step {step} of {steps} per epoch")
     else:
         resumed = None
         if rank == 0 and cfg.overwrite:
@@ -362,17 +371,20 @@ def train(cfg: TrainConfig) -> list[dict]:
             break
         if partial is None:
             train_loader.set_epoch(epoch)  # (a resumed epoch continues from the loader's saved state)
+        # steps this epoch: the whole epoch's, but for one taken over from a world of another size
+        epoch_steps = steps if partial is not None and partial[0] else _all_min(
+            min(len(train_loader), steps), device)
         model.train()
         first, seen, loss_sum, correct = partial or (0, 0, 0.0, 0.0)
         partial, seen_before = None, seen
         t0 = time.perf_counter()
-        bar = ProgressBar(steps, f"epoch {epoch}", unit="step") if rank == 0 and not cfg.quiet else None
+        bar = ProgressBar(epoch_steps, f"epoch {epoch}", unit="step") if rank == 0 and not cfg.quiet else None
         autocast = torch.autocast(device.type, dtype=PRECISIONS[cfg.precision],
                                   enabled=PRECISIONS[cfg.precision] is not None)
         stopped = None  # the running sums when --max-steps ends the run inside this epoch
         lr_used = optimizer.param_groups[0]["lr"]
         for i, (images, labels) in enumerate(train_loader, start=first):
-            if i >= steps:
+            if i >= epoch_steps:
                 break
             with autocast:
                 logits = run_model(images)
@@ -388,16 +400,16 @@ def train(cfg: TrainConfig) -> list[dict]:
             schedule.step()
             step += 1
             seen, loss_sum, correct = seen + real, loss_sum + batch_loss, correct + batch_correct
-            if i + 1 < steps and cfg.max_steps is not None and step >= cfg.max_steps:
+            if i + 1 < epoch_steps and cfg.max_steps is not None and step >= cfg.max_steps:
                 stopped = (i + 1, seen, loss_sum, correct)  # leave before the loader hands out another batch
                 break
-            if cfg.save_every and step % cfg.save_every == 0 and i + 1 < steps:  # mid-epoch, resumable exactly
+            if cfg.save_every and step % cfg.save_every == 0 and i + 1 < epoch_steps:  # mid-epoch, resumable
                 _save(out, cfg, model, optimizer, schedule, scaler, train_loader, step, history, rank,
                       partial=(i + 1, seen, loss_sum, correct))
             if bar is not None:
                 bar.update(1, f"loss {loss_sum / seen:.4f}")
             if (bar is None or not bar.enabled) and (i + 1) % cfg.log_every == 0:  # plain lines for log files
-                log(f"  epoch {epoch} step {i + 1}/{steps} loss {loss_sum / seen:.4f} "
+                log(f"  epoch {epoch} step {i + 1}/{epoch_steps} loss {loss_sum / seen:.4f} "
                     f"{seen * world / (time.perf_counter() - t0):.1f} img/s")
         if bar is not None:
             bar.close(clear=True)
@@ -428,6 +440,30 @@ def train(cfg: TrainConfig) -> list[dict]:
             log(f"{len(skipped)} bad {name} sample(s) skipped" + (f": {shown}" if shown else "")
                 + (f" ... and {len(skipped) - 5} more" if len(skipped) > 5 else ""))
     return history
+
+
+def _move_to_world(states: list[dict], total: int, steps: int, schedule, partial, world: int):
+    """A checkpoint of another world size: the schedule's step moves to the same fraction of training in
+    this world's steps per epoch (``steps``); returns ``(step, partial)``. The epoch's running sums
+    (rank 0's, saved) are scaled to this world, so its training figures are estimates."""
+    from dali_resizer.readers.base import union_of_runs
+
+    epoch = states[0]["epoch"]
+    if any(s["batches_done"] or s.get("carried") for s in states):
+        runs = union_of_runs(*(np.asarray(s.get("delivered") or [], dtype=np.int64).reshape(-1, 2) for s in states))
+        fraction = float((runs[:, 1] - runs[:, 0]).sum()) / max(total, 1)
+    else:
+        fraction = 0.0
+    step = round((epoch + fraction) * steps)
+    schedule.last_epoch = step
+    lrs = [base * factor(step) for base, factor in zip(schedule.base_lrs, schedule.lr_lambdas)]
+    for group, lr in zip(schedule.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    schedule._last_lr = lrs
+    if partial is not None:
+        scale = len(states) / world
+        partial = (0, *(value * scale for value in partial[1:]))
+    return step, partial
 
 
 def _check_output(out: Path, cfg: TrainConfig) -> None:
@@ -541,7 +577,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=d.output, help="checkpoint and metrics folder")
-    g.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT/checkpoint.pt (in any world size: the rest of an epoch is split "
+                   "among the new ranks)")
     g.add_argument("--overwrite", action="store_true", help="replace the run OUTPUT already holds")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
     g.add_argument("--save-every", type=int, metavar="STEPS",

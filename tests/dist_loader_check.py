@@ -27,7 +27,7 @@ def main() -> None:
 
     def make():
         return DALILoader(source, batch_size=batch_size, size=8, drop_last=drop_last, seed=11, num_threads=1,
-                          return_index=True, index_dir=out + ".idx")
+                          device="cpu", return_index=True, index_dir=out + ".idx")
 
     loader = make()
     record = {"rank": dist.get_rank(), "shard": [loader.shard_id, loader.num_shards], "len": len(loader),

@@ -3,6 +3,7 @@ exactly-once epochs, consistent reshuffling and resume on every rank."""
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from dali_resizer.loader import PAD_LABEL
 from tests.conftest import write_shards
 
 SCRIPT = Path(__file__).with_name("dist_loader_check.py")
+RESUME_SCRIPT = Path(__file__).with_name("dist_resume_check.py")
 
 
 def torchrun(nproc: int, source, batch_size: int, drop_last: bool, out: Path, port: int) -> list[dict]:
@@ -57,3 +59,40 @@ def test_shards_on_ranks(tmp_path, counts, nproc):
     write_shards(shards, counts, unique_labels=True)  # uneven shards, and fewer shards than ranks
     ranks = torchrun(nproc, shards, 2, False, tmp_path / "out.json", port=29650 + len(counts) + nproc)
     check(ranks, sum(counts), 2, False, padding_id=PAD_LABEL)
+
+
+def torchrun_resume(nproc: int, phase: str, source, batch_size: int, stop: int, path: Path, port: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+           str(RESUME_SCRIPT), phase, str(source), str(batch_size), str(stop), str(path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "before", "after"), [("shards", 2, 3), ("shards", 3, 2), ("folder", 2, 3),
+                                                       ("folder", 3, 2)])
+def test_a_mid_epoch_checkpoint_of_n_ranks_resumes_in_m(image_folder, tmp_path, kind, before, after):
+    """torchrun with N ranks stops epoch 1 after 2 batches and saves every rank's state; torchrun
+    with M ranks (another batch size too) loads that list and finishes the epoch: every sample is
+    delivered exactly once across both runs, and the M ranks yield the same number of batches."""
+    if kind == "shards":
+        source = tmp_path / "shards"
+        source.mkdir()
+        write_shards(source, [9, 7, 8, 6, 5], unique_labels=True)  # 35 samples, 5 tars
+        total = 35
+    else:
+        source, total = image_folder, 11
+    path = tmp_path / "run"
+    port = 29700 + 10 * (kind == "folder") + before
+    torchrun_resume(before, "save", source, 2, 2, path, port)
+    torchrun_resume(after, "load", source, 3, 0, path, port + 5)
+    saved = pickle.loads(path.with_suffix(".saved").read_bytes())
+    resumed = pickle.loads(path.with_suffix(".resumed").read_bytes())
+    assert len(saved["states"]) == before and len(resumed) == after
+    first = [i for rank in saved["delivered"] for batch in rank for i in batch if i >= 0]
+    assert sum(len(batch) for rank in saved["delivered"] for batch in rank) == before * 2 * 2  # 2 batches of 2
+    rest = [i for rank in resumed for batch in rank["delivered"] for i in batch if i >= 0]
+    assert sorted(first + rest) == list(range(total))
+    assert {len(rank["delivered"]) for rank in resumed} == {resumed[0]["len"]}
+    assert {rank["next_epoch"] for rank in resumed} == {2}

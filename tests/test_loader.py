@@ -437,5 +437,101 @@ def test_a_state_at_an_epoch_boundary_loads_into_another_world_size(shard_dir, b
         i % 3 for i in range(13))
     mid = world(before)[0]
     next(iter(mid))
-    with pytest.raises(ValueError, match="a mid-epoch state resumes in the world that saved it"):
+    with pytest.raises(ValueError, match="a mid-epoch state of one rank resumes in the world that saved it; pass "
+                       "the list of every rank's states"):
         world(after)[0].load_state_dict(mid.state_dict())
+
+
+def _world(source, n, batch_size=2, **kw):
+    return [DALILoader(source, batch_size=batch_size, size=8, seed=5, shard_id=k, num_shards=n, return_index=True,
+                       num_threads=1, **kw) for k in range(n)]
+
+
+def _read(loaders, epoch=None, stop=None) -> tuple[list[list[list[int]]], list[dict]]:
+    """Each loader's sample indices per batch (``stop`` batches, else the whole epoch), and the states
+    taken there."""
+    got = []
+    for loader in loaders:
+        if epoch is not None:
+            loader.set_epoch(epoch)
+        batches = []
+        for _, _, idx in loader:
+            batches.append(idx.tolist())
+            if stop is not None and len(batches) == stop:
+                break
+        got.append(batches)
+    return got, [loader.state_dict() for loader in loaders]
+
+
+def _real(got) -> list[int]:
+    return [i for rank in got for batch in rank for i in batch if i >= 0]
+
+
+@pytest.mark.parametrize(("kind", "before", "after", "stop"), [
+    ("shards", 2, 3, 2), ("shards", 3, 2, 1), ("folder", 2, 3, 1), ("folder", 3, 2, 1), ("shards", 1, 4, 3)])
+def test_mid_epoch_states_of_a_world_load_into_another_world_size(image_folder, tmp_path, kind, before, after, stop):
+    """N ranks stop mid-epoch (shuffled, so a shard's reader has read ahead of what it delivered);
+    their states, all together, load into M ranks with another batch size, which read the rest of
+    the epoch: every sample exactly once across both worlds, equal batch counts (``len``), and the
+    next epoch is a whole one, as a fresh world reads it."""
+    if kind == "shards":
+        source = tmp_path / "shards"
+        source.mkdir()
+        write_shards(source, [9, 7, 8, 6], unique_labels=True)  # 30 samples, 4 tars
+        total, kw = 30, {"index_dir": tmp_path / "idx"}
+    else:
+        source, total, kw = image_folder, 11, {}
+    head, states = _read(_world(source, before, **kw), epoch=1, stop=stop)
+    assert all(s["batches_done"] == stop for s in states)
+    resumed = _world(source, after, batch_size=3, **kw)
+    for loader in resumed:
+        loader.load_state_dict(states)
+    lengths = {len(loader) for loader in resumed}
+    rest, after_states = _read(resumed)
+    assert sorted(_real(head) + _real(rest)) == list(range(total))  # the epoch: each sample once
+    assert lengths == {len(batches) for batches in rest} and len(lengths) == 1  # every rank the same count
+    assert {s["epoch"] for s in after_states} == {2} and not any("carried" in s for s in after_states)
+    fresh = _world(source, after, batch_size=3, **kw)
+    assert _read(resumed)[0] == _read(fresh, epoch=2)[0]  # then whole epochs, as any world of M reads them
+
+
+def test_an_epoch_taken_over_resumes_again_in_its_world_or_another(tmp_path):
+    """2 ranks -> 3 mid-epoch; the 3 stop again: their own states resume exactly (same batches, same
+    pixels), and all three together load into 2 ranks, the epoch still read once in all."""
+    source = tmp_path / "shards"
+    source.mkdir()
+    write_shards(source, [9, 7, 8, 6], unique_labels=True)
+    kw = {"index_dir": tmp_path / "idx"}
+    head, states = _read(_world(source, 2, **kw), epoch=0, stop=2)
+
+    def taken_over():
+        world = _world(source, 3, **kw)
+        for loader in world:
+            loader.load_state_dict(states)
+        return world
+
+    whole = [[(x.clone(), idx.tolist()) for x, _, idx in loader] for loader in taken_over()]
+    middle, middle_states = _read(taken_over(), stop=1)
+    assert all("carried" in s for s in middle_states)
+    again = _world(source, 3, **kw)
+    for loader, state in zip(again, middle_states):
+        loader.load_state_dict(state)  # one rank's own state, in its world: exact
+    for loader, batches in zip(again, whole):
+        tail = [(x.clone(), idx.tolist()) for x, _, idx in loader]
+        assert [i for _, i in tail] == [i for _, i in batches[1:]]
+        for (a, _), (b, _) in zip(tail, batches[1:]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    two = _world(source, 2, batch_size=4, **kw)
+    for loader in two:
+        loader.load_state_dict(middle_states)
+    rest, _ = _read(two)
+    assert sorted(_real(head) + _real(middle) + _real(rest)) == list(range(30))
+
+
+def test_states_that_are_not_one_world_are_refused(shard_dir, tmp_path):
+    _, states = _read(_world(shard_dir, 3, index_dir=tmp_path), epoch=0, stop=1)
+    loader = _world(shard_dir, 2, index_dir=tmp_path)[0]
+    with pytest.raises(ValueError, match=r"not one world's: shards \[0, 2\].*pass every rank's state"):
+        loader.load_state_dict([states[0], states[2]])
+    with pytest.raises(ValueError, match=r"not one world's: shards \[0, 0, 1, 2\]"):
+        loader.load_state_dict([states[0], *states])

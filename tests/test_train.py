@@ -111,6 +111,32 @@ def test_torchrun_ddp_two_processes(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_resumes_mid_epoch_in_a_world_of_another_size(data, tmp_path):
+    """2 processes stop inside epoch 0 (--max-steps 1); 3 processes resume: the rest of the epoch is
+    split among them, the schedule moves to the same fraction of training in the new world's steps."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(nproc: int, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={29530 + nproc}", "-m", "dali_resizer.train", "--data", str(data), "--epochs", "2",
+               "--output", str(tmp_path), *LOUD, "--batch-size", "2", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+
+    run(2, "--max-steps", "1")
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["loaders"]) == 2 and ckpt["step"] == 1 and ckpt["loaders"][0]["batches_done"] == 1
+    out = run(3, "--resume")
+    # 4 of 12 images read: a third of epoch 0, so step 1 of the new world's 2 per epoch (4 per rank, batch 2)
+    assert "saved by 2 process(es): the rest of epoch 0 is split among this run's 3" in out.stderr
+    assert "schedule continues at step 1 of 2 per epoch" in out.stderr
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert [(row["epoch"], row["step"]) for row in history] == [(0, 2), (1, 4)]  # 8 left over 3 ranks: 1 step
+    assert history[-1]["val_samples"] == 6
+
+
+@pytest.mark.slow
 def test_compiled_model_trains(data, tmp_path):
     history = main(["--data", str(data), "--epochs", "1", "--compile", "--max-steps", "3", "--output", str(tmp_path),
                     *TINY])
@@ -311,4 +337,4 @@ def test_resume_with_another_batch_size_is_refused(data, tmp_path, capsys):
     main(["--data", str(data), "--epochs", "2", "--max-steps", "1", "--output", str(tmp_path), *TINY])
     assert cli(["--data", str(data), "--epochs", "2", "--output", str(tmp_path), "--resume", *TINY,
                 "--batch-size", "2"]) == 2
-    assert "loader state is for batch_size=4, this loader has batch_size=2" in capsys.readouterr().err
+    assert "--batch-size 2: the checkpoint was trained with --batch-size 4 per process" in capsys.readouterr().err

@@ -141,8 +141,12 @@ class FolderReader(Reader):
         """This shard's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
         total, plan = len(self.source), self.plan
         order = plan.order(total, epoch)
+        carried = self.carried_for(epoch)
+        if carried is not None:  # taken over mid-epoch: the rest of the order, split among this world
+            order = order[~carried.mask(total)[order]]
         # Shard the epoch's global order ourselves: every rank sees the same permutation.
-        mine = order[total * plan.shard_id // plan.num_shards : total * (plan.shard_id + 1) // plan.num_shards]
+        rest = len(order)
+        mine = order[rest * plan.shard_id // plan.num_shards : rest * (plan.shard_id + 1) // plan.num_shards]
         files = [self.source.files[i] for i in mine]
         if len(self.ledger):
             good = next((f for f in files if f not in self.ledger), None) or next(
@@ -183,6 +187,7 @@ class FolderReader(Reader):
             if problems:
                 self.ledger.found({files[row]: problem for row, problem in problems.items()}, stacklevel=4)
                 padding[list(problems)] = True
+        self.track((out["targets"].view(-1).to(torch.int64) % len(self.source)).numpy())
         labels[padding] = PAD_LABEL
         indices[padding] = -1
         return labels, indices

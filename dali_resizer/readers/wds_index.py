@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS
@@ -163,19 +164,24 @@ def standin_index(index_path: str, keys: set[str], out_dir: str | os.PathLike) -
     return str(out)
 
 
-def sub_index(index_path: str, start: int, stop: int, out_dir: str | os.PathLike) -> str:
-    """A DALI index of samples ``[start, stop)`` of ``index_path`` (in its order), written once into
-    ``out_dir``; returns its path. A rank that reads part of a tar reads it through one."""
+def sub_index(index_path: str, rows: range | Sequence[int], out_dir: str | os.PathLike) -> str:
+    """A DALI index of the samples ``rows`` (positions in ``index_path``'s order, ascending), written
+    once into ``out_dir``; returns its path. A rank that reads part of a tar reads it through one."""
     storage = storage_for(index_path)
     stat = storage.stat(index_path)
-    digest = hashlib.sha1(f"{absolute(index_path)}:{stat.version}:{start}:{stop}".encode()).hexdigest()[:16]
-    out = Path(out_dir) / f"{Path(index_path).stem}-{start}-{stop}-{digest}.idx"
+    if isinstance(rows, range) and rows.step == 1:
+        part = f"{rows.start}-{rows.stop}"
+    else:
+        rows = [int(r) for r in rows]
+        part = f"{len(rows)}of-" + hashlib.sha1(",".join(map(str, rows)).encode()).hexdigest()[:12]
+    digest = hashlib.sha1(f"{absolute(index_path)}:{stat.version}:{part}".encode()).hexdigest()[:16]
+    out = Path(out_dir) / f"{Path(index_path).stem}-{part}-{digest}.idx"
     if out.is_file():
         return str(out)
     lines = storage.read(index_path).decode().splitlines()
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = "".join(f"{line}\n" for line in lines[1 + start : 1 + stop])
-    write_atomic(out, f"{lines[0].split()[0]} {stop - start}\n{rows}")
+    text = "".join(f"{lines[1 + r]}\n" for r in rows)
+    write_atomic(out, f"{lines[0].split()[0]} {len(rows)}\n{text}")
     return str(out)
 
 

@@ -232,7 +232,9 @@ class ShardReader(Reader):
         super().__init__(source, plan, ledger)
         self.bad_keys: dict[str, set[str]] = {}  # tar -> keys of its skipped samples (read as stand-ins)
         self._nameless_found: dict[str, str] | None = None
-        self._positions: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+        self._keys: dict[int, dict[str, int]] = {}  # tar -> its samples' keys -> position (tars read so far)
+        self._tar_number: dict[str, int] | None = None
+        self._first: list[int] | None = None
         self._checked: set[int] = set()  # tars checked against the manifest
         if source.duplicates:
             ledger.found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
@@ -268,8 +270,9 @@ class ShardReader(Reader):
         for i, start, stop in self.epoch_pieces(epoch):
             self._check_against_manifest(i)
             index = source.index_paths[i]
-            if (start, stop) != (0, source.counts[i]):  # part of a tar: through an index of that part
-                index = sub_index(index, start, stop, source.index_dir / "parts")
+            rows = self.piece_rows(epoch, i, start, stop)
+            if len(rows) != source.counts[i]:  # part of a tar: through an index of that part
+                index = sub_index(index, rows, source.index_dir / "parts")
             if self.bad_keys.get(source.paths[i]):
                 index = standin_index(index, self.bad_keys[source.paths[i]], source.index_dir / "standin")
             paths.append(source.paths[i])
@@ -301,23 +304,46 @@ class ShardReader(Reader):
         self._checked.add(i)
 
     def epoch_pieces(self, epoch: int) -> list[tuple[int, int, int]]:
-        """This shard's part of ``epoch``: ``(tar, start, stop)`` sample ranges (index order).
+        """This shard's part of ``epoch``: ``(tar, start, stop)``, a run of the tar's samples left to
+        read (all of them, but for an epoch taken over mid-way: see :meth:`piece_rows`).
 
         The tars are permuted by ``(seed, epoch)`` (the same on every shard) and their samples, in
         that order, cut into ``num_shards`` contiguous runs whose lengths differ by one at most: this
         shard's run is whole tars and at most two parts of tars. Only the counts are needed (from the
         manifest, or the index headers), not the indexes."""
         source, plan = self.source, self.plan
-        total = len(source)
+        order = plan.order(len(source.paths), epoch)
+        counts = np.asarray(source.counts, dtype=np.int64)
+        carried = self.carried_for(epoch)
+        if carried is not None:  # what is left of each tar
+            first = np.concatenate([[0], np.cumsum(counts)])
+            counts = counts - (carried.below(first[1:]) - carried.below(first[:-1]))
+        ends = np.cumsum(counts[order])
+        total = int(ends[-1]) if ends.size else 0
         low, high = total * plan.shard_id // plan.num_shards, total * (plan.shard_id + 1) // plan.num_shards
-        pieces, position = [], 0
-        for i in plan.order(len(source.paths), epoch).tolist():
-            count = source.counts[i]
-            start, stop = max(low, position), min(high, position + count)
+        lo, hi = np.searchsorted(ends, low, side="right"), np.searchsorted(ends, high, side="left")
+        pieces = []
+        for k in range(lo, min(hi + 1, len(order))):
+            begin = int(ends[k] - counts[order[k]])
+            start, stop = max(low, begin), min(high, int(ends[k]))
             if start < stop:
-                pieces.append((i, start - position, stop - position))
-            position += count
+                pieces.append((int(order[k]), start - begin, stop - begin))
         return pieces
+
+    def piece_rows(self, epoch: int, i: int, start: int, stop: int) -> range | np.ndarray:
+        """The samples (positions in tar ``i``'s index) of the piece ``(i, start, stop)``: ``start`` and
+        ``stop`` count the samples of the tar left to read in ``epoch``."""
+        carried = self.carried_for(epoch)
+        if carried is None:
+            return range(start, stop)
+        left = carried.left_in(self._first_ids()[i], self.source.counts[i])
+        return range(start, stop) if len(left) == self.source.counts[i] else left[start:stop]
+
+    def _first_ids(self) -> list[int]:
+        """Each tar's first sample id: the tars in the order given, each in its index's order."""
+        if self._first is None:
+            self._first = np.concatenate([[0], np.cumsum(self.source.counts)]).tolist()
+        return self._first
 
     def labels(self, out):
         status = out["status"].view(-1)
@@ -325,11 +351,16 @@ class ShardReader(Reader):
         classes = len(self.source.classes) if self.source.classes is not None else None
         if classes is not None:
             valid &= labels < classes
-        if bool(valid.all()) and not bool(status.any()) and not self.bad_keys and not self.plan.sample_indices:
-            return labels, None
-        padding = torch.zeros_like(valid)
         image_names, label_names = _row_texts(out["image_name"]), _row_texts(out["label_name"])
-        indices = torch.full_like(labels, -1) if self.plan.sample_indices else None
+        ids = np.full(len(image_names), -1, dtype=np.int64)
+        for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
+            if image_name or label_name:
+                tar, _, member = _split_source_name(image_name or label_name)
+                ids[row] = self._sample_id(tar, sample_key(member))
+        if bool(valid.all()) and not bool(status.any()) and not self.bad_keys:
+            self.track(ids[ids >= 0])  # (a sample with neither an image nor a label has no name: see _nameless)
+            return labels, torch.from_numpy(ids) if self.plan.sample_indices else None
+        padding = torch.zeros_like(valid)
         texts = _row_texts(out["targets"])
         bad, keys = {}, []
         for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
@@ -343,8 +374,6 @@ class ShardReader(Reader):
             if key in self.bad_keys.get(tar, ()):
                 padding[row] = True  # a stand-in for a sample skipped before
                 continue
-            if indices is not None:
-                indices[row] = self._sample_index(tar, offset)
             if int(status[row]) == STATUS_OVERSIZE:
                 problem = oversize_problem(self.plan.pipeline["max_pixels"])
             elif int(status[row]) == STATUS_CUT_SHORT:
@@ -369,10 +398,24 @@ class ShardReader(Reader):
             self.ledger.found(bad, stacklevel=4)
             for tar, key in keys:
                 self.bad_keys.setdefault(tar, set()).add(key)
+        self.track(ids[ids >= 0])
         labels[padding] = PAD_LABEL
-        if indices is not None:
-            indices[padding] = -1
+        if not self.plan.sample_indices:
+            return labels, None
+        indices = torch.from_numpy(ids)
+        indices[padding] = -1
         return labels, indices
+
+    def _sample_id(self, tar: str, key: str) -> int:
+        """A sample's id (its index in the source: the tars in the order given, each in its index's
+        order), from its tar and key; -1 for a key the index does not hold."""
+        if self._tar_number is None:
+            self._tar_number = {path: i for i, path in enumerate(self.source.paths)}
+        i = self._tar_number[tar]
+        if i not in self._keys:  # (the tar's index, read once: a shard reads only its own tars')
+            self._keys[i] = {sample_key(row[3]): n for n, row in enumerate(read_index_rows(self.source.index_paths[i]))}
+        position = self._keys[i].get(key)
+        return -1 if position is None else self._first_ids()[i] + position
 
     def _nameless(self) -> dict[str, str]:
         """The samples with neither an image nor a label component, found in the tars' indexes (DALI
@@ -397,22 +440,6 @@ class ShardReader(Reader):
                                  f"and no index lists one (run `python -m dali_resizer.shards verify`)")
         self._nameless_found = found
         return found
-
-    def _sample_index(self, tar: str, offset: int) -> int:
-        """A sample's index in the source: the tars in the order given, each in its index's order."""
-        if self._positions is None:
-            self._positions = {}
-            self._tar_number = {path: i for i, path in enumerate(self.source.paths)}
-            self._first = np.concatenate([[0], np.cumsum(self.source.counts)]).tolist()
-        i = self._tar_number[tar]
-        if i not in self._positions:  # (a tar's component offsets, sorted, and the sample each is in)
-            index = self.source.index_paths[i]
-            rows = read_index_rows(index)
-            pairs = sorted((int(row[k + 1]), n) for n, row in enumerate(rows) for k in range(0, len(row), 4))
-            self._positions[i] = (np.array([p[0] for p in pairs], dtype=np.int64),
-                                  np.array([p[1] for p in pairs], dtype=np.int64))
-        offsets, samples = self._positions[i]
-        return self._first[i] + int(samples[np.searchsorted(offsets, offset)])
 
     def recover(self, error, epoch, done, batches):
         from pipelines.probe import probe_samples
