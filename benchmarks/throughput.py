@@ -7,6 +7,7 @@ same output size; all are measured in the same run, so the ratios compare like w
     python benchmarks/throughput.py --data ../shared/data/imagenet-sample --json results/tp.json
     python benchmarks/throughput.py --megapixels 0.25 1 4 --threads 1 2 --plot results/tp.png
     python benchmarks/throughput.py --as-shards      # the same images as WebDataset shards
+    python benchmarks/throughput.py --data s3://bucket/shards/train  # S3 against a local copy, same shards
 
 Contenders (images/s of finished batches at the backbone's input size, on --device):
     torch-pil-bilinear   torch DataLoader, worker processes: PIL decode, RandomResizedCrop(size, bilinear),
@@ -19,6 +20,10 @@ Contenders (images/s of finished batches at the backbone's input size, on --devi
     dali-learned-train   the same plus backward through the resizer (what training pays)
     decode-only          DALI read + full decode at native resolution, nothing else: the floor
     dali-learned-<backbone>-train  with --backbone: resizer + backbone forward/backward and an SGD step
+
+With an ``s3://`` source the DALI contenders run twice, over the object store and over a local copy
+of the same objects (downloaded once into the cache), and the table adds the ratio S3 / local; the
+torch contenders run on the local copy only.
 
 Per contender: median images/s and spread over --repeats timed passes after one warm-up, the ratio to
 torch-pil-bilinear, the efficiency against decode-only (its images/s over decode-only's), CPU seconds
@@ -351,6 +356,41 @@ def run_case(cfg: Config, data: str, threads: int, device: torch.device, names: 
     return rows
 
 
+def _local_copy(url: str) -> Path:
+    """Every object under ``url`` copied once into the cache, the layout kept (indexes written after
+    their tars, so they read as current)."""
+    import hashlib
+
+    from dali_resizer.readers import default_cache_dir
+    from dali_resizer.storage import storage_for
+
+    storage = storage_for(url)
+    out = default_cache_dir() / "s3-copies" / hashlib.sha1(url.rstrip("/").encode()).hexdigest()[:16]
+    if (out / ".complete").is_file():
+        return out
+    prefix = url.rstrip("/") + "/"
+    keys = sorted(storage.files(url.rstrip("/")), key=lambda k: (k.endswith(".idx"), k.endswith("manifest.json"), k))
+    print(f"copying {len(keys)} objects of {url} into {out} ...", file=sys.stderr, flush=True)
+    for key in keys:
+        target = out / key[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read(key))
+    (out / ".complete").write_text(url)
+    return out
+
+
+def s3_against_local(rows: list[dict]) -> list[dict]:
+    """Per contender measured over both: images/s over S3, over the local copy, and their ratio."""
+    by = {(r["data_label"], r["threads"], r["name"]): r["images_per_s"] for r in rows}
+    pairs = []
+    for r in rows:
+        if r.get("storage") == "s3" and (r["data_label"][:-3] + "-local", r["threads"], r["name"]) in by:
+            local = by[(r["data_label"][:-3] + "-local", r["threads"], r["name"])]
+            pairs.append({"name": r["name"], "threads": r["threads"], "s3_images_per_s": r["images_per_s"],
+                          "local_images_per_s": local, "s3_to_local": r["images_per_s"] / local})
+    return pairs
+
+
 def _as_shards(folder: str) -> Path:
     """The folder written as shards of 64 samples, once, into the cache."""
     from dali_resizer.readers import default_cache_dir
@@ -485,6 +525,9 @@ def main(argv: list[str] | None = None) -> dict:
             cases.append((f"synth-{mp:g}MP", mp,
                           str(make_synthetic_folder(num_classes=8, images_per_class=per_class,
                                                     min_side=long_side, max_side=long_side))))
+    elif cfg.data and cfg.data.startswith("s3://"):
+        label = cfg.data.rstrip("/").rsplit("/", 1)[-1]
+        cases = [(f"{label}-local", None, str(_local_copy(cfg.data))), (f"{label}-s3", None, cfg.data)]
     elif cfg.data:
         cases = [(Path(cfg.data).name, None, cfg.data)]
     else:
@@ -499,11 +542,21 @@ def main(argv: list[str] | None = None) -> dict:
     for label, mp, data in cases:
         for threads in cfg.threads:
             print(f"{label}, {threads} thread(s):", file=sys.stderr, flush=True)
-            for r in run_case(cfg, data, threads, device, names):
-                rows.append({"data_label": label, "data": data, "megapixels": mp, "threads": threads, **r})
+            on_s3 = data.startswith("s3://")
+            # (over S3: DALI's own readers only; the torch contenders and the baseline run on the local copy)
+            here = [n for n in names if n.startswith("dali") or n == FLOOR] if on_s3 else names
+            for r in run_case(cfg, data, threads, device, here):
+                rows.append({"data_label": label, "data": data, "megapixels": mp, "threads": threads,
+                             "storage": "s3" if on_s3 else "local", **r})
 
     print_table(rows)
     report = {"config": asdict(cfg), "environment": env, "floor": FLOOR, "results": rows}
+    if any(r["storage"] == "s3" for r in rows):
+        report["s3_against_local"] = pairs = s3_against_local(rows)
+        print("\nS3 against the local copy (same objects, same run):")
+        for p in pairs:
+            print(f"  {p['name']:<28} threads {p['threads']:>2}  S3 {p['s3_images_per_s']:8.1f} img/s  "
+                  f"local {p['local_images_per_s']:8.1f} img/s  S3/local {p['s3_to_local']:.2f}")
     if cfg.json:
         Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.json).write_text(json.dumps(report, indent=2))

@@ -208,3 +208,30 @@ def test_an_object_removed_mid_epoch_is_named(tmp_path, s3_bucket):
     client.delete_object(Bucket=bucket, Key="shards/train-000001.tar")
     with pytest.raises(FileNotFoundError, match=f"{url}/train-000001.tar: removed while epoch 0 was read"):
         list(batches)
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_measures_s3_against_a_local_copy(tmp_path, s3_bucket, monkeypatch):
+    """``--data s3://...``: the DALI contenders run over the bucket and over a local copy of the same
+    objects (made once into the cache), the baseline on the copy only, and the ratio is theirs."""
+    from tests.conftest import load_benchmark
+
+    client, bucket = s3_bucket
+    (tmp_path / "shards").mkdir()
+    paths = write_shards(tmp_path / "shards", [5, 3])
+    for path in paths:
+        build_index(path, path.with_suffix(".idx"))
+    url = upload(client, bucket, tmp_path / "shards", "tp")
+    monkeypatch.setenv("DALI_RESIZER_CACHE", str(tmp_path / "cache"))
+    report = load_benchmark("throughput").main([
+        "--data", url, "--threads", "1", "--repeats", "1", "--batch-size", "4", "--size", "16",
+        "--contenders", "webdataset-pil-bilinear", "dali-bilinear"])
+    rows = {(r["storage"], r["name"]): r for r in report["results"]}
+    assert set(rows) == {("local", "webdataset-pil-bilinear"), ("local", "dali-bilinear"), ("s3", "dali-bilinear")}
+    copy = rows[("local", "dali-bilinear")]["data"]
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.tar")) == [p.name for p in paths]
+    assert copy.startswith(str(tmp_path / "cache")) and rows[("s3", "dali-bilinear")]["data"] == url
+    assert rows[("s3", "dali-bilinear")]["images"] == rows[("local", "dali-bilinear")]["images"] == 8
+    (pair,) = report["s3_against_local"]
+    assert pair["s3_to_local"] == pytest.approx(rows[("s3", "dali-bilinear")]["images_per_s"]
+                                                / rows[("local", "dali-bilinear")]["images_per_s"])

@@ -96,20 +96,17 @@ class ShardSource:
         counts and classes from it, and their indexes from beside them, unread: one object is read at
         start-up, not one per tar (``shards verify`` checks a manifest against its tars)."""
         storage = storage_for(paths[0])
-        seen: dict[str, str] = {}
-        folders: dict[str, str] = {}  # (each folder resolved once: a path costs one lstat, not one per part)
-        for path in paths:
-            real = path if "://" in path else _resolved(path, folders)
-            if real in seen:
-                also = f" (also as {seen[real]})" if seen[real] != path else ""
-                raise ValueError(f"{path}: listed twice in the source{also}; a tar is read once per epoch")
-            seen[real] = path
+        if len(set(paths)) != len(paths):
+            _refuse_twice(paths, lambda path: path)
         index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
         manifest = _manifest_for(paths)
-        if manifest is not None:
+        if manifest is not None:  # (names of one folder, each a tar of its own: no path to resolve)
             counts, sizes, classes = manifest
-            return cls(list(paths), [os.path.splitext(p)[0] + ".idx" for p in paths], counts, classes,
-                       index_dir=index_dir, manifest_bytes=sizes)
+            return cls(list(paths), [p[: -len(".tar")] + ".idx" if p.endswith(".tar") else os.path.splitext(p)[0]
+                                     + ".idx" for p in paths], counts, classes, index_dir=index_dir,
+                       manifest_bytes=sizes)
+        folders: dict[str, str] = {}  # (each folder resolved once: a path costs one lstat, not one per part)
+        _refuse_twice(paths, lambda path: path if "://" in path else _resolved(path, folders))
         missing = [p for p in paths if not storage.is_file(p)]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -127,6 +124,17 @@ class ShardSource:
         return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
 
 
+def _refuse_twice(paths: list[str], real) -> None:
+    """A tar listed twice (``real(path)``: what identifies it) is an error naming both."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = real(path)
+        if key in seen:
+            also = f" (also as {seen[key]})" if seen[key] != path else ""
+            raise ValueError(f"{path}: listed twice in the source{also}; a tar is read once per epoch")
+        seen[key] = path
+
+
 def _resolved(path: str, folders: dict[str, str]) -> str:
     """``os.path.realpath(path)``, resolving each folder once (``folders``: its cache)."""
     if os.path.islink(path):
@@ -142,11 +150,11 @@ def _manifest_for(paths: list[str]) -> tuple[list[int], list[int], list[str] | N
     folder and it lists them all; else None."""
     import json
 
-    folder = {os.path.dirname(p) for p in paths}
-    if len(folder) != 1:
+    folder = paths[0].rpartition("/")[0]
+    if any(p.rpartition("/")[0] != folder for p in paths):
         return None
     storage = storage_for(paths[0])
-    where = storage.join(folder.pop(), MANIFEST_FILE)
+    where = storage.join(folder or ".", MANIFEST_FILE)
     try:
         manifest = json.loads(storage.read(where))
     except (FileNotFoundError, ValueError):
@@ -155,7 +163,7 @@ def _manifest_for(paths: list[str]) -> tuple[list[int], list[int], list[str] | N
         return None
     by_name = {entry["tar"]: (entry["samples"], entry["bytes"]) for entry in manifest.get("shards", [])}
     try:
-        found = [by_name[p.rsplit("/", 1)[-1]] for p in paths]
+        found = [by_name[p.rpartition("/")[2]] for p in paths]
     except KeyError:  # (a tar it does not list)
         return None
     return [int(n) for n, _ in found], [int(b) for _, b in found], manifest.get("classes")
@@ -233,7 +241,7 @@ class ShardReader(Reader):
         self.bad_keys: dict[str, set[str]] = {}  # tar -> keys of its skipped samples (read as stand-ins)
         self._nameless_found: dict[str, str] | None = None
         self._keys: dict[int, dict[str, int]] = {}  # tar -> its samples' keys -> position (tars read so far)
-        self._tar_number: dict[str, int] | None = None
+        self._tar_number: dict[str, int] = {}  # tar -> its number in the source (the tars this shard has read)
         self._first: list[int] | None = None
         self._checked: set[int] = set()  # tars checked against the manifest
         if source.duplicates:
@@ -277,6 +285,7 @@ class ShardReader(Reader):
                 index = standin_index(index, self.bad_keys[source.paths[i]], source.index_dir / "standin")
             paths.append(source.paths[i])
             index_paths.append(index)
+            self._tar_number[source.paths[i]] = i
         # this shard's tars only: its pipeline parses only their indexes (DALI's own split would read all)
         pipe = pipelines.webdataset_pipeline(
             paths, index_paths, shard_id=0, num_shards=1, random_shuffle=self.plan.shuffle,
@@ -409,8 +418,6 @@ class ShardReader(Reader):
     def _sample_id(self, tar: str, key: str) -> int:
         """A sample's id (its index in the source: the tars in the order given, each in its index's
         order), from its tar and key; -1 for a key the index does not hold."""
-        if self._tar_number is None:
-            self._tar_number = {path: i for i, path in enumerate(self.source.paths)}
         i = self._tar_number[tar]
         if i not in self._keys:  # (the tar's index, read once: a shard reads only its own tars')
             self._keys[i] = {sample_key(row[3]): n for n, row in enumerate(read_index_rows(self.source.index_paths[i]))}
