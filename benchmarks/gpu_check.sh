@@ -1,20 +1,119 @@
 #!/usr/bin/env bash
-# One short GPU check for a CUDA host: the needs_cuda tests, the throughput comparison on the GPU, and
-# the resizer's cost against ResNet-50 on the GPU.
-# Writes results under ${OUT:-results/gpu}: pytest.log, throughput.json/.log, resizer.json/.log.
-#   bash benchmarks/gpu_check.sh [--data DIR]
+# The GPU check: one short run on a CUDA host (planned for under 8 minutes on one H200) of
+#   1. the whole test suite, the needs_cuda tests included (pytest-xdist where it is installed)
+#   2. the throughput comparison on the GPU: torchvision's CPU loading and its GPU decode_jpeg against
+#      DALI + the learned resizer, decode-only with and without libjpeg-turbo's chroma upsampling, and a
+#      ResNet-50 training step; 5,000 images, batch 256
+#   3. the resizer benchmark on CUDA (fp32 and bf16)
+#   4. one short training run: ResNet-50 + learned resizer, bf16, channels_last
+# It writes gpu_check.json (every step's exit code and seconds, and every figure) and gpu_check.log
+# (everything the steps printed) under the folder given, else $OUT, else results/gpu.
+#
+#   bash benchmarks/gpu_check.sh [DIR]          on a CUDA host (DALI and torch must import)
+#   bash benchmarks/gpu_check.sh --dry [DIR]    anywhere, on the CPU: every step, tiny, to find the script's bugs
+#
+# On the lent GPU machine (no DALI, no package registry) ../shared/tools/gpu-wheels.sh prints the calls that
+# carry DALI there and run this script.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-results/gpu}
+dry=0
+if [ "${1:-}" = "--dry" ]; then dry=1; shift; fi
+out=${1:-${OUT:-results/gpu}}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())" || exit 1
-python -c "import dali_resizer, nvidia.dali" 2>/dev/null || pip install -q -e ".[test]" || exit 1
-python -m pytest -m needs_cuda -q -rA 2>&1 | tee "$out/pytest.log"
-tests=${PIPESTATUS[0]}
-python benchmarks/throughput.py --device cuda --backbone resnet50 --json "$out/throughput.json" "$@" 2>&1 | tee "$out/throughput.log"
-bench=${PIPESTATUS[0]}
-python benchmarks/resizer.py --device cuda --json "$out/resizer.json" 2>&1 | tee "$out/resizer.log"
-resizer=${PIPESTATUS[0]}
-echo "gpu_check: pytest exit $tests, throughput exit $bench, resizer exit $resizer"
-[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ] && [ "$resizer" -eq 0 ]
+out=$(cd "$out" && pwd)
+log="$out/gpu_check.log"
+: > "$log"
+work=$(mktemp -d)
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" DALI_RESIZER_CACHE="$work/cache"
+python=${PYTHON:-python3}
+
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output into the log
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  echo "== $name: $*" | tee -a "$log"
+  timeout "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  echo "$name $rc $((SECONDS - start))" >>"$work/steps"
+  echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log"
+}
+
+if ! "$python" -c "import torch, nvidia.dali" 2>>"$log"; then
+  echo "gpu_check: torch and nvidia.dali must import (see the header)" | tee -a "$log"
+  exit 1
+fi
+if [ "$dry" = 0 ] && ! "$python" -c "import torch; assert torch.cuda.is_available()" 2>>"$log"; then
+  echo "gpu_check: no CUDA device here; --dry runs the steps on the CPU" | tee -a "$log"
+  exit 1
+fi
+
+if [ "$dry" = 1 ]; then
+  device=cpu
+  tests=(tests/test_gpu_path.py)
+  throughput=(--images 40 --batch-size 8 --threads 2 --repeats 1 --learned-images 8 --size 32 --input-size 64
+              --backbone resnet18)
+  resizer=(--batch-size 2 --input-sizes 64 --size 32 --repeats 1 --precisions fp32
+           --rows interpolate resizer resizer-memory-efficient resnet50)
+  train=(--backbone resnet18 --batch-size 8 --size 32 --input-size 64 --max-steps 3 --num-threads 2)
+  images=40
+else
+  device=cuda
+  tests=()
+  if "$python" -c "import xdist" 2>/dev/null; then tests=(-n 8 --dist loadfile); fi
+  throughput=(--images 5000 --batch-size 256 --threads 8 --repeats 2 --backbone resnet50)
+  resizer=(--batch-size 128 --precisions fp32 bf16 --repeats 5)
+  train=(--backbone resnet50 --batch-size 128 --max-steps 60 --log-every 20 --precision bf16)
+  images=5000
+fi
+contenders=(torch-pil-bilinear dali-bilinear dali-learned dali-learned-train decode-only torchvision-decode-jpeg
+            "dali-learned-${throughput[-1]}-train")
+[ "$dry" = 0 ] && contenders+=(decode-only-plain-upsampling)  # (nvJPEG's own upsampling: GPU only)
+
+step tests 330 "$python" -m pytest -q -rs -p no:cacheprovider "${tests[@]}" --junitxml="$work/junit.xml"
+step throughput 240 "$python" benchmarks/throughput.py --device "$device" "${throughput[@]}" \
+  --contenders "${contenders[@]}" --json "$work/throughput.json"
+step resizer 150 "$python" benchmarks/resizer.py --device "$device" "${resizer[@]}" --json "$work/resizer.json"
+data=$("$python" -c "from dali_resizer import make_synthetic_folder as m; print(m(images_per_class=-(-$images // 10)))")
+step train 150 "$python" -m dali_resizer.train --data "$data" --epochs 1 --device "$device" "${train[@]}" \
+  --output "$work/train"
+
+"$python" - "$work" "$out/gpu_check.json" "$dry" <<'PY'
+import json, platform, sys, xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+
+work, target, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+steps = {name: {"exit": int(rc), "seconds": int(s)}
+         for name, rc, s in (line.split() for line in (work / "steps").read_text().splitlines())}
+
+
+def read(path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+report = {"dry_run": dry, "steps": steps, "python": platform.python_version(), "torch": torch.__version__,
+          "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+try:
+    import nvidia.dali
+    report["dali"] = nvidia.dali.__version__
+except ImportError:
+    pass
+junit = work / "junit.xml"
+if junit.is_file():
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+              if case.find("failure") is not None or case.find("error") is not None]
+    report["tests"] = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+    report["tests"]["failed"] = failed
+report["throughput"] = read(work / "throughput.json")
+report["resizer"] = read(work / "resizer.json")
+report["train"] = read(work / "train" / "metrics.json")
+target.write_text(json.dumps(report, indent=2, default=str))
+print(json.dumps({"steps": steps, "tests": report.get("tests")}, indent=1))
+PY
+failed=$(awk '$2 != 0 {print $1}' "$work/steps" | tr '\n' ' ')
+rm -rf "$work"
+echo "gpu_check: figures in $out/gpu_check.json, output in $log${failed:+; failed: $failed}"
+[ -z "$failed" ]

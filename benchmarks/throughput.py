@@ -19,16 +19,24 @@ Contenders (images/s of finished batches at the backbone's input size, on --devi
     dali-learned         DALILoader to the working size (--input-size), then LearnableResizer forward
     dali-learned-train   the same plus backward through the resizer (what training pays)
     decode-only          DALI read + full decode at native resolution, nothing else: the floor
+    decode-only-plain-upsampling  (CUDA) the same with nvJPEG's own chroma upsampling instead of the
+                         loader's libjpeg-turbo-equal ("fancy") one: what matching the CPU decode costs
+    torchvision-decode-jpeg  (image folders of JPEGs) DataLoader workers read the files,
+                         torchvision.io.decode_jpeg(device=--device) decodes the batch (nvJPEG on CUDA),
+                         v2 RandomResizedCrop/flip/normalize per image on the device: the GPU alternative
     dali-learned-<backbone>-train  with --backbone: resizer + backbone forward/backward and an SGD step
 
 With an ``s3://`` source the DALI contenders run twice, over the object store and over a local copy
 of the same objects (downloaded once into the cache), and the table adds the ratio S3 / local; the
 torch contenders run on the local copy only.
 
+Each pass's first batch is taken before its clock starts (the pipeline's build, worker start-up, the first
+decode). The resizer contenders run channels_last, under bf16 autocast on CUDA, as README trains it.
+
 Per contender: median images/s and spread over --repeats timed passes after one warm-up, the ratio to
 torch-pil-bilinear, the efficiency against decode-only (its images/s over decode-only's), CPU seconds
 per image (this process and its workers), the peak memory of the process tree (PSS) and, on CUDA, the
-peak memory torch allocated.
+peak memory torch allocated and the peak of the device's memory in use (DALI's pools and nvJPEG's too).
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ class Config:
     backbone: str | None = None
     learned_images: int | None = None
     sweep_images: int = 128
+    images: int | None = None
     json: str | None = None
     plot: str | None = None
     as_shards: bool = False
@@ -120,16 +129,20 @@ def _pss_bytes(pids: list[int]) -> int:
 
 
 class TreeMonitor:
-    """Samples the peak memory (PSS) of this process and its workers in a background thread."""
+    """Samples the peak memory (PSS) of this process and its workers, and on CUDA the device's memory in
+    use, in a background thread."""
 
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak = interval, 0
+    def __init__(self, interval: float = 0.05, device: torch.device | None = None) -> None:
+        self.interval, self.peak, self.gpu_peak, self.device = interval, 0, 0, device
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, _pss_bytes(_tree(os.getpid())))
+            if self.device is not None and self.device.type == "cuda":
+                free, total = torch.cuda.mem_get_info(self.device)
+                self.gpu_peak = max(self.gpu_peak, total - free)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreeMonitor:
@@ -142,7 +155,7 @@ class TreeMonitor:
 
 
 # -- contenders ---------------------------------------------------------------------------------------
-# Each factory returns ``epoch(limit) -> iterator of batch sizes``; the batches are finished (on the
+# Each factory returns ``epoch() -> iterator of batch sizes`` (one pass); the batches are finished (on the
 # device, at the output size, backward done) when their size is yielded.
 
 
@@ -158,18 +171,14 @@ def _pil_transform(cfg: Config, interpolation: str):
 
 
 def _epochs(loader: Iterable, device: torch.device, step: Callable | None = None) -> Callable:
-    """``epoch(limit)`` over ``loader``: batches moved to ``device`` (and through ``step``), sizes yielded."""
+    """``epoch()`` over ``loader``: batches moved to ``device`` (and through ``step``), sizes yielded."""
 
-    def epoch(limit: int | None) -> Iterator[int]:
-        seen = 0
+    def epoch() -> Iterator[int]:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if step is not None:
                 step(images, labels)
-            seen += images.shape[0]
             yield images.shape[0]
-            if limit is not None and seen >= limit:
-                break
 
     return epoch
 
@@ -208,21 +217,29 @@ def webdataset_pil(cfg: Config, data: str, threads: int, device: torch.device, i
 
 
 def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str | None):
-    """``stage``: None (DALI to the output size), "forward", "train" (resizer backward) or a backbone name."""
+    """``stage``: None (DALI to the output size), "forward", "train" (resizer backward) or a backbone name.
+
+    The resizer runs as README trains it: channels_last batches and module, and on CUDA under bf16
+    autocast."""
+    channels_last = stage is not None
     loader = DALILoader(data, batch_size=cfg.batch_size, size=cfg.input_size if stage else cfg.size,
-                        num_threads=threads, device=device)
+                        num_threads=threads, device=device,
+                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     step: Callable[[torch.Tensor, torch.Tensor], None] | None = None
     if stage == "forward":
-        resizer = LearnableResizer(cfg.size).to(device).eval()
+        resizer = LearnableResizer(cfg.size).to(device, memory_format=torch.channels_last).eval()
 
         def step(images, labels):
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast:
                 resizer(images)
     elif stage == "train":
-        resizer = LearnableResizer(cfg.size).to(device).train()
+        resizer = LearnableResizer(cfg.size).to(device, memory_format=torch.channels_last).train()
 
         def step(images, labels):
-            resizer(images).float().square().mean().backward()
+            with autocast:
+                out = resizer(images)
+            out.float().square().mean().backward()
     elif stage is not None:
         import torchvision
 
@@ -232,7 +249,8 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
         def step(images, labels):
-            loss = criterion(model(images), labels)
+            with autocast:
+                loss = criterion(model(images).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -240,22 +258,64 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
     return _epochs(loader, device, step)
 
 
-def decode_only(cfg: Config, data: str, threads: int, device: torch.device):
+class _EncodedFiles(torch.utils.data.Dataset):
+    """An image folder's files as encoded bytes (uint8 tensors) and labels, for GPU decoding."""
+
+    def __init__(self, data: str) -> None:
+        from dali_resizer.readers import ImageFolderSource
+
+        source = ImageFolderSource.scan(data)
+        self.files, self.labels = source.files, source.labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import read_file
+
+        return read_file(self.files[i]), self.labels[i]
+
+
+def torchvision_decode(cfg: Config, data: str, threads: int, device: torch.device):
+    """What a user would pick instead on a GPU: DataLoader workers read the files, then
+    ``torchvision.io.decode_jpeg(device=...)`` decodes the batch (nvJPEG on CUDA), and torchvision's
+    v2 transforms crop, resize (bilinear, antialiased), flip and normalize each image on the device."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.RandomResizedCrop(cfg.size, antialias=True), v2.RandomHorizontalFlip(),
+                            v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    loader = torch.utils.data.DataLoader(_EncodedFiles(data), batch_size=cfg.batch_size, shuffle=True,
+                                         num_workers=threads, persistent_workers=True,
+                                         collate_fn=lambda batch: tuple(zip(*batch)))
+
+    def epoch() -> Iterator[int]:
+        for encoded, labels in loader:
+            images = decode_jpeg(list(encoded), mode=ImageReadMode.RGB, device=device)
+            batch = torch.stack([transform(image) for image in images])
+            labels = torch.tensor(labels).to(device, non_blocking=True)
+            yield batch.shape[0]
+
+    return epoch
+
+
+def decode_only(cfg: Config, data: str, threads: int, device: torch.device, fancy: bool = True):
     import pipelines
     from dali_resizer.readers import ImageFolderSource, open_source
 
     source = open_source(data)
     device_id = None if device.type == "cpu" else (device.index or 0)
     options = dict(decoder=pipelines.decoder_device(device_id), batch_size=cfg.batch_size, num_threads=threads,
-                   device_id=device_id)
+                   device_id=device_id, decoder_options={"jpeg_fancy_upsampling": fancy})
 
-    def epoch(limit: int | None) -> Iterator[int]:
+    def epoch() -> Iterator[int]:
         if isinstance(source, ImageFolderSource):
             pipe = pipelines.decode_only_pipeline(source.files, **options)
         else:
             pipe = pipelines.webdataset_decode_only_pipeline(source.paths, source.index_paths, **options)
         pipe.build()
-        total = len(source) if limit is None else min(limit, len(source))
+        total = len(source)
         for start in range(0, total, cfg.batch_size):
             pipe.run()  # on CUDA, measure() synchronizes the device before it stops the clock
             yield min(cfg.batch_size, total - start)
@@ -278,6 +338,10 @@ def contenders(cfg: Config, shards: bool = False) -> dict[str, Callable]:
         "dali-learned-train": lambda d, t, dev: dali(cfg, d, t, dev, "train"),
         "decode-only": lambda d, t, dev: decode_only(cfg, d, t, dev),
     }
+    if not shards:  # (reads an image folder's files)
+        table["torchvision-decode-jpeg"] = lambda d, t, dev: torchvision_decode(cfg, d, t, dev)
+    if cfg.device != "cpu" and torch.cuda.is_available():  # nvJPEG's chroma upsampling as libjpeg-turbo's, or not
+        table["decode-only-plain-upsampling"] = lambda d, t, dev: decode_only(cfg, d, t, dev, fancy=False)
     if cfg.backbone:
         table[f"dali-learned-{cfg.backbone}-train"] = lambda d, t, dev: dali(cfg, d, t, dev, cfg.backbone)
     return table
@@ -292,18 +356,28 @@ def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limi
     seconds, cpu, images = [], [], 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with TreeMonitor() as monitor:
+    with TreeMonitor(device=device) as monitor:
         for rep in range(repeats + 1):
             label = "warm-up" if rep == 0 else f"run {rep}/{repeats}"
-            total = expected if limit is None else min(limit, expected)
+            total = expected if limit is None else min(limit, expected)  # (for the progress bar)
             count = 0
             bar = ProgressBar(total, f"  {name:<28} {label:<9}", unit="img")
+            # The pass's first batch comes before the clock starts: building the pipeline (DALI builds one
+            # per shuffled epoch), starting workers and the first decode are start-up, not throughput.
+            batches = epoch()
+            untimed = next(batches, 0)
+            bar.update(untimed)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             pids = _tree(os.getpid())
             cpu0 = _cpu_seconds(pids)
             start = time.perf_counter()
-            for n in epoch(limit):
+            for n in batches:
                 count += n
                 bar.update(n)
+                if limit is not None and count >= limit:  # (--learned-images: timed images per pass)
+                    break
+            batches.close()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - start
@@ -325,8 +399,11 @@ def measure(name: str, epoch: Callable, device: torch.device, repeats: int, limi
         "images_per_s_min": min(rates),
         "images_per_s_max": max(rates),
         "cpu_s_per_image": statistics.median(cpu),
+        "untimed_first_batch": untimed,
         "peak_host_mib": peak / 2**20,
         "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        # the device's memory in use (cudaMemGetInfo): DALI's pools, nvJPEG's buffers and torch's cache too
+        "peak_gpu_used_mib": monitor.gpu_peak / 2**20 if device.type == "cuda" else None,
     }
 
 
@@ -497,6 +574,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--learned-images", type=int,
                    help="images per pass for contenders that run the resizer (default: 64 on CPU, all on CUDA)")
     p.add_argument("--sweep-images", type=int, default=d.sweep_images, help="images per --megapixels set")
+    p.add_argument("--images", type=int,
+                   help="images in the embedded synthetic set (default: its 320); a GPU needs thousands")
     p.add_argument("--json", help="write all figures, versions and the machine to this file")
     p.add_argument("--plot", help="write a PNG of images/s against megapixels and threads (needs matplotlib)")
     return Config(**vars(p.parse_args(argv)))
@@ -532,7 +611,8 @@ def main(argv: list[str] | None = None) -> dict:
         cases = [(Path(cfg.data).name, None, cfg.data)]
     else:
         print("embedded synthetic set (generated on first use) ...", file=sys.stderr, flush=True)
-        cases = [("synthetic", None, str(make_synthetic_folder()))]
+        extra = {} if cfg.images is None else {"images_per_class": max(1, math.ceil(cfg.images / 10))}
+        cases = [("synthetic", None, str(make_synthetic_folder(**extra)))]
 
     if cfg.as_shards:
         cases = [(f"{label}-shards", mp, str(_as_shards(data))) for label, mp, data in cases]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import warnings
@@ -12,10 +13,19 @@ import torch
 
 from dali_resizer.readers import ReadPlan, open_source
 from dali_resizer.readers.base import Carried, union_of_runs
-from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS, PAD_LABEL, BadSampleError, BadSamples
+from dali_resizer.samples import (
+    DEVICE_FAILURE,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_PIXELS,
+    PAD_LABEL,
+    BadSampleError,
+    BadSamples,
+)
 from dali_resizer.utils import to_size
 
-__all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "distributed_rank_and_world", "resolve_device"]
+__all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "default_threads", "distributed_rank_and_world",
+           "local_gpu", "resolve_device"]
 
 # DataLoader arguments with no meaning here: what to use instead. Passing their default is accepted.
 _REFUSED = {
@@ -43,17 +53,34 @@ def distributed_rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_gpu(local_rank: int | None, local_world_size: int | None, count: int, current: int) -> int:
+    """The CUDA device of this process: ``LOCAL_RANK``'s under torchrun, when that many GPUs are visible;
+    with fewer (one ``CUDA_VISIBLE_DEVICES`` GPU per task, or ranks sharing a host's GPUs) the ranks
+    take them in turn; outside torchrun, the current device."""
+    if count < 1:
+        raise ValueError("no CUDA device is visible")
+    if local_rank is None:
+        return current
+    if local_rank >= count and count > 1 and (local_world_size or local_rank + 1) > count:
+        warnings.warn(f"LOCAL_RANK {local_rank} of {local_world_size} on a host with {count} visible GPUs: "
+                      f"ranks share GPUs (this one takes cuda:{local_rank % count})", stacklevel=3)
+    return local_rank % count
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
 def resolve_device(device: torch.device | str | int | None) -> torch.device:
-    """``None`` picks this process's CUDA device when there is one (``LOCAL_RANK`` under torchrun, else
-    the current device), else the CPU; a request for a GPU that is not there is an error, not a silent
-    fallback."""
-    if device is None:
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        local_rank = os.environ.get("LOCAL_RANK")  # set by torchrun: one GPU per process
-        return torch.device("cuda", int(local_rank) if local_rank is not None else torch.cuda.current_device())
+    """``None`` (or ``"cuda"``) picks this process's CUDA device when there is one (``LOCAL_RANK``'s
+    under torchrun, checked against the GPUs visible: see :func:`local_gpu`; else the current
+    device), and ``None`` the CPU without one; a request for a GPU that is not there is an error, not
+    a silent fallback."""
+    if device is None and not torch.cuda.is_available():
+        return torch.device("cpu")
     try:
-        resolved = torch.device(device)
+        resolved = torch.device("cuda") if device is None else torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
     if resolved.type == "cpu":
@@ -62,11 +89,26 @@ def resolve_device(device: torch.device | str | int | None) -> torch.device:
         raise ValueError(f"device must be None, 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available here; use device='cpu'")
-    index = torch.cuda.current_device() if resolved.index is None else resolved.index
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r}: there are only {torch.cuda.device_count()} CUDA device(s)")
-    return torch.device("cuda", index)
+    count = torch.cuda.device_count()
+    if resolved.index is None:
+        return torch.device("cuda", local_gpu(_env_int("LOCAL_RANK"), _env_int("LOCAL_WORLD_SIZE"), count,
+                                              torch.cuda.current_device()))
+    if resolved.index >= count:
+        raise ValueError(f"device={device!r}: there are only {count} CUDA device(s) visible"
+                         + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
+                            if "CUDA_VISIBLE_DEVICES" in os.environ else ""))
+    return resolved
 
+
+def default_threads(device: torch.device) -> int:
+    """DALI threads when none are asked for: the cores this process may use, shared among the ranks of
+    this host (``LOCAL_WORLD_SIZE`` under torchrun); on a GPU at most 16, as decoding runs there (each
+    mixed-decoder thread also holds its own nvJPEG buffers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local_world = _env_int("LOCAL_WORLD_SIZE") or 1
+    if hasattr(os, "sched_getaffinity") and local_world > 1 and cores == (os.cpu_count() or cores):
+        cores //= local_world  # (ranks not pinned to their own cores share the host's)
+    return max(1, min(cores, 16) if device.type == "cuda" else cores)
 
 
 class DALILoader:
@@ -88,8 +130,10 @@ class DALILoader:
         train: Random-resized-crop and random flip when True; resize and center crop when False.
         shuffle: Reshuffle every epoch; defaults to ``train``.
         drop_last: Drop the last batch when it is smaller than ``batch_size``.
-        num_threads: DALI CPU worker threads; defaults to the cores this process may use.
-        device: ``None`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        num_threads: DALI CPU worker threads; defaults to the cores this process may use, shared among
+            the ranks of the host under torchrun (``LOCAL_WORLD_SIZE``), and at most 16 on a GPU.
+        device: ``None`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Under
+            torchrun ``None`` and ``"cuda"`` take ``LOCAL_RANK``'s GPU (in turn, where fewer are visible).
         seed: Seed of the shuffling order and the augmentations; with ``set_epoch`` it makes runs repeatable.
         shard_id: This process's part of the data; default: its global rank (``torch.distributed`` when
             initialised, else torchrun's ``RANK``), 0 outside a distributed job.
@@ -118,6 +162,12 @@ class DALILoader:
         max_pixels: Images with more pixels (read from the file header) are never decoded: they are
             bad samples, handled as ``on_error`` says. The default is PIL's decompression-bomb limit
             (about 179 million pixels, 537 MB decoded); ``None`` removes the limit.
+        hw_decoder_load: On a GPU, the share of JPEGs given to the hardware JPEG decoder where the GPU
+            has one (A100, H100, H200...); ``None``: DALI's default (0.65).
+        device_memory_padding, host_memory_padding: On a GPU, the bytes nvJPEG preallocates per decoder
+            thread on the device and in pinned host memory (twice); ``None``: DALI's defaults (16 MiB
+            and 8 MiB). Lower them with many ranks per host.
+        set_affinity: Pin DALI's CPU threads to the cores nearest the GPU (DALI's ``set_affinity``).
 
     ``DataLoader``'s own arguments: ``num_workers`` is torch's name for ``num_threads`` (DALI has
     threads, not worker processes: ``N > 0`` gives ``N`` threads, ``0`` one); ``prefetch_factor`` is
@@ -170,6 +220,10 @@ class DALILoader:
         index_dir: str | os.PathLike | None = None,
         on_error: str = "raise",
         max_pixels: int | None = MAX_PIXELS,
+        hw_decoder_load: float | None = None,
+        device_memory_padding: int | None = None,
+        host_memory_padding: int | None = None,
+        set_affinity: bool = False,
         num_workers: int | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -194,8 +248,9 @@ class DALILoader:
             if not isinstance(num_workers, int) or num_workers < 0:
                 raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
             num_threads = max(num_workers, 1)
+        resolved_device = resolve_device(device)
         if num_threads is None:
-            num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            num_threads = default_threads(resolved_device)
         if not isinstance(num_threads, int) or num_threads < 1:
             raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
         if prefetch_factor is not None:
@@ -235,13 +290,19 @@ class DALILoader:
             raise ValueError(f"max_pixels must be a positive int, or None for no limit, got {max_pixels!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        if hw_decoder_load is not None and (not _is_number(hw_decoder_load) or not 0 <= hw_decoder_load <= 1):
+            raise ValueError(f"hw_decoder_load must be a number in [0, 1], or None, got {hw_decoder_load!r}")
+        for name, value in (("device_memory_padding", device_memory_padding),
+                            ("host_memory_padding", host_memory_padding)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a non-negative int (bytes), or None, got {value!r}")
 
         self.batch_size = batch_size
         self.train = bool(train)
         self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.drop_last = bool(drop_last)
         self.num_threads = num_threads
-        self.device = resolve_device(device)
+        self.device = resolved_device
         self.seed = int(seed)
         self.shard_id = shard_id
         self.num_shards = num_shards
@@ -259,12 +320,18 @@ class DALILoader:
                           stacklevel=2)
         self.on_error = on_error
         self.max_pixels = max_pixels
+        # the GPU decoder's settings (None: DALI's default); a CPU loader has no use for them
+        self.decoder_options = {name: value for name, value in (
+            ("hw_decoder_load", hw_decoder_load), ("device_memory_padding", device_memory_padding),
+            ("host_memory_padding", host_memory_padding)) if value is not None}
+        self.set_affinity = bool(set_affinity)
         self._ledger = BadSamples(on_error)
         self.dataset = open_source(source, index_dir)
         self._reader = self.dataset.reader(self._plan(), self._ledger)
         self._epoch = 0
         self._finished = None  # an evaluation iterator that ran to its end, to rewind
         self._active = None  # (epoch, DALI iterator, batches yielded, base) of the epoch in progress
+        self._running = None  # the generator of the epoch in progress
         self._resume: dict | None = None
 
     def _plan(self) -> ReadPlan:
@@ -283,6 +350,8 @@ class DALILoader:
             device_id=None if self.device.type == "cpu" else self.device.index,
             prefetch_queue_depth=self.prefetch_queue_depth,
             max_pixels=min(self.max_pixels if self.max_pixels is not None else 2**31 - 1, 2**31 - 1),  # (int32)
+            decoder_options=self.decoder_options,
+            set_affinity=self.set_affinity and self.device.type == "cuda",
             enable_checkpointing=True,
         )
         return ReadPlan(batch_size=self.batch_size, shard_id=self.shard_id, num_shards=self.num_shards,
@@ -335,10 +404,17 @@ class DALILoader:
         self._epoch += 1
         self._drop_carried(epoch)
         resume, self._resume = self._resume, None
+        if self._running is not None:  # an epoch left unfinished: its pipeline goes before the next is built
+            self._running.close()
+            self._running = None
+            if self._active is not None and not isinstance(self._active[1], _Frozen):
+                self._active = None
+            self._release_unused()
         if len(self) == 0:
             self._drop_carried(epoch + 1)
             return iter(())
-        return self._iterate(epoch, resume if resume and resume["epoch"] == epoch else None)
+        self._running = self._iterate(epoch, resume if resume and resume["epoch"] == epoch else None)
+        return self._running
 
     def state_dict(self) -> dict:
         """Where the loader stands: the epoch in progress and how far it got, with DALI's checkpoint of
@@ -485,8 +561,18 @@ class DALILoader:
             except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
                 if "pipeline" not in str(error).lower():
                     raise
+                # The stopped pipeline is dropped (its position kept for state_dict) before any other is built:
+                # DALI's memory pools do not shrink, so two pipelines at once would hold both their memory.
+                checkpoint = self._keep_position(epoch, batches, done, base)
+                batches = None
+                self._release_unused()
+                if DEVICE_FAILURE.search(str(error)):  # the GPU failed, not a sample: never skipped as bad data
+                    said = next(line.strip() for line in str(error).splitlines() if DEVICE_FAILURE.search(line))
+                    kind = torch.OutOfMemoryError if "memory" in str(error).lower() else RuntimeError
+                    raise kind(f"DALI's GPU work failed after batch {done} of epoch {epoch} on {self.device} (not a "
+                               f"bad sample; DALI: {said}); free GPU memory, or lower batch_size or "
+                               f"device_memory_padding: loader.state_dict() resumes there") from error
                 if _STORAGE_FAILED.search(str(error)):  # not a sample's fault: the storage went away
-                    self._keep_position(epoch, batches, done, base)
                     detail = self._reader.dali_message(error)[0]
                     gone = self._reader.missing(epoch, done) if "curlCode" not in str(error) else []
                     if gone:  # an object removed while the epoch ran
@@ -497,11 +583,11 @@ class DALILoader:
                         f"{self._reader.describe()} at {self.dataset_location()}: reading stopped after batch {done} "
                         f"of epoch {epoch} (DALI: {detail}); loader.state_dict() resumes the epoch there once the "
                         f"storage answers again") from None
-                restart = self._reader.recover(error, epoch, done, batches)
+                restart = self._reader.recover(error, epoch, done, checkpoint)
                 checkpoint = restart.checkpoint
                 if restart.base is not None:
                     base = restart.base
-                build, batches, rebuilt = True, None, True
+                build, rebuilt = True, True
         if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
             empty = torch.empty(0, dtype=torch.int64, device=self.device)
             if last is None:
@@ -520,14 +606,23 @@ class DALILoader:
         """Where the source is read from: its root folder, prefix or first tar."""
         return str(getattr(self.dataset, "root", None) or self.dataset.paths[0])
 
-    def _keep_position(self, epoch: int, batches, done: int, base: int) -> None:
+    def _keep_position(self, epoch: int, batches, done: int, base: int) -> bytes | None:
         """Freezes the epoch's position (with DALI's checkpoint, if the stopped pipeline still gives
-        one) so that state_dict() resumes from it."""
+        one) so that state_dict() resumes from it, and lets go of the pipeline; returns the checkpoint."""
         try:
             checkpoint = batches.checkpoints()[0] if batches is not None else None
         except Exception:  # noqa: BLE001 (a pipeline that cannot say: the position is still known)
             checkpoint = None
         self._active = (epoch, _Frozen(checkpoint), done, base)
+        return checkpoint
+
+    def _release_unused(self) -> None:
+        """Frees the pipelines no longer referenced and, on a GPU, hands DALI's unused pool memory back."""
+        gc.collect()
+        if self.device.type == "cuda":
+            from nvidia.dali.backend import ReleaseUnusedMemory
+
+            ReleaseUnusedMemory()
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         """DALI's batch as the user asked for it: NHWC (what the pipeline writes for channels_last) as a
@@ -545,6 +640,9 @@ class DALILoader:
     def _labels(self, out: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Labels (and sample indices) of a batch on ``self.device``; padding rows are ``PAD_LABEL``."""
         labels, indices = self._reader.labels(out)
+        if self.device.type == "cuda":  # (from page-locked memory the copy is asynchronous; torch caches the pages)
+            labels = labels.pin_memory()
+            indices = indices.pin_memory() if indices is not None else None
         labels = labels.to(self.device, non_blocking=True)
         if indices is not None:
             indices = indices.to(self.device, non_blocking=True)

@@ -68,6 +68,10 @@ def resize(
         return x
     if interpolation is Interpolation.NEAREST:
         return F.interpolate(x, size=size, mode="nearest-exact")
+    if interpolation is Interpolation.BILINEAR and not antialias and tuple(x.shape[-2:]) == (2 * size[0], 2 * size[1]):
+        # An exact 2x bilinear downscale samples between each 2x2 block: their mean. avg_pool2d gives the same
+        # forward with a deterministic backward (bilinear's on CUDA adds with atomics) that is also faster.
+        return F.avg_pool2d(x, 2)
     # Antialiasing only changes a downscale; PyTorch implements it for bilinear and bicubic alone.
     return F.interpolate(x, size=size, mode=interpolation.value, align_corners=False, antialias=antialias)
 
@@ -169,7 +173,9 @@ class LearnableResizer(nn.Module):
         torch.Size([2, 10])
     """
 
-    chunk_bytes = 16 * 2**20  # memory_efficient: the stem's full-resolution maps per step (fits CPU caches)
+    # memory_efficient: the stem's full-resolution maps per step; None: by the input's device
+    # (memory_efficient.CHUNK_BYTES: a CPU's caches, or enough images per launch on a GPU)
+    chunk_bytes: int | None = None
 
     def __init__(
         self,

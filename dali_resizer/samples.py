@@ -8,6 +8,7 @@ raise-or-skip ledger of bad samples (:class:`BadSamples`).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 __all__ = [
@@ -25,7 +26,10 @@ __all__ = [
     "STATUS_OVERSIZE",
     "BadSampleError",
     "BadSamples",
+    "DEVICE_FAILURE",
+    "IMAGE_SIGNATURES",
     "describe_bytes",
+    "image_format",
     "image_size",
     "jpeg_cut_short",
     "oversize_problem",
@@ -105,34 +109,50 @@ def oversize_problem(max_pixels: int) -> str:
     return f"image over max_pixels={max_pixels:,} (not decoded; pass a larger max_pixels to read it)"
 
 
-_SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
+# DALI's words when the GPU fails (its memory runs out, a CUDA call fails), not a sample: such an error
+# is never reported as bad data (its text contains "pipeline" too).
+DEVICE_FAILURE = re.compile(r"out of memory|cudaErrorMemoryAllocation|CUDA_ERROR_OUT_OF_MEMORY|CUDA error|"
+                            r"cudaError|NVJPEG_STATUS_ALLOCATOR_FAILURE|Can't allocate|bad_alloc", re.IGNORECASE)
+
+# The first bytes of each format DALI decodes: (format, parts), every part an (offset, bytes) that must
+# match; a format that starts in several ways has a row for each. JPEG is the first row. The loader's
+# pipelines compare a sample's first bytes with this table before decoding it (pipelines.stages).
+IMAGE_SIGNATURES = (
+    ("JPEG", ((0, b"\xff\xd8\xff"),)),
+    ("PNG", ((0, b"\x89PNG\r\n\x1a\n"),)),
+    ("BMP", ((0, b"BM"),)),
+    ("TIFF", ((0, b"II*\x00"),)),
+    ("TIFF", ((0, b"MM\x00*"),)),
+    ("WebP", ((0, b"RIFF"), (8, b"WEBP"))),
+    ("JPEG 2000", ((0, b"\x00\x00\x00\x0cjP"),)),  # the file format
+    ("JPEG 2000", ((0, b"\xffO\xffQ"),)),  # a bare codestream
+    *(("PNM", ((0, b"P" + bytes([c])),)) for c in b"123456"),
 )
+
+
+def image_format(data: bytes) -> str | None:
+    """The format (a name of :data:`IMAGE_SIGNATURES`) that ``data``'s first bytes say, or None."""
+    return next((kind for kind, parts in IMAGE_SIGNATURES
+                 if all(data[offset : offset + len(magic)] == magic for offset, magic in parts)), None)
 
 
 def describe_bytes(data: bytes) -> str:
     """A short, human description of what a file's first bytes say it is."""
     if not data:
         return "empty file (0 bytes)"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP image"
     if data.startswith(b"GIF8"):
         return "GIF image (DALI does not decode GIF)"
-    for magic, kind in _SIGNATURES:
-        if data.startswith(magic):
-            if kind == "JPEG":
-                precision = _jpeg_precision(data)
-                if precision not in (None, 8):
-                    return f"{precision}-bit JPEG (DALI decodes 8-bit JPEG only)"
-                if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-                    return "truncated JPEG (no end-of-image marker)"
-            if kind == "TIFF" and _tiff_lacks_bits_per_sample(data):
-                return "TIFF without a BitsPerSample field (a 1-bit image as PIL writes it; DALI needs the field)"
-            return f"{kind} image"
+    kind = image_format(data)
+    if kind == "JPEG":
+        precision = _jpeg_precision(data)
+        if precision not in (None, 8):
+            return f"{precision}-bit JPEG (DALI decodes 8-bit JPEG only)"
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return "truncated JPEG (no end-of-image marker)"
+    if kind == "TIFF" and _tiff_lacks_bits_per_sample(data):
+        return "TIFF without a BitsPerSample field (a 1-bit image as PIL writes it; DALI needs the field)"
+    if kind is not None:
+        return f"{kind} image"
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
         return "HTML/XML text, not an image"

@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dali_resizer.loader import DALILoader
+from dali_resizer.loader import DALILoader, resolve_device
 from dali_resizer.muller import MullerResizer
 from dali_resizer.progress import ProgressBar
 from dali_resizer.resizer import FixedResizer, LearnableResizer
@@ -215,14 +215,18 @@ def _split_data(cfg: TrainConfig) -> tuple[str, str | None]:
     return cfg.data, cfg.val_data
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank), initialising the process group under torchrun."""
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size), initialising the process group under torchrun: NCCL bound to this process's
+    GPU (``device_id``) when it trains on one, else gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
@@ -246,14 +250,13 @@ def _topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list
     return [float(hit[:, : min(kk, k)].any(dim=1).sum()) for kk in ks]
 
 
-def batch_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, float, float]:
-    """(real samples, their summed loss, their correct top-1) of a training batch; padding rows
-    (``PAD_LABEL``) count nowhere: the mean loss is over the real rows (``ignore_index``)."""
+def batch_sums(loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(real samples, their summed loss, their correct top-1)`` of a training batch, float64 on the
+    batch's device (read nothing back: no host sync); padding rows (``PAD_LABEL``) count nowhere, and
+    ``loss_sum`` is the loss summed over the real rows (``reduction="sum"``, ``ignore_index``)."""
     mask = real_mask(labels)
-    real = int(mask.sum())
-    if real == 0:
-        return 0, 0.0, 0.0
-    return real, float(loss.detach()) * real, float((logits.argmax(1) == labels)[mask].sum())
+    correct = ((logits.argmax(1) == labels) & mask).sum()
+    return torch.stack([mask.sum(), loss_sum.detach(), correct]).to(torch.float64)
 
 
 def evaluate(model: nn.Module, loader: DALILoader, cfg: TrainConfig, device: torch.device) -> dict:
@@ -280,13 +283,12 @@ def train(cfg: TrainConfig) -> list[dict]:
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {cfg.precision!r}")
     cfg = resolve_recipe(cfg)
-    rank, world, local_rank = _distributed()
-    if cfg.device is None:
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        device = torch.device(cfg.device)
+    # this process's device first (LOCAL_RANK's GPU, checked against those visible), then the process group on it
+    device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # (fixed input sizes: the fastest convolution algorithms, once)
+    rank, world = _distributed(device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output)
     _check_output(out, cfg)
@@ -316,7 +318,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     optimizer = make_optimizer(model, cfg)
     schedule = make_schedule(optimizer, cfg, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")  # (PAD_LABEL ignored)
 
     history: list[dict] = []
     start_epoch = step = 0
@@ -375,8 +377,14 @@ def train(cfg: TrainConfig) -> list[dict]:
         epoch_steps = steps if partial is not None and partial[0] else _all_min(
             min(len(train_loader), steps), device)
         model.train()
-        first, seen, loss_sum, correct = partial or (0, 0, 0.0, 0.0)
-        partial, seen_before = None, seen
+        first, *before = partial or (0, 0.0, 0.0, 0.0)
+        partial, seen_before = None, before[0]
+        # (real samples, loss sum, correct) of this epoch, summed on the device and read at log intervals
+        running = torch.tensor(before, dtype=torch.float64, device=device)
+
+        def totals(running=running) -> list[float]:
+            return running.tolist()
+
         t0 = time.perf_counter()
         bar = ProgressBar(epoch_steps, f"epoch {epoch}", unit="step") if rank == 0 and not cfg.quiet else None
         autocast = torch.autocast(device.type, dtype=PRECISIONS[cfg.precision],
@@ -388,10 +396,12 @@ def train(cfg: TrainConfig) -> list[dict]:
                 break
             with autocast:
                 logits = run_model(images)
-                loss = criterion(logits.float(), labels)
-            real, batch_loss, batch_correct = batch_sums(loss, logits, labels)
-            if real == 0:  # only padding (skipped samples): a zero loss keeps every rank's backward in step
-                loss = logits.float().sum() * 0.0
+                loss_sum = criterion(logits.float(), labels)  # (summed over the real rows)
+            sums = batch_sums(loss_sum, logits, labels)
+            running += sums
+            # the mean over the real rows; a batch of only padding (skipped samples) has a zero loss, so that
+            # every rank's backward stays in step; nothing is read back to the host
+            loss = loss_sum / sums[0].clamp(min=1).to(loss_sum.dtype)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             lr_used = optimizer.param_groups[0]["lr"]
@@ -399,18 +409,22 @@ def train(cfg: TrainConfig) -> list[dict]:
             scaler.update()
             schedule.step()
             step += 1
-            seen, loss_sum, correct = seen + real, loss_sum + batch_loss, correct + batch_correct
             if i + 1 < epoch_steps and cfg.max_steps is not None and step >= cfg.max_steps:
-                stopped = (i + 1, seen, loss_sum, correct)  # leave before the loader hands out another batch
+                stopped = (i + 1, *totals())  # leave before the loader hands out another batch
                 break
             if cfg.save_every and step % cfg.save_every == 0 and i + 1 < epoch_steps:  # mid-epoch, resumable
                 _save(out, cfg, model, optimizer, schedule, scaler, train_loader, step, history, rank,
-                      partial=(i + 1, seen, loss_sum, correct))
+                      partial=(i + 1, *totals()))
+            if (i + 1) % cfg.log_every == 0 or bar is not None and i + 1 == epoch_steps:  # (reads the sums back)
+                seen, loss_so_far, _ = totals()
+                loss_mean = loss_so_far / max(seen, 1)
+                if bar is not None:
+                    bar.update(0, f"loss {loss_mean:.4f}")
+                if bar is None or not bar.enabled:  # plain lines for log files
+                    log(f"  epoch {epoch} step {i + 1}/{epoch_steps} loss {loss_mean:.4f} "
+                        f"{seen * world / (time.perf_counter() - t0):.1f} img/s")
             if bar is not None:
-                bar.update(1, f"loss {loss_sum / seen:.4f}")
-            if (bar is None or not bar.enabled) and (i + 1) % cfg.log_every == 0:  # plain lines for log files
-                log(f"  epoch {epoch} step {i + 1}/{epoch_steps} loss {loss_sum / seen:.4f} "
-                    f"{seen * world / (time.perf_counter() - t0):.1f} img/s")
+                bar.update(1)
         if bar is not None:
             bar.close(clear=True)
         if stopped is not None:
@@ -418,6 +432,7 @@ def train(cfg: TrainConfig) -> list[dict]:
             log(f"stopped at step {step} (--max-steps) inside epoch {epoch}; --resume continues from there")
             break
         elapsed = time.perf_counter() - t0
+        seen, loss_sum, correct = totals()
         loss_sum, correct, seen_all, seen_now = _all_sum([loss_sum, correct, seen, seen - seen_before], device)
         row = {"epoch": epoch, "step": step, "lr": lr_used,
                "train_loss": loss_sum / max(seen_all, 1), "train_top1": 100 * correct / max(seen_all, 1),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from nvidia.dali import fn, pipeline_def, types
 
 from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS
-from pipelines.stages import decode, normalize
+from pipelines.stages import decode, mixed_decoder_options, normalize
 
 __all__ = ["decode_only_pipeline", "image_folder_pipeline"]
 
@@ -31,6 +31,7 @@ def image_folder_pipeline(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     replay: bool = False,
+    decoder_options: dict | None = None,
 ):
     """Reads ``files`` in the given order and yields ``(images, sample_ids, status)``.
 
@@ -43,7 +44,7 @@ def image_folder_pipeline(
     decoder's device; sample ids ``(N, 1)`` int32
     on the CPU; ``status`` ``(N,)`` uint8 on the CPU (:func:`pipelines.image_status`): not 0 where an
     image over ``max_pixels``, or a file that is not an image, was replaced by a placeholder instead of
-    being decoded. ``replay``: see :func:`pipelines.decode`.
+    being decoded. ``replay``, ``decoder_options``: see :func:`pipelines.decode`.
     """
     encoded, ids = fn.readers.file(
         files=list(files),
@@ -57,16 +58,18 @@ def image_folder_pipeline(
     )
     images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
                             random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
-                            replay=replay)
+                            replay=replay, decoder_options=decoder_options)
     images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
     return images, ids, status
 
 
 @pipeline_def
-def decode_only_pipeline(files: Sequence[str], *, decoder: str = "cpu"):
+def decode_only_pipeline(files: Sequence[str], *, decoder: str = "cpu",
+                         decoder_options: dict | None = None):
     """Reads and decodes ``files`` at native resolution, nothing else: the floor a loader cannot beat.
 
     Outputs the decoded HWC uint8 images (ragged, on the decoder's device); run it with ``pipe.run()``.
     """
     encoded, _ = fn.readers.file(files=list(files), pad_last_batch=True, name="Reader")
-    return fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+    options = mixed_decoder_options(decoder_options) if decoder == "mixed" else {}
+    return fn.decoders.image(encoded, device=decoder, output_type=types.RGB, **options)

@@ -12,16 +12,18 @@ from collections.abc import Iterable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_resizer.samples import describe_bytes
+from dali_resizer.samples import DEVICE_FAILURE, describe_bytes
+from pipelines.stages import decoder_device, mixed_decoder_options
 
 __all__ = ["decode_samples", "probe_bytes", "probe_samples"]
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None)
-def _one_sample():
+def _one_sample(decoder: str = "cpu", decoder_options: dict | None = None):
     encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
     shape = fn.peek_image_shape(encoded)
-    return fn.decoders.image(encoded, device="cpu", output_type=types.RGB), shape
+    options = mixed_decoder_options(decoder_options) if decoder == "mixed" else {}
+    return fn.decoders.image(encoded, device=decoder, output_type=types.RGB, **options), shape
 
 
 # What the decoders print on stderr about a sample: DALI's codec plugins ("[ERROR] [tiff_parser] ..."),
@@ -56,17 +58,21 @@ def _decoder_said(lines: list[str]) -> str:
     return f" (decoder: {_LEVEL.sub('', lines[-1])})"
 
 
-def probe_samples(samples: Iterable[tuple[str, bytes]], *, damage: bool = False) -> dict[str, str]:
-    """Reads the header and decodes each ``(name, bytes)`` alone on the CPU, as the loader would;
+def probe_samples(samples: Iterable[tuple[str, bytes]], *, damage: bool = False, device_id: int | None = None,
+                  decoder_options: dict | None = None) -> dict[str, str]:
+    """Reads the header and decodes each ``(name, bytes)`` alone with the loader's decoder (on the
+    CPU, or with nvJPEG on GPU ``device_id``, with its ``decoder_options``), as the loader would;
     returns ``{name: problem}`` for those that fail, the problem naming what the bytes are, what DALI
     said and what the decoder printed (which is kept off the terminal). ``damage=True``: a sample that
     decodes while the decoder warns of corrupt data is a problem too. One pipeline serves every
-    sample until one fails (a failed pipeline is rebuilt)."""
+    sample until one fails (a failed pipeline is rebuilt). A failure of the GPU itself (its memory
+    ran out) is raised, never reported as a sample's problem."""
     problems = {}
     pipe = None
     for name, data in samples:
         if pipe is None:
-            pipe = _one_sample(prefetch_queue_depth=1)
+            pipe = _one_sample(decoder=decoder_device(device_id), decoder_options=decoder_options,
+                               device_id=device_id, prefetch_queue_depth=1)
             pipe.build()
         pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
         lines: list[str] = []
@@ -74,6 +80,8 @@ def probe_samples(samples: Iterable[tuple[str, bytes]], *, damage: bool = False)
             with _stderr_into(lines):
                 pipe.run()
         except RuntimeError as e:
+            if DEVICE_FAILURE.search(str(e)):
+                raise
             said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
             reason = re.sub(r"\s*:\s*$", "", said[-1].strip()) if said else "decode failed"
             problems[name] = f"{describe_bytes(data)}; DALI: {reason}{_decoder_said(lines)}"

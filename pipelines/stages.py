@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from nvidia.dali import fn, types
 
 from dali_resizer.samples import (
+    IMAGE_SIGNATURES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     JPEG_MAX_PIXELS_PER_BYTE,
@@ -17,10 +18,13 @@ from dali_resizer.samples import (
     STATUS_OVERSIZE,
 )
 
+assert IMAGE_SIGNATURES[0][0] == "JPEG"  # (row 0 of the table is the JPEG test)
+
 __all__ = [
     "decode",
     "decoder_device",
     "image_status",
+    "mixed_decoder_options",
     "normalize",
 ]
 
@@ -30,23 +34,33 @@ def decoder_device(device_id: int | None) -> str:
     return "cpu" if device_id is None else "mixed"
 
 
-def _image_signature(encoded):
-    """(any, jpeg): True where the first bytes are those of a format DALI decodes: JPEG, PNG, BMP,
-    TIFF, WebP, JPEG 2000 or PNM (GIF, text, HTML and empty files are not); and where they are JPEG's."""
-    head = fn.cast(fn.slice(encoded, start=[0], shape=[12], axes=[0], out_of_bounds_policy="pad", fill_values=0),
-                   dtype=types.INT32)
-    b = [head[i] for i in range(12)]
-    jpeg = (b[0] == 0xFF) & (b[1] == 0xD8) & (b[2] == 0xFF)
-    png = (b[0] == 0x89) & (b[1] == 0x50) & (b[2] == 0x4E) & (b[3] == 0x47)
-    bmp = (b[0] == 0x42) & (b[1] == 0x4D)
-    tiff = ((b[0] == 0x49) & (b[1] == 0x49) & (b[2] == 0x2A) & (b[3] == 0)) | (
-        (b[0] == 0x4D) & (b[1] == 0x4D) & (b[2] == 0) & (b[3] == 0x2A))
-    webp = (b[0] == 0x52) & (b[1] == 0x49) & (b[2] == 0x46) & (b[3] == 0x46) & (
-        b[8] == 0x57) & (b[9] == 0x45) & (b[10] == 0x42) & (b[11] == 0x50)
-    jp2 = ((b[0] == 0) & (b[1] == 0) & (b[2] == 0) & (b[3] == 0x0C) & (b[4] == 0x6A) & (b[5] == 0x50)) | (
-        (b[0] == 0xFF) & (b[1] == 0x4F) & (b[2] == 0xFF) & (b[3] == 0x51))
-    pnm = (b[0] == 0x50) & (b[1] >= 0x31) & (b[1] <= 0x36)
-    return jpeg | png | bmp | tiff | webp | jp2 | pnm, jpeg
+_HEAD = 12  # bytes compared: the longest signature's end
+
+
+def _signature_table() -> tuple[list[int], list[int]]:
+    """(patterns, masks) of ``IMAGE_SIGNATURES``, ``rows x _HEAD`` bytes each, flattened: a row matches
+    where ``head & mask == pattern``."""
+    patterns, masks = [], []
+    for _, parts in IMAGE_SIGNATURES:
+        pattern, mask = [0] * _HEAD, [0] * _HEAD
+        for offset, data in parts:
+            pattern[offset : offset + len(data)] = data
+            mask[offset : offset + len(data)] = [0xFF] * len(data)
+        patterns += pattern
+        masks += mask
+    return patterns, masks
+
+
+def _signature_rows(encoded):
+    """Per sample, ``(len(IMAGE_SIGNATURES),)`` uint8: 1 where the first bytes are those of that row's
+    format (row 0: JPEG). One comparison of the first 12 bytes against a table of every signature: a
+    handful of operators per batch, however many formats there are."""
+    head = fn.slice(encoded, start=[0], shape=[_HEAD], axes=[0], out_of_bounds_policy="pad", fill_values=0)
+    patterns, masks = _signature_table()
+    shape = [len(IMAGE_SIGNATURES), _HEAD]
+    pattern = fn.constant(idata=patterns, shape=shape, dtype=types.UINT8)
+    mask = fn.constant(idata=masks, shape=shape, dtype=types.UINT8)
+    return fn.reductions.min(fn.cast((head & mask) == pattern, dtype=types.UINT8), axes=[1])
 
 
 def image_status(encoded, max_pixels: int = MAX_PIXELS, *, replay: bool = False):
@@ -61,17 +75,24 @@ def image_status(encoded, max_pixels: int = MAX_PIXELS, *, replay: bool = False)
     ``enable_conditionals=True``.)
     """
     size = encoded.shape(dtype=types.INT64)[0]
-    has_bytes = size * (0 if replay else 1) >= 1
-    known, jpeg = _image_signature(encoded)
-    if known & has_bytes:
-        shape = fn.peek_image_shape(encoded)  # (H, W, C) from the header, nothing decoded
-        area = fn.cast(shape[0], dtype=types.INT64) * fn.cast(shape[1], dtype=types.INT64)
-        oversize = fn.cast(area > max_pixels, dtype=types.UINT8)
-        cut = fn.cast(jpeg & (area > size * JPEG_MAX_PIXELS_PER_BYTE), dtype=types.UINT8)
-        status = oversize * STATUS_OVERSIZE + (1 - oversize) * cut * STATUS_CUT_SHORT
+    rows = _signature_rows(encoded)
+    if fn.reductions.max(rows) * size * (0 if replay else 1) > 0:  # a known format, and bytes of it
+        shape = fn.peek_image_shape(encoded)  # (H, W, C) from the header, nothing decoded (int64)
+        area = shape[0] * shape[1]
+        cut = rows[0] * (area > size * JPEG_MAX_PIXELS_PER_BYTE)  # (rows[0]: JPEG)
+        status = fn.lookup_table((area > max_pixels) * 2 + cut, keys=[0, 1, 2, 3], dtype=types.UINT8,
+                                 values=[STATUS_OK, STATUS_CUT_SHORT, STATUS_OVERSIZE, STATUS_OVERSIZE])
     else:
-        status = fn.cast(has_bytes, dtype=types.UINT8) * 0 + STATUS_NOT_AN_IMAGE  # (a per-sample constant)
+        status = fn.lookup_table(size, keys=[0], values=[STATUS_NOT_AN_IMAGE], default_value=STATUS_NOT_AN_IMAGE,
+                                 dtype=types.UINT8)  # (a per-sample constant)
     return status
+
+
+def mixed_decoder_options(options: dict | None = None) -> dict:
+    """The mixed (nvJPEG) decoder's arguments: libjpeg-turbo's "fancy" chroma upsampling, so that a 4:2:0
+    JPEG decodes on the GPU as on the CPU and in PIL (no train/serve skew at colour edges), and the
+    caller's ``hw_decoder_load``, ``device_memory_padding`` and ``host_memory_padding``."""
+    return {"jpeg_fancy_upsampling": True, **(options or {})}
 
 
 def decode(
@@ -86,6 +107,7 @@ def decode(
     interp_type: types.DALIInterpType = types.INTERP_LINEAR,
     max_pixels: int = MAX_PIXELS,
     replay: bool = False,
+    decoder_options: dict | None = None,
 ):
     """Decodes at native resolution and brings every image to ``size`` (height, width), HWC uint8.
 
@@ -98,8 +120,11 @@ def decode(
     the aspect ratio, to cover ``size / crop_ratio`` (the shorter side to ``size / crop_ratio`` for a
     square); the center crop happens in :func:`normalize`. The resize is
     antialiased, so a large downscale does not alias. Every later op runs on the decoder's device.
+    On a GPU (``device="mixed"``) the decoder takes ``decoder_options`` (see
+    :func:`mixed_decoder_options`).
     """
     status = image_status(encoded, max_pixels, replay=replay)
+    options = mixed_decoder_options(decoder_options) if device == "mixed" else {}
     if status == STATUS_OK:
         if train:
             images = fn.decoders.image_random_crop(
@@ -109,9 +134,10 @@ def decode(
                 random_area=list(random_area),
                 random_aspect_ratio=list(random_aspect_ratio),
                 num_attempts=10,
+                **options,
             )
         else:
-            images = fn.decoders.image(encoded, device=device, output_type=types.RGB)
+            images = fn.decoders.image(encoded, device=device, output_type=types.RGB, **options)
     else:
         images = fn.reshape(fn.constant(idata=[0, 0, 0], shape=[1, 1, 3], dtype=types.UINT8), layout="HWC")
         if device == "mixed":

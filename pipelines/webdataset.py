@@ -13,7 +13,7 @@ from dali_resizer.samples import (
     SHARD_IMAGE_EXTENSIONS,
     SHARD_LABEL_EXTENSION,
 )
-from pipelines.stages import decode, normalize
+from pipelines.stages import decode, mixed_decoder_options, normalize
 
 __all__ = ["webdataset_decode_only_pipeline", "webdataset_pipeline"]
 
@@ -39,6 +39,7 @@ def webdataset_pipeline(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     replay: bool = False,
+    decoder_options: dict | None = None,
 ):
     """Reads samples ``<key>.{jpg,jpeg,png,webp}`` + ``<key>.cls`` from tar shards.
 
@@ -67,7 +68,7 @@ def webdataset_pipeline(
     )
     images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
                             random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
-                            replay=replay)
+                            replay=replay, decoder_options=decoder_options)
     images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
     image_name = fn.pad(fn.get_property(encoded, key="source_info"), axes=(0,), fill_value=0)
     label_name = fn.pad(fn.get_property(label_text, key="source_info"), axes=(0,), fill_value=0)
@@ -75,7 +76,8 @@ def webdataset_pipeline(
 
 
 @pipeline_def
-def webdataset_decode_only_pipeline(paths: Sequence[str], index_paths: Sequence[str], *, decoder: str = "cpu"):
+def webdataset_decode_only_pipeline(paths: Sequence[str], index_paths: Sequence[str], *, decoder: str = "cpu",
+                                    decoder_options: dict | None = None):
     """Reads and decodes the images of the shards at native resolution, nothing else (the floor)."""
     encoded = fn.readers.webdataset(
         paths=list(paths),
@@ -86,4 +88,5 @@ def webdataset_decode_only_pipeline(paths: Sequence[str], index_paths: Sequence[
         pad_last_batch=True,
         name="Reader",
     )
-    return fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+    options = mixed_decoder_options(decoder_options) if decoder == "mixed" else {}
+    return fn.decoders.image(encoded, device=decoder, output_type=types.RGB, **options)

@@ -24,6 +24,23 @@ def load_benchmark(name: str):
     return module
 
 
+@pytest.fixture(autouse=True)
+def _loader_on_the_cpu_unless_needs_cuda(request, monkeypatch):
+    """A test not marked ``needs_cuda`` builds its loaders on the CPU unless it passes ``device=``: their
+    expectations (pixels against PIL, CPU tensors in the arithmetic) are written for the CPU pipeline,
+    and on a GPU host they still hold. The GPU path is what the ``needs_cuda`` tests run."""
+    if "needs_cuda" in request.keywords or not torch.cuda.is_available():
+        return
+    from dali_resizer import DALILoader
+
+    init = DALILoader.__init__
+
+    def on_the_cpu(self, *args, device=None, **kwargs):
+        init(self, *args, device="cpu" if device is None else device, **kwargs)
+
+    monkeypatch.setattr(DALILoader, "__init__", on_the_cpu)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

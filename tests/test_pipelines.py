@@ -198,3 +198,34 @@ def test_mixed_decoder_placeholders_for_bad_and_oversize_images(tmp_path):
         assert status == [pipelines.STATUS_OVERSIZE, pipelines.STATUS_OK, pipelines.STATUS_NOT_AN_IMAGE]
         assert images.is_cuda and images.shape == (3, 3, 8, 8)
         assert images[1, 0].mean() > images[1, 1].mean()  # the small one decoded on the GPU: red
+
+
+def test_the_pipeline_signature_table_is_the_python_one():
+    """The pipeline's one comparison of the first 12 bytes against the table finds the format
+    ``samples.image_format`` finds, row for row, for every signature and for bytes of none."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_resizer.samples import IMAGE_SIGNATURES, image_format
+    from pipelines.stages import _signature_rows
+
+    heads = []
+    for _, parts in IMAGE_SIGNATURES:
+        head = bytearray(b"\x07" * 16)
+        for offset, magic in parts:
+            head[offset : offset + len(magic)] = magic
+        heads.append(bytes(head))
+    heads += [b"GIF89a" + b"\x00" * 10, b"<html>", b"", b"\xff", b"\xff\xd8", b"RIFF\x00\x00\x00\x00WEBQ", b"P7 x"]
+
+    @pipeline_def
+    def rows_of():
+        encoded = fn.external_source(source=lambda: [np.frombuffer(h, np.uint8) for h in heads], batch=True,
+                                     dtype=types.UINT8)
+        return _signature_rows(encoded)
+
+    pipe = rows_of(batch_size=len(heads), num_threads=1, device_id=None)
+    pipe.build()
+    (rows,) = pipe.run()
+    for head, row in zip(heads, (np.array(r).tolist() for r in rows)):
+        matched = [IMAGE_SIGNATURES[i][0] for i, hit in enumerate(row) if hit]
+        assert matched == ([image_format(head)] if image_format(head) else []), head
+    assert sum(1 for h in heads if image_format(h)) == len(IMAGE_SIGNATURES)  # each row found by its own bytes

@@ -13,7 +13,7 @@ from dali_resizer import make_synthetic_folder
 from dali_resizer.train import main
 
 TINY = ["--backbone", "resnet18", "--size", "16", "--input-size", "32", "--batch-size", "4", "--num-threads", "1",
-        "--quiet", "--lr", "0.01"]
+        "--quiet", "--lr", "0.01", "--device", "cpu"]  # (on a GPU host too: torchrun's ranks share no GPU here)
 LOUD = [a for a in TINY if a != "--quiet"]  # (what the run says, on stderr)
 
 
@@ -279,11 +279,14 @@ def test_batch_sums_count_real_samples_only():
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
     labels = torch.tensor([0, 0, PAD_LABEL, PAD_LABEL])  # padding rows would "match" nothing, and count nothing
-    loss = torch.nn.functional.cross_entropy(logits, labels)  # (the mean over the 2 real rows)
-    real, loss_sum, correct = batch_sums(loss, logits, labels)
-    assert (real, correct) == (2, 1.0)
-    assert loss_sum == pytest.approx(2 * float(loss))
-    assert batch_sums(loss, logits, torch.full((4,), PAD_LABEL)) == (0, 0.0, 0.0)
+    criterion = torch.nn.CrossEntropyLoss(reduction="sum", label_smoothing=0.1)  # (as the training loop runs it)
+    loss_sum = criterion(logits, labels)
+    sums = batch_sums(loss_sum, logits, labels)
+    assert sums.dtype == torch.float64 and sums.tolist()[0::2] == [2.0, 1.0]  # real rows, correct
+    mean = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, labels)  # torch's mean over the real rows
+    assert float(loss_sum / sums[0]) == pytest.approx(float(mean))
+    assert batch_sums(criterion(logits, torch.full((4,), PAD_LABEL)), logits, torch.full((4,), PAD_LABEL)).tolist() \
+        == [0.0, 0.0, 0.0]  # only padding: a zero loss (not NaN), nothing counted
 
 
 def test_an_output_that_holds_a_run_needs_resume_or_overwrite(data, tmp_path, capsys):

@@ -35,13 +35,16 @@ class ReadPlan:
     pipeline: dict[str, Any] = field(default_factory=dict)
     sample_indices: bool = False  # labels() also gives each sample's index in the source
 
-    def pipeline_settings(self, epoch: int) -> dict[str, Any]:
-        """``pipeline`` in DALI's terms for ``epoch``: its seed, the decoder for the device, DALI's dtype."""
+    def pipeline_settings(self, epoch: int, on_cpu: bool = False) -> dict[str, Any]:
+        """``pipeline`` in DALI's terms for ``epoch``: its seed, the decoder for the device, DALI's dtype;
+        ``on_cpu``: the same graph on the CPU (for a pipeline that decodes nothing)."""
         from nvidia.dali import types
 
         import pipelines
 
         settings = dict(self.pipeline)
+        if on_cpu:
+            settings |= {"device_id": None, "set_affinity": False}
         settings["dtype"] = {"float32": types.FLOAT, "float16": types.FLOAT16}[settings.get("dtype", "float32")]
         settings["decoder"] = pipelines.decoder_device(settings.get("device_id"))
         settings["seed"] = self.pipeline_seed(epoch)
@@ -213,9 +216,10 @@ class Reader(abc.ABC):
         ``indices`` is None where the source has no sample index."""
 
     @abc.abstractmethod
-    def recover(self, error: RuntimeError, epoch: int, done: int, batches) -> Restart:
-        """DALI stopped on a batch after ``done`` delivered ones: names the bad sample(s), hands them
-        to the ledger (which raises, or records them) and says where to rebuild the pipeline."""
+    def recover(self, error: RuntimeError, epoch: int, done: int, checkpoint: bytes | None) -> Restart:
+        """DALI stopped on a batch after ``done`` delivered ones (``checkpoint``: the stopped pipeline's,
+        at that point): names the bad sample(s), hands them to the ledger (which raises, or records
+        them) and says where to rebuild the pipeline."""
 
     def missing(self, epoch: int, done: int) -> list[str]:
         """The files this shard was about to read that are gone (after a storage failure)."""
@@ -228,6 +232,19 @@ class Reader(abc.ABC):
         return None
 
     # -- helpers for recover() ----------------------------------------------------------------------
+
+    def probe(self, samples) -> dict[str, str]:
+        """``{name: problem}`` of ``(name, bytes)`` samples that do not decode alone: on the CPU first
+        (a probe takes no GPU memory); where none fails there but the loader decodes on a GPU, again
+        with the loader's own decoder (a sample nvJPEG refuses is bad for this loader too)."""
+        from pipelines.probe import probe_samples
+
+        samples = list(samples)
+        problems = probe_samples(samples)
+        device_id = self.plan.pipeline.get("device_id")
+        if problems or device_id is None:
+            return problems
+        return probe_samples(samples, device_id=device_id, decoder_options=self.plan.pipeline.get("decoder_options"))
 
     @staticmethod
     def dali_message(error: RuntimeError) -> tuple[str, str | None]:

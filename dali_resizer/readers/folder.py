@@ -201,15 +201,13 @@ class FolderReader(Reader):
     def missing(self, epoch: int, done: int) -> list[str]:
         return [f for f in self._window(epoch, done) if not self.source.storage.is_file(f)]
 
-    def recover(self, error, epoch, done, batches):
-        from pipelines.probe import probe_samples
-
+    def recover(self, error, epoch, done, checkpoint):
         detail, named = self.dali_message(error)
         storage = self.source.storage
         if named and storage.is_file(named):
             bad = {named: f"{describe_bytes(storage.read(named))}; DALI: {detail}"}
         else:
             bad = {}
-            bad.update(probe_samples(read_each((f for f in self._window(epoch, done) if f not in self.ledger), bad)))
+            bad.update(self.probe(read_each((f for f in self._window(epoch, done) if f not in self.ledger), bad)))
         self.report(bad, [path for path in bad if path in self.ledger], detail, "the batch", error)
         return Restart(base=done)  # the rest of the epoch's list, the bad file replaced by a stand-in

@@ -270,7 +270,8 @@ class ShardReader(Reader):
         for tar, keys in state.get("bad_keys", {}).items():
             self.bad_keys.setdefault(tar, set()).update(keys)
 
-    def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False):
+    def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False,
+                 on_cpu: bool = False):
         import pipelines
 
         source = self.source
@@ -289,7 +290,7 @@ class ShardReader(Reader):
         # this shard's tars only: its pipeline parses only their indexes (DALI's own split would read all)
         pipe = pipelines.webdataset_pipeline(
             paths, index_paths, shard_id=0, num_shards=1, random_shuffle=self.plan.shuffle,
-            **self.plan.pipeline_settings(epoch), checkpoint=checkpoint, replay=replay)
+            **self.plan.pipeline_settings(epoch, on_cpu), checkpoint=checkpoint, replay=replay)
         pipe.build()
         return pipe
 
@@ -448,11 +449,8 @@ class ShardReader(Reader):
         self._nameless_found = found
         return found
 
-    def recover(self, error, epoch, done, batches):
-        from pipelines.probe import probe_samples
-
+    def recover(self, error, epoch, done, checkpoint):
         detail, named = self.dali_message(error)
-        checkpoint = batches.checkpoints()[0] if batches is not None else None
         if named:
             candidates = [named]
         elif checkpoint is not None:
@@ -467,7 +465,7 @@ class ShardReader(Reader):
         if named:
             problems = {name: f"{describe_bytes(data)}; DALI: {detail}" for name, (_, data) in members.items()}
         else:
-            problems = probe_samples((name, data) for name, (_, data) in members.items())
+            problems = self.probe((name, data) for name, (_, data) in members.items())
         bad, keys = {}, []
         for name, problem in problems.items():
             tar, _, member = _split_source_name(name)
@@ -484,8 +482,12 @@ class ShardReader(Reader):
 
     def _replay(self, epoch: int, checkpoint: bytes, count: int) -> list[str]:
         """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
-        pipeline that decodes nothing."""
-        pipe = self.pipeline(epoch, checkpoint, replay=True)
+        pipeline that decodes nothing: on the CPU, where DALI restores the checkpoint there (no GPU
+        memory for it), else on the loader's device."""
+        try:
+            pipe = self.pipeline(epoch, checkpoint, replay=True, on_cpu=True)
+        except RuntimeError:  # (a GPU graph's checkpoint may name operators its CPU twin lacks)
+            pipe = self.pipeline(epoch, checkpoint, replay=True)
         names = []
         for _ in range(max(count, 1)):
             image_names = pipe.run()[self.output_names.index("image_name")]

@@ -1,0 +1,31 @@
+"""benchmarks/gpu_check.sh in its dry mode: every step of the GPU check, tiny, on the CPU, so that the
+script's own bugs are found before a GPU lease is spent on it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_every_step_in_its_dry_mode(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(["bash", str(SCRIPT), "--dry", str(tmp_path)], capture_output=True, text=True, env=env,
+                            timeout=900)
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert result.returncode == 0, result.stdout[-2000:] + log[-4000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry_run"] is True
+    assert {name: step["exit"] for name, step in report["steps"].items()} == {
+        "tests": 0, "throughput": 0, "resizer": 0, "train": 0}
+    assert report["tests"]["tests"] > 0 and report["tests"]["failures"] == report["tests"]["errors"] == 0
+    names = {row["name"] for row in report["throughput"]["results"]}
+    assert {"torch-pil-bilinear", "dali-learned-train", "torchvision-decode-jpeg", "decode-only",
+            "dali-learned-resnet18-train"} <= names
+    assert report["resizer"] and report["train"][-1]["step"] == 3  # --max-steps 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.log"]  # what comes back
