@@ -5,7 +5,7 @@
 #      DALI + the learned resizer, decode-only with and without libjpeg-turbo's chroma upsampling, and a
 #      ResNet-50 training step; 5,000 images, batch 256
 #   3. the resizer benchmark on CUDA (fp32 and bf16)
-#   4. one short training run: ResNet-50 + learned resizer, bf16, channels_last
+#   4. one short training run: ResNet-50 + learned resizer, bf16, channels_last, one epoch of the 5,000 images
 # It writes gpu_check.json (every step's exit code and seconds, and every figure) and gpu_check.log
 # (everything the steps printed) under the folder given, else $OUT, else results/gpu.
 #
@@ -54,7 +54,7 @@ if [ "$dry" = 1 ]; then
               --backbone resnet18)
   resizer=(--batch-size 2 --input-sizes 64 --size 32 --repeats 1 --precisions fp32
            --rows interpolate resizer resizer-memory-efficient resnet50)
-  train=(--backbone resnet18 --batch-size 8 --size 32 --input-size 64 --max-steps 3 --num-threads 2)
+  train=(--backbone resnet18 --batch-size 8 --size 32 --input-size 64 --num-threads 2)
   images=40
 else
   device=cuda
@@ -62,7 +62,7 @@ else
   if "$python" -c "import xdist" 2>/dev/null; then tests=(-n 8 --dist loadfile); fi
   throughput=(--images 5000 --batch-size 256 --threads 8 --repeats 2 --backbone resnet50)
   resizer=(--batch-size 128 --precisions fp32 bf16 --repeats 5)
-  train=(--backbone resnet50 --batch-size 128 --max-steps 60 --log-every 20 --precision bf16)
+  train=(--backbone resnet50 --batch-size 128 --log-every 10 --precision bf16)  # (one epoch: 39 steps)
   images=5000
 fi
 contenders=(torch-pil-bilinear dali-bilinear dali-learned dali-learned-train decode-only torchvision-decode-jpeg

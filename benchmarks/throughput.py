@@ -259,7 +259,7 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
 
 
 class _EncodedFiles(torch.utils.data.Dataset):
-    """An image folder's files as encoded bytes (uint8 tensors) and labels, for GPU decoding."""
+    """An image folder's files as encoded bytes and labels, for GPU decoding."""
 
     def __init__(self, data: str) -> None:
         from dali_resizer.readers import ImageFolderSource
@@ -271,9 +271,10 @@ class _EncodedFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from torchvision.io import read_file
-
-        return read_file(self.files[i]), self.labels[i]
+        # (bytes, not tensors: a batch of many small tensors from the workers costs a shared-memory
+        # file descriptor each, which runs out)
+        with open(self.files[i], "rb") as f:
+            return f.read(), self.labels[i]
 
 
 def torchvision_decode(cfg: Config, data: str, threads: int, device: torch.device):
@@ -292,7 +293,8 @@ def torchvision_decode(cfg: Config, data: str, threads: int, device: torch.devic
 
     def epoch() -> Iterator[int]:
         for encoded, labels in loader:
-            images = decode_jpeg(list(encoded), mode=ImageReadMode.RGB, device=device)
+            encoded = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
             batch = torch.stack([transform(image) for image in images])
             labels = torch.tensor(labels).to(device, non_blocking=True)
             yield batch.shape[0]

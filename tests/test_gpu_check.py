@@ -27,5 +27,6 @@ def test_the_gpu_check_runs_every_step_in_its_dry_mode(tmp_path):
     names = {row["name"] for row in report["throughput"]["results"]}
     assert {"torch-pil-bilinear", "dali-learned-train", "torchvision-decode-jpeg", "decode-only",
             "dali-learned-resnet18-train"} <= names
-    assert report["resizer"] and report["train"][-1]["step"] == 3  # --max-steps 3
+    assert report["resizer"] and report["train"][-1]["step"] == 5  # one epoch: 40 images, batch 8
+    assert report["train"][-1]["images_per_s"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.log"]  # what comes back
