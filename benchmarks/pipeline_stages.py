@@ -22,6 +22,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
+def seconds_per_batch(pipe, batches: int, repeats: int, warmup: int = 3) -> float:
+    """A built pipeline's seconds per ``pipe.run()``: the median over ``repeats`` of ``batches`` runs,
+    after ``warmup`` runs."""
+    for _ in range(warmup):
+        pipe.run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(batches):
+            pipe.run()
+        times.append((time.perf_counter() - start) / batches)
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="image folder (default: the embedded synthetic set)")
@@ -58,15 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         pipe = graph(batch_size=a.batch_size, num_threads=a.threads, device_id=None, seed=0)
         pipe.build()
-        for _ in range(3):
-            pipe.run()
-        times = []
-        for _ in range(a.repeats):
-            start = time.perf_counter()
-            for _ in range(a.batches):
-                pipe.run()
-            times.append(time.perf_counter() - start)
-        rates[name] = a.batches * a.batch_size / statistics.median(times)
+        rates[name] = a.batch_size / seconds_per_batch(pipe, a.batches, a.repeats)
         del pipe
     print(f"{len(files)} files, {a.threads} threads, batch {a.batch_size}")
     for name, rate in rates.items():

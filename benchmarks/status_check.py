@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (pipeline_stages' timing)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
 
     from nvidia.dali import fn, pipeline_def
+    from pipeline_stages import seconds_per_batch
 
     import pipelines
     from dali_resizer import make_synthetic_folder
@@ -60,16 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
         pipe = graph(batch_size=a.batch_size, num_threads=a.threads, device_id=None, seed=0,
                      prefetch_queue_depth=1)
         pipe.build()
-        for _ in range(3):
-            pipe.run()
-        times = []
-        for _ in range(a.repeats):
-            start = time.perf_counter()
-            for _ in range(a.batches):
-                pipe.run()
-            times.append((time.perf_counter() - start) / a.batches)
         operators = len(pipe._ops)  # (the graph's operators, as DALI instantiates them)
-        rows[name] = {"ms_per_batch": 1e3 * statistics.median(times), "operators": operators}
+        rows[name] = {"ms_per_batch": 1e3 * seconds_per_batch(pipe, a.batches, a.repeats), "operators": operators}
         del pipe
     check = rows["+ status"]["ms_per_batch"] - rows["reader"]["ms_per_batch"]
     print(f"{len(files)} files, {a.threads} threads, batch {a.batch_size}")
