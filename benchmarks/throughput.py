@@ -137,21 +137,25 @@ class TreeMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> None:
+        self.peak = max(self.peak, _pss_bytes(_tree(os.getpid())))
+        if self.device is not None and self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            self.gpu_peak = max(self.gpu_peak, total - free)
+
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _pss_bytes(_tree(os.getpid())))
-            if self.device is not None and self.device.type == "cuda":
-                free, total = torch.cuda.mem_get_info(self.device)
-                self.gpu_peak = max(self.gpu_peak, total - free)
-            self._stop.wait(self.interval)
+        while not self._stop.wait(self.interval):
+            self.sample()
 
     def __enter__(self) -> TreeMonitor:
+        self.sample()  # (a pass shorter than the thread's first turn still has its figures)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.sample()
 
 
 # -- contenders ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
 
 from dali_resizer.samples import (
@@ -22,6 +23,7 @@ assert IMAGE_SIGNATURES[0][0] == "JPEG"  # (row 0 of the table is the JPEG test)
 
 __all__ = [
     "decode",
+    "center_window",
     "decoder_device",
     "image_status",
     "mixed_decoder_options",
@@ -95,6 +97,43 @@ def mixed_decoder_options(options: dict | None = None) -> dict:
     return {"jpeg_fancy_upsampling": True, **(options or {})}
 
 
+# Half-width of each interpolation's filter, in output pixels (in input pixels times the scale when the
+# antialiased resize shrinks): how far outside the crop window the resize reads.
+_FILTER_RADIUS = {types.INTERP_NN: 0.5, types.INTERP_LINEAR: 1.0, types.INTERP_TRIANGULAR: 1.0,
+                  types.INTERP_CUBIC: 2.0, types.INTERP_LANCZOS3: 3.0}
+
+
+def center_window(encoded, size: Sequence[int], crop_ratio: float, interp_type=types.INTERP_LINEAR):
+    """The evaluation transform's input window, from the header (``fn.peek_image_shape``, EXIF
+    orientation applied): ``(anchor, shape, roi_start, roi_end)``, so that decoding only
+    ``anchor .. anchor + shape`` (``fn.decoders.image_slice``) and resizing its ``roi_start .. roi_end``
+    to ``size`` gives the pixels of the whole-image path: resize, keeping the aspect ratio, to cover
+    ``size / crop_ratio`` (``mode="not_smaller"``), then the center crop of ``crop_mirror_normalize``.
+
+    That resize keeps the exact scale ``k = max(cover / (H, W))`` and rounds the output (DALI's
+    ``subpixel_scale``), centered on the image; the crop's anchor is ``round((out - size) / 2)``. The
+    window adds the filter's reach on each side (``_FILTER_RADIUS``, times ``1 / k`` when shrinking)."""
+    shape = fn.peek_image_shape(encoded, dtype=types.FLOAT64)
+    extent = [shape[0], shape[1]]
+    cover = [s / crop_ratio for s in size]
+    k = dmath.max(cover[0] / extent[0], cover[1] / extent[1])
+    reach = _FILTER_RADIUS.get(interp_type, 3.0) * dmath.max(1.0 / k, 1.0) + 1
+    anchor, window, start, end = [], [], [], []
+    for side, crop in zip(extent, size):
+        out = dmath.floor(side * k + 0.5)  # the resized side (not_smaller)
+        first = side / 2 + (dmath.floor((out - crop) / 2 + 0.5) - out / 2) / k  # the crop's first row, input
+        last = first + crop / k
+        lo = dmath.max(dmath.floor(first - reach), 0.0)
+        hi = dmath.min(dmath.ceil(last + reach), side)
+        anchor.append(lo)
+        window.append(hi - lo)
+        start.append(first - lo)
+        end.append(last - lo)
+    as_int = lambda values: fn.cast(fn.stack(*values), dtype=types.INT64)  # noqa: E731
+    as_float = lambda values: fn.cast(fn.stack(*values), dtype=types.FLOAT)  # noqa: E731
+    return as_int(anchor), as_int(window), as_float(start), as_float(end)
+
+
 def decode(
     encoded,
     *,
@@ -108,6 +147,7 @@ def decode(
     max_pixels: int = MAX_PIXELS,
     replay: bool = False,
     decoder_options: dict | None = None,
+    roi: bool = True,
 ):
     """Decodes at native resolution and brings every image to ``size`` (height, width), HWC uint8.
 
@@ -118,13 +158,16 @@ def decode(
 
     Training: random-resized-crop, decoding only the crop window (ROI decode). Evaluation: resize, keeping
     the aspect ratio, to cover ``size / crop_ratio`` (the shorter side to ``size / crop_ratio`` for a
-    square); the center crop happens in :func:`normalize`. The resize is
+    square), then the center crop; with ``roi=True`` only the crop's window is decoded and resized
+    (:func:`center_window`, the same pixels), otherwise the whole image, and the crop happens in
+    :func:`normalize`. The resize is
     antialiased, so a large downscale does not alias. Every later op runs on the decoder's device.
     On a GPU (``device="mixed"``) the decoder takes ``decoder_options`` (see
     :func:`mixed_decoder_options`).
     """
     status = image_status(encoded, max_pixels, replay=replay)
     options = mixed_decoder_options(decoder_options) if device == "mixed" else {}
+    resize = dict(interp_type=interp_type, antialias=True)
     if status == STATUS_OK:
         if train:
             images = fn.decoders.image_random_crop(
@@ -136,16 +179,23 @@ def decode(
                 num_attempts=10,
                 **options,
             )
+            images = fn.resize(images, size=list(size), **resize)
+        elif roi:
+            anchor, shape, start, end = center_window(encoded, size, crop_ratio, interp_type)
+            images = fn.decoders.image_slice(encoded, anchor, shape, device=device, output_type=types.RGB,
+                                             axis_names="HW", normalized_anchor=False, normalized_shape=False,
+                                             **options)
+            images = fn.resize(images, size=list(size), roi_start=start, roi_end=end, roi_relative=False, **resize)
         else:
             images = fn.decoders.image(encoded, device=device, output_type=types.RGB, **options)
+            cover = [s / crop_ratio for s in size]  # keeps the aspect ratio; no side ends up smaller than this
+            images = fn.resize(images, size=cover, mode="not_smaller", **resize)
     else:
         images = fn.reshape(fn.constant(idata=[0, 0, 0], shape=[1, 1, 3], dtype=types.UINT8), layout="HWC")
         if device == "mixed":
             images = images.gpu()
-    if train:
-        return fn.resize(images, size=list(size), interp_type=interp_type, antialias=True), status
-    cover = [s / crop_ratio for s in size]  # keeps the aspect ratio; no side ends up smaller than this
-    return fn.resize(images, size=cover, mode="not_smaller", interp_type=interp_type, antialias=True), status
+        images = fn.resize(images, size=list(size), **resize)
+    return images, status
 
 
 def normalize(

@@ -113,6 +113,60 @@ def test_eval_normalizes_and_center_crops(tmp_path):
     assert image.shape == (3, 28, 28)
 
 
+def _eval_case(shape, seed, fmt="JPEG", orientation=None):
+    import io
+
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    # smooth content with edges (a blurred block pattern), so a shifted window shows as a difference
+    blocks = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    image = Image.fromarray(np.kron(blocks, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w])
+    buf = io.BytesIO()
+    options = {"quality": 92} if fmt == "JPEG" else {}
+    if orientation is not None:
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        options["exif"] = exif
+    image.save(buf, format=fmt, **options)
+    return np.frombuffer(buf.getvalue(), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("interp", ["INTERP_LINEAR", "INTERP_CUBIC", "INTERP_LANCZOS3"])
+def test_eval_decodes_only_the_center_window_and_gives_the_whole_image_pixels(interp):
+    """The evaluation graph decodes the center crop's window (plus the filter's reach) and resizes its ROI:
+    the pixels are those of decoding the whole image, resizing it to cover the crop and cropping."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from pipelines.stages import center_window, decode, normalize
+
+    cases = [((60, 90), "JPEG", None), ((90, 60), "PNG", None), ((37, 211), "JPEG", None),
+             ((333, 500), "JPEG", None), ((777, 1000), "PNG", None), ((31, 29), "PNG", None),
+             ((120, 160), "JPEG", 6), ((120, 160), "JPEG", 8), ((160, 120), "JPEG", 3)]
+    encoded = [_eval_case(shape, i, fmt, o) for i, (shape, fmt, o) in enumerate(cases)]
+    size, ratio, kind = (28, 24), 0.875, getattr(types, interp)
+
+    @pipeline_def(batch_size=len(cases), num_threads=1, device_id=None, enable_conditionals=True)
+    def graph():
+        data = fn.external_source(source=lambda: encoded, batch=True)
+        outputs = []
+        for roi in (True, False):
+            images, _ = decode(data, size=size, train=False, crop_ratio=ratio, interp_type=kind, roi=roi)
+            outputs.append(normalize(images, size=size, train=False, mean=(0, 0, 0), std=(1 / 255,) * 3,
+                                     dtype=types.UINT8, layout="HWC"))
+        return (*outputs, center_window(data, size, ratio, kind)[1])
+
+    pipe = graph()
+    pipe.build()
+    window_crop, whole, window = (np.array(out.as_tensor()) for out in pipe.run())
+    assert window_crop.shape == whole.shape == (len(cases), *size, 3)
+    for (shape, fmt, orientation), a, b, (wh, ww) in zip(cases, window_crop, whole, window):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, (shape, fmt, orientation)
+        assert a.std() > 10  # (content, not a placeholder)
+        h, w = shape[::-1] if orientation in (6, 8) else shape  # (as displayed)
+        if min(h, w) > 8 * max(size):  # a large downscale: the window leaves out much of the long side
+            assert wh <= h and ww <= w and wh * ww < 0.85 * h * w, (shape, (wh, ww))
+
+
 def test_train_flips_and_crops_differ_between_samples(tmp_path):
     pixels = np.zeros((40, 40, 3), dtype=np.uint8)
     pixels[:, :20] = 255  # left half white
