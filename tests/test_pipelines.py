@@ -131,8 +131,11 @@ def _eval_case(shape, seed, fmt="JPEG", orientation=None):
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("interp", ["INTERP_LINEAR", "INTERP_CUBIC", "INTERP_LANCZOS3"])
-def test_eval_decodes_only_the_center_window_and_gives_the_whole_image_pixels(interp):
+@pytest.mark.parametrize(("interp", "device"), [
+    ("INTERP_LINEAR", "cpu"), ("INTERP_CUBIC", "cpu"), ("INTERP_LANCZOS3", "cpu"),
+    pytest.param("INTERP_LINEAR", "mixed", marks=pytest.mark.needs_cuda),  # nvJPEG's ROI decode
+])
+def test_eval_decodes_only_the_center_window_and_gives_the_whole_image_pixels(interp, device):
     """The evaluation graph decodes the center crop's window (plus the filter's reach) and resizes its ROI:
     the pixels are those of decoding the whole image, resizing it to cover the crop and cropping."""
     from nvidia.dali import fn, pipeline_def, types
@@ -145,19 +148,20 @@ def test_eval_decodes_only_the_center_window_and_gives_the_whole_image_pixels(in
     encoded = [_eval_case(shape, i, fmt, o) for i, (shape, fmt, o) in enumerate(cases)]
     size, ratio, kind = (28, 24), 0.875, getattr(types, interp)
 
-    @pipeline_def(batch_size=len(cases), num_threads=1, device_id=None, enable_conditionals=True)
+    @pipeline_def(batch_size=len(cases), num_threads=1, enable_conditionals=True)
     def graph():
         data = fn.external_source(source=lambda: encoded, batch=True)
         outputs = []
         for roi in (True, False):
-            images, _ = decode(data, size=size, train=False, crop_ratio=ratio, interp_type=kind, roi=roi)
+            images, _ = decode(data, size=size, train=False, device=device, crop_ratio=ratio, interp_type=kind,
+                               roi=roi)
             outputs.append(normalize(images, size=size, train=False, mean=(0, 0, 0), std=(1 / 255,) * 3,
                                      dtype=types.UINT8, layout="HWC"))
         return (*outputs, center_window(data, size, ratio, kind)[1])
 
-    pipe = graph()
+    pipe = graph(device_id=None if device == "cpu" else 0)
     pipe.build()
-    window_crop, whole, window = (np.array(out.as_tensor()) for out in pipe.run())
+    window_crop, whole, window = (np.array(out.as_cpu().as_tensor()) for out in pipe.run())
     assert window_crop.shape == whole.shape == (len(cases), *size, 3)
     for (shape, fmt, orientation), a, b, (wh, ww) in zip(cases, window_crop, whole, window):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, (shape, fmt, orientation)
