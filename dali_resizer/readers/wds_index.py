@@ -32,7 +32,8 @@ CUT_SUFFIX = ".cut"  # beside an index: the members of a tar cut short that buil
 
 def sample_key(member: str) -> str:
     """A tar member's WebDataset sample key: its path up to the first dot of its file name."""
-    return os.path.join(os.path.dirname(member), os.path.basename(member).split(".", 1)[0])
+    dot = member.find(".", member.rfind("/") + 1)
+    return member if dot < 0 else member[:dot]
 
 
 def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> int:

@@ -215,7 +215,7 @@ def _ascii_labels(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _row_texts(raw: torch.Tensor) -> list[str]:
     """Zero-padded uint8 rows (DALI's source names, labels) to strings."""
-    return [bytes(row[row != 0].tolist()).decode("utf-8", "surrogateescape") for row in raw.cpu()]
+    return [row.tobytes().replace(b"\0", b"").decode("utf-8", "surrogateescape") for row in raw.cpu().numpy()]
 
 
 def _split_source_name(name: str) -> tuple[str, int, str]:
