@@ -6,7 +6,8 @@
 #      ResNet-50 training step; 5,000 images, batch 256
 #   3. the resizer benchmark on CUDA (fp32 and bf16)
 #   4. one short training run: ResNet-50 + learned resizer, bf16, channels_last, one epoch of the 5,000 images
-#   5. the evaluation graph with nvJPEG decoding the whole image against only the center crop's window
+#   5. the loader's graphs decoding whole images against only the crops' windows (nvJPEG's ROI decode), each
+#      form a step of its own, so that one decoder failing (nvImageCodec issue 55) does not hide the others
 # It writes gpu_check.json (every step's exit code and seconds, and every figure) and gpu_check.log
 # (everything the steps printed) under the folder given, else $OUT, else results/gpu.
 #
@@ -56,7 +57,7 @@ if [ "$dry" = 1 ]; then
   resizer=(--batch-size 2 --input-sizes 64 --size 32 --repeats 1 --precisions fp32
            --rows interpolate resizer resizer-memory-efficient resnet50)
   train=(--backbone resnet18 --batch-size 8 --size 32 --input-size 64 --num-threads 2)
-  evaluation=(--device cpu --threads 2 --batch-size 8 --batches 2 --repeats 1 --size 32)
+  windows=(--device cpu --threads 2 --batch-size 8 --batches 2 --repeats 1 --size 32)
   images=40
 else
   device=cuda
@@ -65,7 +66,7 @@ else
   throughput=(--images 5000 --batch-size 256 --threads 8 --repeats 2 --backbone resnet50)
   resizer=(--batch-size 128 --precisions fp32 bf16 --repeats 5)
   train=(--backbone resnet50 --batch-size 128 --log-every 10 --precision bf16)  # (one epoch: 39 steps)
-  evaluation=(--device gpu --threads 8 --batch-size 128 --batches 10 --repeats 3 --size 224)
+  windows=(--device gpu --threads 8 --batch-size 128 --batches 10 --repeats 3 --size 224)
   images=5000
 fi
 contenders=(torch-pil-bilinear dali-bilinear dali-learned dali-learned-train decode-only torchvision-decode-jpeg
@@ -79,7 +80,10 @@ step resizer 150 "$python" benchmarks/resizer.py --device "$device" "${resizer[@
 data=$("$python" -c "from dali_resizer import make_synthetic_folder as m; print(m(images_per_class=-(-$images // 10)))")
 step train 150 "$python" -m dali_resizer.train --data "$data" --epochs 1 --device "$device" "${train[@]}" \
   --output "$work/train"
-step eval-window 90 "$python" benchmarks/eval_window.py --data "$data" "${evaluation[@]}" --json "$work/eval_window.json"
+for form in eval-whole eval-window train-whole train-window; do
+  step "roi-decode-$form" 60 "$python" benchmarks/roi_decode.py --data "$data" "${windows[@]}" --forms "$form" \
+    --json "$work/roi_decode-$form.json"
+done
 
 "$python" - "$work" "$out/gpu_check.json" "$dry" <<'PY'
 import json, platform, sys, xml.etree.ElementTree as ET
@@ -114,7 +118,7 @@ if junit.is_file():
 report["throughput"] = read(work / "throughput.json")
 report["resizer"] = read(work / "resizer.json")
 report["train"] = read(work / "train" / "metrics.json")
-report["eval_window"] = read(work / "eval_window.json")
+report["roi_decode"] = {path.stem.split("-", 1)[1]: read(path)["rows"] for path in sorted(work.glob("roi_decode-*.json"))}
 target.write_text(json.dumps(report, indent=2, default=str))
 print(json.dumps({"steps": steps, "tests": report.get("tests")}, indent=1))
 PY

@@ -168,6 +168,10 @@ class DALILoader:
             thread on the device and in pinned host memory (twice); ``None``: DALI's defaults (16 MiB
             and 8 MiB). Lower them with many ranks per host.
         set_affinity: Pin DALI's CPU threads to the cores nearest the GPU (DALI's ``set_affinity``).
+        roi_decode: Decode only the crop's window (training's random crop, evaluation's center crop
+            with the filter's reach). ``False``: decode whole images and crop after, the same
+            transform (evaluation: the same pixels); on a GPU that lets the hardware JPEG decoder,
+            which does not decode windows, take its share, at the cost of whole images in memory.
 
     ``DataLoader``'s own arguments: ``num_workers`` is torch's name for ``num_threads`` (DALI has
     threads, not worker processes: ``N > 0`` gives ``N`` threads, ``0`` one); ``prefetch_factor`` is
@@ -224,6 +228,7 @@ class DALILoader:
         device_memory_padding: int | None = None,
         host_memory_padding: int | None = None,
         set_affinity: bool = False,
+        roi_decode: bool = True,
         num_workers: int | None = None,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -325,6 +330,9 @@ class DALILoader:
             ("hw_decoder_load", hw_decoder_load), ("device_memory_padding", device_memory_padding),
             ("host_memory_padding", host_memory_padding)) if value is not None}
         self.set_affinity = bool(set_affinity)
+        if not isinstance(roi_decode, bool):
+            raise ValueError(f"roi_decode must be True or False, got {roi_decode!r}")
+        self.roi_decode = roi_decode
         self._ledger = BadSamples(on_error)
         self.dataset = open_source(source, index_dir)
         self._reader = self.dataset.reader(self._plan(), self._ledger)
@@ -352,6 +360,7 @@ class DALILoader:
             max_pixels=min(self.max_pixels if self.max_pixels is not None else 2**31 - 1, 2**31 - 1),  # (int32)
             decoder_options=self.decoder_options,
             set_affinity=self.set_affinity and self.device.type == "cuda",
+            roi_decode=self.roi_decode,
             enable_checkpointing=True,
         )
         return ReadPlan(batch_size=self.batch_size, shard_id=self.shard_id, num_shards=self.num_shards,
@@ -506,9 +515,10 @@ class DALILoader:
         self._reader.carried = Carried(self._epoch, delivered) if delivered.size else None
     def _pipeline_identity(self) -> dict:
         """What a saved position and DALI checkpoint depend on besides the data and the shard: the
-        batch size (positions count batches) and the pipeline's graph (training or evaluation)."""
+        batch size (positions count batches) and the pipeline's graph (training or evaluation, the
+        form of decoding: its random draws differ)."""
         return {"batch_size": self.batch_size, "train": self.train, "shuffle": self.shuffle,
-                "drop_last": self.drop_last}
+                "drop_last": self.drop_last, "roi_decode": self.roi_decode}
 
     def __repr__(self) -> str:
         return (

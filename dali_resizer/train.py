@@ -90,6 +90,7 @@ class TrainConfig:
     random_area: tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_ratio: float = 0.875
+    roi_decode: bool = True
     recipe: str = "adamw"
     optimizer: str | None = None
     lr: float | None = None
@@ -294,7 +295,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     _check_output(out, cfg)
     train_dir, val_dir = _split_data(cfg)
     common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
-                  seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error)
+                  seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error, roi_decode=cfg.roi_decode)
     train_loader = DALILoader(train_dir, train=True, drop_last=True, random_area=tuple(cfg.random_area),
                               random_aspect_ratio=tuple(cfg.random_aspect_ratio), **common)
     if len(train_loader) == 0:
@@ -542,6 +543,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--random-aspect-ratio", type=float, nargs=2, default=d.random_aspect_ratio,
                    metavar=("LOW", "HIGH"), help="training crop aspect-ratio range (torchvision's ratio)")
     g.add_argument("--crop-ratio", type=float, default=d.crop_ratio, help="evaluation center-crop ratio")
+    g.add_argument("--roi-decode", action=argparse.BooleanOptionalAction, default=d.roi_decode,
+                   help="decode only the crops' windows (--no-roi-decode: whole images, cropped after: on a GPU "
+                        "the hardware JPEG decoder's way)")
     g = p.add_argument_group("model")
     g.add_argument("--resizer", choices=RESIZERS, default=d.resizer,
                    help="learned (Talebi & Milanfar), muller (Tu et al., 4 parameters), or a fixed bilinear/bicubic "

@@ -32,6 +32,7 @@ def image_folder_pipeline(
     std: Sequence[float] = IMAGENET_STD,
     replay: bool = False,
     decoder_options: dict | None = None,
+    roi_decode: bool = True,
 ):
     """Reads ``files`` in the given order and yields ``(images, sample_ids, status)``.
 
@@ -44,7 +45,7 @@ def image_folder_pipeline(
     decoder's device; sample ids ``(N, 1)`` int32
     on the CPU; ``status`` ``(N,)`` uint8 on the CPU (:func:`pipelines.image_status`): not 0 where an
     image over ``max_pixels``, or a file that is not an image, was replaced by a placeholder instead of
-    being decoded. ``replay``, ``decoder_options``: see :func:`pipelines.decode`.
+    being decoded. ``replay``, ``decoder_options``, ``roi_decode`` (its ``roi``): see :func:`pipelines.decode`.
     """
     encoded, ids = fn.readers.file(
         files=list(files),
@@ -58,7 +59,7 @@ def image_folder_pipeline(
     )
     images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
                             random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
-                            replay=replay, decoder_options=decoder_options)
+                            replay=replay, decoder_options=decoder_options, roi=roi_decode)
     images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
     return images, ids, status
 

@@ -156,11 +156,12 @@ def decode(
     says why, so memory stays bounded and the caller can name the sample. ``replay=True`` decodes
     nothing (see :func:`image_status`). (Needs ``enable_conditionals=True``.)
 
-    Training: random-resized-crop, decoding only the crop window (ROI decode). Evaluation: resize, keeping
-    the aspect ratio, to cover ``size / crop_ratio`` (the shorter side to ``size / crop_ratio`` for a
-    square), then the center crop; with ``roi=True`` only the crop's window is decoded and resized
-    (:func:`center_window`, the same pixels), otherwise the whole image, and the crop happens in
-    :func:`normalize`. The resize is
+    Training: random-resized-crop. Evaluation: resize, keeping the aspect ratio, to cover
+    ``size / crop_ratio`` (the shorter side to ``size / crop_ratio`` for a square), then the center
+    crop. With ``roi=True`` only the crop's window is decoded (ROI decode: ``image_random_crop``; for
+    evaluation :func:`center_window`, the same pixels); with ``roi=False`` the whole image is decoded
+    and cropped after (``fn.random_resized_crop``; the evaluation crop in :func:`normalize`), which
+    lets a GPU's hardware JPEG decoder take part. The resize is
     antialiased, so a large downscale does not alias. Every later op runs on the decoder's device.
     On a GPU (``device="mixed"``) the decoder takes ``decoder_options`` (see
     :func:`mixed_decoder_options`).
@@ -169,7 +170,7 @@ def decode(
     options = mixed_decoder_options(decoder_options) if device == "mixed" else {}
     resize = dict(interp_type=interp_type, antialias=True)
     if status == STATUS_OK:
-        if train:
+        if train and roi:
             images = fn.decoders.image_random_crop(
                 encoded,
                 device=device,
@@ -180,6 +181,10 @@ def decode(
                 **options,
             )
             images = fn.resize(images, size=list(size), **resize)
+        elif train:
+            images = fn.decoders.image(encoded, device=device, output_type=types.RGB, **options)
+            images = fn.random_resized_crop(images, size=list(size), random_area=list(random_area),
+                                            random_aspect_ratio=list(random_aspect_ratio), num_attempts=10, **resize)
         elif roi:
             anchor, shape, start, end = center_window(encoded, size, crop_ratio, interp_type)
             images = fn.decoders.image_slice(encoded, anchor, shape, device=device, output_type=types.RGB,

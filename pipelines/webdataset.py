@@ -40,6 +40,7 @@ def webdataset_pipeline(
     std: Sequence[float] = IMAGENET_STD,
     replay: bool = False,
     decoder_options: dict | None = None,
+    roi_decode: bool = True,
 ):
     """Reads samples ``<key>.{jpg,jpeg,png,webp}`` + ``<key>.cls`` from tar shards.
 
@@ -52,6 +53,7 @@ def webdataset_pipeline(
     digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU; ``status`` as in
     :func:`pipelines.image_folder_pipeline`; the source of the image and of the label as DALI names
     them (``"<tar>:<offset>:<member>"``, zero-padded uint8 rows), which say which sample each row is.
+    ``replay``, ``decoder_options``, ``roi_decode`` (its ``roi``): see :func:`pipelines.decode`.
     """
     encoded, label_text = fn.readers.webdataset(
         paths=list(paths),
@@ -68,7 +70,7 @@ def webdataset_pipeline(
     )
     images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
                             random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
-                            replay=replay, decoder_options=decoder_options)
+                            replay=replay, decoder_options=decoder_options, roi=roi_decode)
     images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
     image_name = fn.pad(fn.get_property(encoded, key="source_info"), axes=(0,), fill_value=0)
     label_name = fn.pad(fn.get_property(label_text, key="source_info"), axes=(0,), fill_value=0)

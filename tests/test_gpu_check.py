@@ -22,13 +22,15 @@ def test_the_gpu_check_runs_every_step_in_its_dry_mode(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] is True
     assert {name: step["exit"] for name, step in report["steps"].items()} == {
-        "tests": 0, "throughput": 0, "resizer": 0, "train": 0, "eval-window": 0}
+        "tests": 0, "throughput": 0, "resizer": 0, "train": 0, "roi-decode-eval-whole": 0, "roi-decode-eval-window": 0,
+        "roi-decode-train-whole": 0, "roi-decode-train-window": 0}
     assert report["tests"]["tests"] > 0 and report["tests"]["failures"] == report["tests"]["errors"] == 0
     names = {row["name"] for row in report["throughput"]["results"]}
     assert {"torch-pil-bilinear", "dali-learned-train", "torchvision-decode-jpeg", "decode-only",
             "dali-learned-resnet18-train"} <= names
     assert report["resizer"] and report["train"][-1]["step"] == 5  # one epoch: 40 images, batch 8
     assert report["train"][-1]["images_per_s"] > 0
-    window = report["eval_window"]["rows"]
-    assert window["window"]["decoded_mpx_per_image"] < window["whole"]["decoded_mpx_per_image"]
+    forms = {form: rows[form] for form, rows in report["roi_decode"].items()}  # (one form per step)
+    assert set(forms) == {"eval-whole", "eval-window", "train-whole", "train-window"}
+    assert forms["eval-window"]["decoded_mpx_per_image"] < forms["eval-whole"]["decoded_mpx_per_image"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.log"]  # what comes back

@@ -93,15 +93,19 @@ def _ops(pipe) -> list[tuple[str, str, str]]:
     return rows
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_the_mixed_graph_decodes_as_the_cpu_does_with_the_loaders_settings(image_folder, train):
+@pytest.mark.parametrize(("train", "roi_decode", "decoder"), [
+    (True, True, "decoders__ImageRandomCrop"), (False, True, "decoders__ImageSlice"),
+    (True, False, "decoders__Image"), (False, False, "decoders__Image")])
+def test_the_mixed_graph_decodes_as_the_cpu_does_with_the_loaders_settings(image_folder, train, roi_decode, decoder):
     loader = DALILoader(image_folder, batch_size=4, size=16, device="cpu", train=train, hw_decoder_load=0.9,
-                        device_memory_padding=0, host_memory_padding=1 << 20, set_affinity=True)
+                        device_memory_padding=0, host_memory_padding=1 << 20, set_affinity=True, roi_decode=roi_decode)
     files, ids = loader._reader.epoch_samples(0)
     ops = _ops(_mixed_graph(loader, files, ids.tolist()))
-    decoders = [(device, text) for schema, device, text in ops if schema.startswith("decoders__")]
-    assert len(decoders) == 1 and decoders[0][0] == "mixed"
-    text = decoders[0][1]
+    decoders = [(schema, device, text) for schema, device, text in ops if schema.startswith("decoders__")]
+    assert [(schema, device) for schema, device, _ in decoders] == [(decoder, "mixed")]
+    if train and not roi_decode:  # the random crop after the whole image, on the GPU
+        assert [device for schema, device, _ in ops if schema == "RandomResizedCrop"] == ["gpu"]
+    text = decoders[0][2]
     for argument in ("jpeg_fancy_upsampling: True", "hw_decoder_load: 0.9", "device_memory_padding: 0",
                      f"host_memory_padding: {1 << 20}"):
         assert argument in text, argument
@@ -280,8 +284,10 @@ def _eval_batches(source, device, **kw):
 
 
 @pytest.mark.needs_cuda
-def test_gpu_batches_are_the_cpu_batches_within_the_decoders_tolerance(image_folder):
-    cpu, gpu = _eval_batches(image_folder, "cpu"), _eval_batches(image_folder, "cuda")
+@pytest.mark.parametrize("roi_decode", [True, False])  # (nvJPEG's window decode; whole, the hardware decoder's)
+def test_gpu_batches_are_the_cpu_batches_within_the_decoders_tolerance(image_folder, roi_decode):
+    cpu = _eval_batches(image_folder, "cpu")
+    gpu = _eval_batches(image_folder, "cuda", roi_decode=roi_decode)
     assert [y.tolist() for _, y in cpu] == [y.tolist() for _, y in gpu]
     diff = torch.cat([(a - b).abs().flatten() for (a, _), (b, _) in zip(cpu, gpu)])
     # (normalized units: 1/255 of a channel is ~0.017) nvJPEG's IDCT against libjpeg-turbo's, same upsampling
@@ -315,9 +321,10 @@ def test_gpu_batches_are_handed_over_without_a_copy_and_stay_intact(image_folder
 
 
 @pytest.mark.needs_cuda
-def test_resume_mid_epoch_on_the_gpu_is_exact(image_folder):
+@pytest.mark.parametrize("roi_decode", [True, False])
+def test_resume_mid_epoch_on_the_gpu_is_exact(image_folder, roi_decode):
     def make():
-        return DALILoader(image_folder, batch_size=4, size=32, seed=3, device="cuda")
+        return DALILoader(image_folder, batch_size=4, size=32, seed=3, device="cuda", roi_decode=roi_decode)
 
     whole = [x.clone() for x, _ in make()]
     first = make()
@@ -362,3 +369,16 @@ def test_resizer_training_steps_on_cuda_bf16_channels_last(memory_efficient):
     torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2)
     got.float().square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in variant.parameters())
+
+
+def test_a_gpu_batch_failing_with_no_bad_sample_points_at_whole_image_decoding(image_folder):
+    """A batch that fails on the GPU although each of its samples decodes alone (there whole, with the same
+    decoder) may be nvImageCodec's window decoding: the error says what to try."""
+    from dali_resizer.samples import BadSampleError
+
+    for roi_decode, on_gpu, hinted in ((True, False, False), (True, True, True), (False, True, False)):
+        reader = DALILoader(image_folder, batch_size=2, size=8, device="cpu", roi_decode=roi_decode)._reader
+        reader.plan.pipeline["device_id"] = 0 if on_gpu else None  # (as a loader on GPU 0 has it)
+        with pytest.raises(BadSampleError, match="no single sample fails alone: nvImageCodec failure") as raised:
+            reader.report({}, [], "nvImageCodec failure: '#8'", "files a.jpg", RuntimeError("DALI"))
+        assert ("roi_decode=False decodes whole images" in str(raised.value)) == hinted

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dali_resizer import PAD_LABEL, DALILoader, real_mask
+from dali_resizer.samples import IMAGENET_STD
 
 
 def one_pass(loader):
@@ -116,6 +117,36 @@ def test_channels_last_batches_hold_the_same_images(image_folder, train):
     torch.testing.assert_close(nhwc.float(), nchw, rtol=0, atol=float(nchw.abs().max()) * 2 ** -8)
     with pytest.raises(ValueError, match="memory_format must be"):
         DALILoader(image_folder, batch_size=4, memory_format=torch.preserve_format)
+
+
+def test_whole_image_decoding_is_the_same_transform(image_folder, shard_dir):
+    """``roi_decode=False`` decodes whole images and crops after: evaluation gives the same pixels
+    (within one level of the resize's rounding); training the same random-resized-crop (other draws),
+    reproducible and resumable; a state of one form does not resume the other."""
+    level = 1 / 255 / min(IMAGENET_STD) + 1e-6  # one uint8 level, normalized
+    for source in (image_folder, shard_dir):
+        kw = dict(batch_size=4, size=(16, 12), train=False, device="cpu")
+        window, labels = one_pass(DALILoader(source, **kw))
+        whole, whole_labels = one_pass(DALILoader(source, roi_decode=False, **kw))
+        assert torch.equal(labels, whole_labels)
+        torch.testing.assert_close(whole, window, rtol=0, atol=level)
+
+    def make():
+        return DALILoader(image_folder, batch_size=4, size=(16, 12), train=True, seed=4, device="cpu", roi_decode=False)
+
+    first, again = one_pass(make())[0], one_pass(make())[0]
+    assert first.shape == (11, 3, 16, 12) and torch.equal(first, again)  # (seed, epoch) decide the crops
+    loader = make()
+    it = iter(loader)
+    head = next(it)[0]
+    state = loader.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(torch.cat([head, *[x for x, _ in resumed]]), first, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="roi_decode=False, this loader has roi_decode=True"):
+        DALILoader(image_folder, batch_size=4, size=(16, 12), train=True, seed=4, device="cpu").load_state_dict(state)
+    with pytest.raises(ValueError, match="roi_decode must be True or False"):
+        DALILoader(image_folder, batch_size=4, roi_decode="no")
 
 
 def test_real_mask_counts_each_sample_once_across_ranks(image_folder):

@@ -8,14 +8,16 @@ def test_every_stage_is_measured(image_folder):
     assert all(rate > 0 for rate in rates.values())
 
 
-def test_the_eval_window_benchmark_decodes_fewer_pixels(image_folder):
-    report = load_benchmark("eval_window").main(["--data", str(image_folder), "--batch-size", "4", "--size", "8",
-                                                 "--batches", "1", "--repeats", "1", "--threads", "1"])
+def test_the_roi_decode_benchmark_decodes_fewer_pixels_in_windows(image_folder):
+    report = load_benchmark("roi_decode").main(["--data", str(image_folder), "--batch-size", "4", "--size", "8",
+                                                "--batches", "1", "--repeats", "1", "--threads", "1"])
     rows = report["rows"]
-    assert set(rows) == {"whole", "window"} and all(r["images_per_s"] > 0 for r in rows.values())
+    assert set(rows) == {"eval-whole", "eval-window", "train-whole", "train-window"}
+    assert all(r["images_per_s"] > 0 for r in rows.values())
     # 11-60 x 17-80 images cropped to cover 8 / 0.875: the window leaves out part of most of them
-    assert rows["window"]["decoded_mpx_per_image"] < rows["whole"]["decoded_mpx_per_image"]
-    assert report["pixel_ratio"] == rows["window"]["decoded_mpx_per_image"] / rows["whole"]["decoded_mpx_per_image"]
+    for kind in ("eval", "train"):
+        window, whole = rows[f"{kind}-window"]["decoded_mpx_per_image"], rows[f"{kind}-whole"]["decoded_mpx_per_image"]
+        assert window < whole and report["ratios"][kind]["pixel_ratio"] == window / whole
 
 
 def test_the_shard_labels_benchmark_times_a_real_batch(image_folder):

@@ -262,8 +262,12 @@ class Reader(abc.ABC):
         """Hands what :meth:`recover` found to the ledger; a batch that fails without a failing sample,
         or a sample that fails again after it was skipped, is an error either way."""
         if not bad:
+            hint = ("; the samples decode whole on this GPU: if its window decoding is what fails (nvImageCodec "
+                    "issue 55, nvImageCodec 0.9 on A100/H100-class GPUs), roi_decode=False decodes whole images"
+                    if self.plan.pipeline.get("device_id") is not None and self.plan.pipeline.get("roi_decode", True)
+                    else "")
             raise BadSampleError(f"DALI failed on a batch of {where} ... and no single sample fails alone: "
-                                 f"{detail}") from error
+                                 f"{detail}{hint}") from error
         if repeated:
             raise BadSampleError(f"{repeated[0]}: still fails after it was skipped; DALI: {detail}") from error
         self.ledger.found(bad, stacklevel=4)  # (found, report, recover, the loader: the caller)
