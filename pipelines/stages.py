@@ -22,8 +22,8 @@ from dali_resizer.samples import (
 assert IMAGE_SIGNATURES[0][0] == "JPEG"  # (row 0 of the table is the JPEG test)
 
 __all__ = [
-    "decode",
     "center_window",
+    "decode",
     "decoder_device",
     "image_status",
     "mixed_decoder_options",
