@@ -583,17 +583,13 @@ class DALILoader:
                                f"bad sample; DALI: {said}); free GPU memory, or lower batch_size or "
                                f"device_memory_padding: loader.state_dict() resumes there") from error
                 if _STORAGE_FAILED.search(str(error)):  # not a sample's fault: the storage went away
-                    detail = self._reader.dali_message(error)[0]
-                    gone = self._reader.missing(epoch, done) if "curlCode" not in str(error) else []
-                    if gone:  # an object removed while the epoch ran
-                        raise FileNotFoundError(
-                            f"{gone[0]}: removed while epoch {epoch} was read (after batch {done}); put it back "
-                            f"and loader.state_dict() resumes the epoch there") from None
-                    raise ConnectionError(
-                        f"{self._reader.describe()} at {self.dataset_location()}: reading stopped after batch {done} "
-                        f"of epoch {epoch} (DALI: {detail}); loader.state_dict() resumes the epoch there once the "
-                        f"storage answers again") from None
-                restart = self._reader.recover(error, epoch, done, checkpoint)
+                    raise self._storage_failure(error, epoch, done) from None
+                try:
+                    restart = self._reader.recover(error, epoch, done, checkpoint)
+                except RuntimeError as again:  # (DALI may lose the reason: then the replay's build says it)
+                    if not _STORAGE_FAILED.search(str(again)):
+                        raise
+                    raise self._storage_failure(again, epoch, done) from None
                 checkpoint = restart.checkpoint
                 if restart.base is not None:
                     base = restart.base
@@ -611,6 +607,18 @@ class DALILoader:
         self._drop_carried(epoch + 1)  # (an epoch taken over from another world is read once)
         if reusable and not rebuilt:  # (a pipeline rebuilt mid-epoch may cover only the rest)
             self._finished = batches
+
+    def _storage_failure(self, error: RuntimeError, epoch: int, done: int) -> OSError:
+        """What to raise when the storage failed under DALI's reader: the object removed while the epoch
+        ran, named (``FileNotFoundError``), else the storage unreachable (``ConnectionError``)."""
+        gone = self._reader.missing(epoch, done) if "curlCode" not in str(error) else []
+        if gone:
+            return FileNotFoundError(f"{gone[0]}: removed while epoch {epoch} was read (after batch {done}); put it "
+                                     f"back and loader.state_dict() resumes the epoch there")
+        return ConnectionError(
+            f"{self._reader.describe()} at {self.dataset_location()}: reading stopped after batch {done} of epoch "
+            f"{epoch} (DALI: {self._reader.dali_message(error)[0]}); loader.state_dict() resumes the epoch there "
+            f"once the storage answers again")
 
     def dataset_location(self) -> str:
         """Where the source is read from: its root folder, prefix or first tar."""
