@@ -113,25 +113,19 @@ def center_window(encoded, size: Sequence[int], crop_ratio: float, interp_type=t
     That resize keeps the exact scale ``k = max(cover / (H, W))`` and rounds the output (DALI's
     ``subpixel_scale``), centered on the image; the crop's anchor is ``round((out - size) / 2)``. The
     window adds the filter's reach on each side (``_FILTER_RADIUS``, times ``1 / k`` when shrinking)."""
-    shape = fn.peek_image_shape(encoded, dtype=types.FLOAT64)
-    extent = [shape[0], shape[1]]
-    cover = [s / crop_ratio for s in size]
-    k = dmath.max(cover[0] / extent[0], cover[1] / extent[1])
+    # (each quantity a (2,) tensor, height and width: one operator per step, not one per side)
+    side = fn.peek_image_shape(encoded, dtype=types.FLOAT64)[0:2]
+    crop = fn.constant(fdata=[float(s) for s in size], shape=[2], dtype=types.FLOAT)  # (exact; promoted)
+    scales = crop / crop_ratio / side
+    k = dmath.max(scales[0], scales[1])  # (DALI's reductions take no float64)
     reach = _FILTER_RADIUS.get(interp_type, 3.0) * dmath.max(1.0 / k, 1.0) + 1
-    anchor, window, start, end = [], [], [], []
-    for side, crop in zip(extent, size):
-        out = dmath.floor(side * k + 0.5)  # the resized side (not_smaller)
-        first = side / 2 + (dmath.floor((out - crop) / 2 + 0.5) - out / 2) / k  # the crop's first row, input
-        last = first + crop / k
-        lo = dmath.max(dmath.floor(first - reach), 0.0)
-        hi = dmath.min(dmath.ceil(last + reach), side)
-        anchor.append(lo)
-        window.append(hi - lo)
-        start.append(first - lo)
-        end.append(last - lo)
-    as_int = lambda values: fn.cast(fn.stack(*values), dtype=types.INT64)  # noqa: E731
-    as_float = lambda values: fn.cast(fn.stack(*values), dtype=types.FLOAT)  # noqa: E731
-    return as_int(anchor), as_int(window), as_float(start), as_float(end)
+    out = dmath.floor(side * k + 0.5)  # the resized sides (not_smaller)
+    first = side / 2 + (dmath.floor((out - crop) / 2 + 0.5) - out / 2) / k  # the crop's first row and column
+    last = first + crop / k
+    lo = dmath.max(dmath.floor(first - reach), 0.0)
+    hi = dmath.min(dmath.ceil(last + reach), side)
+    return (fn.cast(lo, dtype=types.INT64), fn.cast(hi - lo, dtype=types.INT64),
+            fn.cast(first - lo, dtype=types.FLOAT), fn.cast(last - lo, dtype=types.FLOAT))
 
 
 def decode(
