@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check: one short run on a CUDA host (planned for under 8 minutes on one H200) of
-#   1. the whole test suite, the needs_cuda tests included (pytest-xdist where it is installed)
+# The GPU check: one short run on a CUDA host (planned for under 8 minutes on one H200; the steps' limits add
+# up to 9.8) of
+#   1. the whole test suite: the needs_cuda tests first, then the others (pytest-xdist where it is installed)
 #   2. the throughput comparison on the GPU: torchvision's CPU loading and its GPU decode_jpeg against
 #      DALI + the learned resizer, decode-only with and without libjpeg-turbo's chroma upsampling, and a
 #      ResNet-50 training step; 5,000 images, batch 256
@@ -34,7 +35,8 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its o
   shift 2
   local start=$SECONDS
   echo "== $name: $*" | tee -a "$log"
-  timeout "$limit" "$@" >>"$log" 2>&1
+  # SIGINT first: Python stops as on Ctrl-C (pytest still writes its junit file of the tests run so far)
+  timeout --signal=INT --kill-after=20 "$limit" "$@" >>"$log" 2>&1
   local rc=$?
   echo "$name $rc $((SECONDS - start))" >>"$work/steps"
   echo "== $name: exit $rc after $((SECONDS - start)) s" | tee -a "$log"
@@ -51,7 +53,7 @@ fi
 
 if [ "$dry" = 1 ]; then
   device=cpu
-  tests=(tests/test_gpu_path.py)
+  tests=(tests/test_gpu_path.py tests/test_throughput.py)  # (a quick file and a slow one)
   throughput=(--images 40 --batch-size 8 --threads 2 --repeats 1 --learned-images 8 --size 32 --input-size 64
               --backbone resnet18)
   resizer=(--batch-size 2 --input-sizes 64 --size 32 --repeats 1 --precisions fp32
@@ -73,15 +75,22 @@ contenders=(torch-pil-bilinear dali-bilinear dali-learned dali-learned-train dec
             "dali-learned-${throughput[-1]}-train")
 [ "$dry" = 0 ] && contenders+=(decode-only-plain-upsampling)  # (nvJPEG's own upsampling: GPU only)
 
-step tests 330 "$python" -m pytest -q -rs -p no:cacheprovider "${tests[@]}" --junitxml="$work/junit.xml"
-step throughput 240 "$python" benchmarks/throughput.py --device "$device" "${throughput[@]}" \
+# The needs_cuda tests first (what only a GPU host can run), then the quick rest, then the slow rest, which
+# CI runs too: each step's limit stops it with SIGINT, and its junit file still holds the tests that ran.
+step tests-cuda 90 "$python" -m pytest -q -rs -p no:cacheprovider -m needs_cuda "${tests[@]}" \
+  --junitxml="$work/junit-cuda.xml"
+step tests-quick 90 "$python" -m pytest -q -rs -p no:cacheprovider -m "not needs_cuda and not slow" "${tests[@]}" \
+  --junitxml="$work/junit-quick.xml"
+step tests-slow 120 "$python" -m pytest -q -rs -p no:cacheprovider -m "slow and not needs_cuda" "${tests[@]}" \
+  --junitxml="$work/junit-slow.xml"
+step throughput 120 "$python" benchmarks/throughput.py --device "$device" "${throughput[@]}" \
   --contenders "${contenders[@]}" --json "$work/throughput.json"
-step resizer 150 "$python" benchmarks/resizer.py --device "$device" "${resizer[@]}" --json "$work/resizer.json"
+step resizer 45 "$python" benchmarks/resizer.py --device "$device" "${resizer[@]}" --json "$work/resizer.json"
 data=$("$python" -c "from dali_resizer import make_synthetic_folder as m; print(m(images_per_class=-(-$images // 10)))")
-step train 150 "$python" -m dali_resizer.train --data "$data" --epochs 1 --device "$device" "${train[@]}" \
+step train 45 "$python" -m dali_resizer.train --data "$data" --epochs 1 --device "$device" "${train[@]}" \
   --output "$work/train"
 for form in eval-whole eval-window train-whole train-window; do
-  step "roi-decode-$form" 60 "$python" benchmarks/roi_decode.py --data "$data" "${windows[@]}" --forms "$form" \
+  step "roi-decode-$form" 20 "$python" benchmarks/roi_decode.py --data "$data" "${windows[@]}" --forms "$form" \
     --json "$work/roi_decode-$form.json"
 done
 
@@ -107,20 +116,22 @@ try:
     report["dali"] = nvidia.dali.__version__
 except ImportError:
     pass
-junit = work / "junit.xml"
-if junit.is_file():
-    suite = ET.parse(junit).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-    failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
-              if case.find("failure") is not None or case.find("error") is not None]
-    report["tests"] = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
-    report["tests"]["failed"] = failed
+for name in ("cuda", "quick", "slow"):  # the needs_cuda tests, then the others
+    junit = work / f"junit-{name}.xml"
+    if junit.is_file():
+        suite = ET.parse(junit).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
+                  if case.find("failure") is not None or case.find("error") is not None]
+        report[f"tests_{name}"] = {key: int(suite.get(key, 0)) for key in ("tests", "failures", "errors", "skipped")}
+        report[f"tests_{name}"]["failed"] = failed
 report["throughput"] = read(work / "throughput.json")
 report["resizer"] = read(work / "resizer.json")
 report["train"] = read(work / "train" / "metrics.json")
 report["roi_decode"] = {path.stem.split("-", 1)[1]: read(path)["rows"] for path in sorted(work.glob("roi_decode-*.json"))}
 target.write_text(json.dumps(report, indent=2, default=str))
-print(json.dumps({"steps": steps, "tests": report.get("tests")}, indent=1))
+print(json.dumps({"steps": steps, "tests": {k: report.get(f"tests_{k}") for k in ("cuda", "quick", "slow")}},
+                 indent=1))
 PY
 failed=$(awk '$2 != 0 {print $1}' "$work/steps" | tr '\n' ' ')
 rm -rf "$work"

@@ -21,10 +21,12 @@ def test_the_gpu_check_runs_every_step_in_its_dry_mode(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + log[-4000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["dry_run"] is True
-    assert {name: step["exit"] for name, step in report["steps"].items()} == {
-        "tests": 0, "throughput": 0, "resizer": 0, "train": 0, "roi-decode-eval-whole": 0, "roi-decode-eval-window": 0,
-        "roi-decode-train-whole": 0, "roi-decode-train-window": 0}
-    assert report["tests"]["tests"] > 0 and report["tests"]["failures"] == report["tests"]["errors"] == 0
+    forms = [f"roi-decode-{kind}-{form}" for kind in ("eval", "train") for form in ("whole", "window")]
+    steps = ["tests-cuda", "tests-quick", "tests-slow", "throughput", "resizer", "train", *forms]
+    assert {name: step["exit"] for name, step in report["steps"].items()} == dict.fromkeys(steps, 0)
+    for part in ("tests_cuda", "tests_quick", "tests_slow"):  # (dry: two files; the needs_cuda tests skip)
+        assert report[part]["tests"] > 0 and report[part]["failures"] == report[part]["errors"] == 0, part
+    assert report["tests_cuda"]["skipped"] == report["tests_cuda"]["tests"]
     names = {row["name"] for row in report["throughput"]["results"]}
     assert {"torch-pil-bilinear", "dali-learned-train", "torchvision-decode-jpeg", "decode-only",
             "dali-learned-resnet18-train"} <= names
