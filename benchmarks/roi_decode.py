@@ -15,10 +15,11 @@ same files, threads and batch:
                    decoder takes its share: it does not decode windows)
     train-window   ``fn.decoders.image_random_crop``, then the resize (the loader's default)
 
-Printed: images/s (median of --repeats), the ratio window / whole, and the decoded pixels per image
-of each form (the window's from ``pipelines.stages.center_window``, the random crop's from the
-decoder's output, over every file): the decoder's output memory per batch scales with it. On a GPU
-run each form on its own (``--forms``) to tell a failing decoder from the others.
+Printed: images/s (median of --repeats), the ratio window / whole, what computing the evaluation
+window from the header costs the CPU per batch, and the decoded pixels per image of each form (the
+window's from ``pipelines.stages.center_window``, the random crop's from the decoder's output, over
+every file): the decoder's output memory per batch scales with it. On a GPU run each form on its own
+(``--forms``) to tell a failing decoder from the others.
 """
 
 from __future__ import annotations
@@ -96,6 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
                    "train-window": pixels["train-window"] + int((crop[:n, 0] * crop[:n, 1]).sum())}
     del pipe
 
+    # what computing the window from the header costs the CPU, per batch: reader + center_window - reader
+    window_ms = {}
+    graphs = {"reader": lambda e: e, "reader + center_window": lambda e: center_window(e, size, a.crop_ratio)}
+    for name, body in graphs.items():
+        pipe = build(body, device=None)
+        window_ms[name] = 1e3 * seconds_per_batch(pipe, a.batches, a.repeats)
+        del pipe
+
     rows = {}
     for name in a.forms:
         train, roi = name.startswith("train"), name.endswith("window")
@@ -111,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(files)} files from {root}, {a.device}, {a.threads} threads, batch {a.batch_size}, size {a.size}")
     for name, row in rows.items():
         print(f"  {name:<13} {row['images_per_s']:8.1f} img/s   {row['decoded_mpx_per_image']:7.3f} Mpx decoded/image")
+    print(f"  center_window  {window_ms['reader + center_window'] - window_ms['reader']:8.2f} ms a batch on the CPU "
+          f"(reader alone {window_ms['reader']:.2f} ms, with it {window_ms['reader + center_window']:.2f} ms)")
     ratios = {}
     for kind in ("eval", "train"):
         window, whole = rows.get(f"{kind}-window"), rows.get(f"{kind}-whole")
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{ratios[kind]['pixel_ratio']:.2f}x decoded pixels")
     report = {"files": len(files), "data": str(root), "device": a.device, "threads": a.threads,
               "batch_size": a.batch_size, "size": a.size, "crop_ratio": a.crop_ratio, "rows": rows,
-              "ratios": ratios}
+              "ratios": ratios, "window_ms_per_batch": window_ms}
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
     return report
