@@ -65,7 +65,7 @@ def by_tar(paths: list[str], world: int, batch_size: int) -> dict:
     t0 = time.perf_counter()
     loader = DALILoader(paths, batch_size=batch_size, size=16, num_threads=1, device="cpu", shard_id=0,
                         num_shards=world, train=False)
-    pieces = loader._reader.epoch_pieces(0)
+    pieces = loader._reader.epoch_pieces(loader.sampler.due())
     next(iter(loader))
     seconds = time.perf_counter() - t0
     parsed = sum(os.path.getsize(paths[i][: -len(".tar")] + ".idx") * (stop - start) // loader.dataset.counts[i]

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import gc
 import os
-import re
 import warnings
-from collections.abc import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
+from dali_resizer.iterator import DALILoaderIter, release_unused
 from dali_resizer.readers import ReadPlan, open_source
-from dali_resizer.readers.base import Carried, union_of_runs
+from dali_resizer.sampler import Carried, EpochBatchSampler, EpochSampler, Resume, union_of_runs
 from dali_resizer.samples import (
-    DEVICE_FAILURE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_PIXELS,
@@ -29,19 +27,17 @@ __all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "default_t
 
 # DataLoader arguments with no meaning here: what to use instead. Passing their default is accepted.
 _REFUSED = {
-    "collate_fn": (None, "DALI assembles the batches itself: images (N, 3, H, W) and labels (N,); transform "
-                   "them after the loader, on the device"),
-    "sampler": (None, "the loader orders the samples itself: shuffle=, seed= and set_epoch() decide the order, "
-                "and shard_id= / num_shards= (default: torch.distributed's rank and world size) replace "
-                "DistributedSampler"),
-    "batch_sampler": (None, "use batch_size= and drop_last="),
-    "worker_init_fn": (None, "there are no worker processes: DALI runs num_threads threads in this process"),
-    "multiprocessing_context": (None, "there are no worker processes: DALI runs num_threads threads in this process"),
-    "generator": (None, "pass seed= (an int): with set_epoch() it decides the order and the augmentations"),
-    "timeout": (0, "DALI's reads take no timeout; a read that fails raises"),
-    "pin_memory_device": ("", "pass device= (where the batches are delivered)"),
-    "in_order": (True, "DALI delivers the batches in order"),
+    "batch_sampler": "use batch_size= and drop_last= (and sampler= for the order)",
+    "worker_init_fn": "there are no worker processes: DALI runs num_threads threads in this process",
+    "multiprocessing_context": "there are no worker processes: DALI runs num_threads threads in this process",
+    "generator": "pass seed= (an int): with set_epoch() it decides the order and the augmentations",
+    "timeout": "DALI's reads take no timeout; a read that fails raises",
+    "pin_memory_device": "pass device= (where the batches are delivered)",
+    "in_order": "DALI delivers the batches in order",
 }
+_DEFAULTS = {"batch_sampler": None, "worker_init_fn": None, "multiprocessing_context": None, "generator": None,
+             "timeout": 0, "pin_memory_device": "", "in_order": True}
+
 
 def distributed_rank_and_world() -> tuple[int, int]:
     """(global rank, world size) from an initialised ``torch.distributed``, else from torchrun's
@@ -114,10 +110,11 @@ def default_threads(device: torch.device) -> int:
 class DALILoader:
     """Image batches decoded and augmented by NVIDIA DALI, yielded as ``(images, labels)`` torch tensors.
 
-    Replaces ``torch.utils.data.DataLoader`` over an ImageFolder or WebDataset shards. Images are decoded
-    at native resolution (nvJPEG on a GPU, libjpeg-turbo on the CPU), cropped, flipped and resized with
-    an antialiased filter to the working ``size`` (the learnable resizer's input, e.g. 448), normalized
-    with ``mean`` and ``std``, and handed over on ``device`` without a host round trip.
+    A drop-in for ``torch.utils.data.DataLoader`` over an image folder or WebDataset shards: the same
+    arguments in the same places, the same defaults and attributes (README, "From DataLoader"). Images
+    are decoded at native resolution (nvJPEG on a GPU, libjpeg-turbo on the CPU), cropped, flipped and
+    resized with an antialiased filter to the working ``size`` (the learnable resizer's input, e.g.
+    448), normalized with ``mean`` and ``std``, and handed over on ``device`` without a host round trip.
 
     Args:
         source: An image folder (``root/<class>/<image>``, labels as torchvision's ``ImageFolder``), a
@@ -125,11 +122,22 @@ class DALILoader:
             (``"train-{000000..000127}.tar"``), or a file list written by ``python -m
             dali_resizer.check --write-list``. Shards are read with a DALI index file:
             ``<shard>.idx`` beside each tar, or one built once into ``index_dir``.
-        batch_size: Samples per batch.
+        batch_size: Samples per batch (DataLoader's default, 1).
+        shuffle: A new order every epoch, from ``(seed, epoch)`` (DataLoader's default: False).
+        sampler: ``None``, or torch's ``SequentialSampler``, ``RandomSampler`` or ``DistributedSampler``
+            over a dataset of the same length: its shuffle, seed, drop_last, rank and world size are
+            taken, and its ``set_epoch`` is followed. Any other sampler is refused.
+        num_workers: Torch's name for ``num_threads`` (DALI has threads, not worker processes: ``N > 0``
+            gives ``N`` threads, ``0`` one).
+        collate_fn: ``None`` or ``default_collate``: DALI assembles the batches as ``default_collate``
+            would; anything else is refused (transform the batch after the loader, on the device).
+        pin_memory: Deliver CPU batches in page-locked memory (batches on a GPU are there already).
+        drop_last: Drop the last batch when it is smaller than ``batch_size``; every rank reads the
+            smallest part of the epoch, without padding.
         size: Working size of the delivered images, an int or ``(height, width)``.
         train: Random-resized-crop and random flip when True; resize and center crop when False.
-        shuffle: Reshuffle every epoch; defaults to ``train``.
-        drop_last: Drop the last batch when it is smaller than ``batch_size``.
+            Defaults to ``shuffle`` (after ``sampler``), so that a loader built with DataLoader's
+            defaults, as for validation, never gets the training transform.
         num_threads: DALI CPU worker threads; defaults to the cores this process may use, shared among
             the ranks of the host under torchrun (``LOCAL_WORLD_SIZE``), and at most 16 on a GPU.
         device: ``None`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. Under
@@ -148,7 +156,7 @@ class DALILoader:
         crop_ratio: Evaluation center-crop ratio (the crop is ``size``, taken from ``size / crop_ratio``).
         random_area: Training crop area range, as a fraction of the image (torchvision's ``scale``).
         random_aspect_ratio: Training crop aspect-ratio range, width / height (torchvision's ``ratio``).
-        prefetch_queue_depth: Batches DALI prepares ahead (default 2).
+        prefetch_queue_depth: Batches DALI prepares ahead (default 2); ``prefetch_factor`` is torch's name.
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
         on_error: ``"raise"``: a sample that cannot be read, decoded or labelled stops the iteration
@@ -169,29 +177,32 @@ class DALILoader:
             and 8 MiB). Lower them with many ranks per host.
         set_affinity: Pin DALI's CPU threads to the cores nearest the GPU (DALI's ``set_affinity``).
         roi_decode: Decode only the crop's window (training's random crop, evaluation's center crop
-            with the filter's reach). ``False``: decode whole images and crop after, the same
-            transform (evaluation: the same pixels); on a GPU that lets the hardware JPEG decoder,
-            which does not decode windows, take its share, at the cost of whole images in memory.
+            with the filter's reach); ``False``: decode whole images and crop after, the same transform
+            (evaluation: the same pixels). Default: True on the CPU, False on a GPU, where window
+            decoding fails on A100/H100-class GPUs with nvImageCodec 0.9 (nvImageCodec issue 55) and
+            the hardware JPEG decoder decodes whole images only.
 
-    ``DataLoader``'s own arguments: ``num_workers`` is torch's name for ``num_threads`` (DALI has
-    threads, not worker processes: ``N > 0`` gives ``N`` threads, ``0`` one); ``prefetch_factor`` is
-    ``prefetch_queue_depth``; ``pin_memory=True`` delivers CPU batches in page-locked memory (batches
-    on a GPU are there already); ``persistent_workers`` changes nothing (an unshuffled evaluation keeps
-    its pipeline across epochs anyway, and each training epoch's pipeline is seeded by its epoch).
-    ``collate_fn``, ``sampler``, ``batch_sampler``, ``worker_init_fn``, ``generator`` and
-    ``multiprocessing_context`` are refused with what to use instead.
+    ``DataLoader``'s other arguments are accepted at their defaults (``timeout``, ``worker_init_fn``,
+    ``multiprocessing_context``, ``generator``, ``pin_memory_device``, ``in_order``, ``batch_sampler``)
+    and refused otherwise with what to use; ``persistent_workers`` changes nothing (there are no
+    workers; an unshuffled evaluation keeps its pipeline across epochs anyway).
 
-    Every shard yields the same number of batches per epoch (``len(loader)``, exact), so DDP never waits
+    Every rank yields the same number of batches per epoch (``len(loader)``, exact), so DDP never waits
     on a rank that ran out. With ``drop_last=False`` one epoch yields every sample of the source exactly
-    once across the shards; shards that hold one sample less than the largest get one padding sample
+    once across the ranks; ranks that hold one sample less than the largest get one padding sample
     (a copy of their last one) whose label is ``PAD_LABEL`` (-100, ignored by ``CrossEntropyLoss``) and
     whose index is -1. Count real samples with ``dali_resizer.real_mask(labels)`` (``labels !=
-    PAD_LABEL``), so evaluation counts every sample once. With ``drop_last=True`` every shard stops
-    after the same number of full batches. ``state_dict()`` / ``load_state_dict()`` resume an epoch at
-    the batch where it stopped, with the same samples and augmentations (DALI checkpointing).
+    PAD_LABEL``), so evaluation counts every sample once.
+
+    Epochs work as DataLoader's with a ``DistributedSampler``: ``loader.set_epoch(e)`` (or
+    ``loader.sampler.set_epoch(e)``) sets the epoch the next iteration reads; without it, each iteration
+    that starts reads the next epoch. ``iter(loader)`` builds nothing: an iterator claims its epoch on
+    its first ``next()``, and several iterators are independent. ``state_dict()`` /
+    ``load_state_dict()`` resume an epoch at the batch where it stopped, with the same samples and
+    augmentations (DALI checkpointing), also after an exception raised inside ``next()``.
 
     Example:
-        >>> loader = DALILoader("imagenet/train", batch_size=64, size=448)  # doctest: +SKIP
+        >>> loader = DALILoader("imagenet/train", batch_size=64, shuffle=True, size=448)  # doctest: +SKIP
         >>> for epoch in range(epochs):  # doctest: +SKIP
         ...     loader.set_epoch(epoch)
         ...     for images, labels in loader:
@@ -200,13 +211,26 @@ class DALILoader:
 
     def __init__(
         self,
-        source: str | os.PathLike | list[str | os.PathLike],
-        batch_size: int,
-        *,
-        size: int | tuple[int, int] = 448,
-        train: bool = True,
+        source,
+        batch_size: int = 1,
         shuffle: bool | None = None,
+        sampler=None,
+        batch_sampler=None,
+        num_workers: int | None = None,
+        collate_fn=None,
+        pin_memory: bool = False,
         drop_last: bool = False,
+        timeout: float = 0,
+        worker_init_fn=None,
+        multiprocessing_context=None,
+        generator=None,
+        *,
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = False,
+        pin_memory_device: str = "",
+        in_order: bool = True,
+        size: int | tuple[int, int] = 448,
+        train: bool | None = None,
         num_threads: int | None = None,
         device: torch.device | str | None = None,
         seed: int = 0,
@@ -228,19 +252,20 @@ class DALILoader:
         device_memory_padding: int | None = None,
         host_memory_padding: int | None = None,
         set_affinity: bool = False,
-        roi_decode: bool = True,
-        num_workers: int | None = None,
-        pin_memory: bool = False,
-        persistent_workers: bool = False,
-        prefetch_factor: int | None = None,
-        **dataloader_kwargs,
+        roi_decode: bool | None = None,
     ) -> None:
-        for name, value in dataloader_kwargs.items():
-            if name not in _REFUSED:
-                raise TypeError(f"DALILoader() got an unexpected keyword argument {name!r}")
-            default, instead = _REFUSED[name]
-            if value != default:
-                raise ValueError(f"DALILoader does not take {name}=: {instead}")
+        given = {"batch_sampler": batch_sampler, "worker_init_fn": worker_init_fn, "generator": generator,
+                 "multiprocessing_context": multiprocessing_context, "timeout": timeout,
+                 "pin_memory_device": pin_memory_device, "in_order": in_order}
+        for name, value in given.items():
+            if value is not _DEFAULTS[name] and value != _DEFAULTS[name]:
+                raise ValueError(f"DALILoader does not take {name}={value!r}: {_REFUSED[name]}")
+        if collate_fn is not None and collate_fn is not default_collate:
+            raise ValueError(f"DALILoader does not take collate_fn={collate_fn!r}: DALI assembles the batches "
+                             f"itself, as default_collate would (images (N, 3, H, W), labels (N,)); transform them "
+                             f"after the loader, on the device (collate_fn=None or default_collate are accepted)")
+        if batch_size is None:
+            raise ValueError("batch_size=None (no batching) is not supported: DALI delivers batches; pass an int")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         try:
@@ -265,6 +290,11 @@ class DALILoader:
         prefetch_queue_depth = 2 if prefetch_queue_depth is None else prefetch_queue_depth
         if not isinstance(prefetch_queue_depth, int) or prefetch_queue_depth < 1:
             raise ValueError(f"prefetch_queue_depth must be a positive int, got {prefetch_queue_depth!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        order = _order_from(sampler, shuffle, seed, drop_last, shard_id, num_shards)
+        shuffle, seed, drop_last, shard_id, num_shards = (order[k] for k in ("shuffle", "seed", "drop_last",
+                                                                             "shard_id", "num_shards"))
         if shard_id is None or num_shards is None:
             rank, world = distributed_rank_and_world()
             shard_id = rank if shard_id is None else shard_id
@@ -293,18 +323,25 @@ class DALILoader:
         if max_pixels is not None and (not isinstance(max_pixels, int) or isinstance(max_pixels, bool)
                                        or max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive int, or None for no limit, got {max_pixels!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an int, got {seed!r}")
         if hw_decoder_load is not None and (not _is_number(hw_decoder_load) or not 0 <= hw_decoder_load <= 1):
             raise ValueError(f"hw_decoder_load must be a number in [0, 1], or None, got {hw_decoder_load!r}")
         for name, value in (("device_memory_padding", device_memory_padding),
                             ("host_memory_padding", host_memory_padding)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name} must be a non-negative int (bytes), or None, got {value!r}")
+        if train is not None and not isinstance(train, bool):
+            raise ValueError(f"train must be True, False or None (the value of shuffle), got {train!r}")
+        if roi_decode is not None and not isinstance(roi_decode, bool):
+            raise ValueError(f"roi_decode must be True, False or None (True on the CPU, False on a GPU), "
+                             f"got {roi_decode!r}")
+        if roi_decode and resolved_device.type == "cuda":
+            warnings.warn("roi_decode=True on a GPU: window decoding crashes or fails on A100/H100-class GPUs with "
+                          "nvImageCodec 0.9, which DALI 2.4 requires (nvImageCodec issue 55); roi_decode=False, the "
+                          "GPU default, decodes whole images", stacklevel=2)
 
         self.batch_size = batch_size
-        self.train = bool(train)
-        self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.shuffle = bool(shuffle)
+        self.train = self.shuffle if train is None else train
         self.drop_last = bool(drop_last)
         self.num_threads = num_threads
         self.device = resolved_device
@@ -318,11 +355,17 @@ class DALILoader:
         self.random_area, self.random_aspect_ratio = area, aspect
         self.prefetch_queue_depth = prefetch_queue_depth
         self.return_index = bool(return_index)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers)
-        if self.pin_memory and self.device.type == "cpu" and not torch.cuda.is_available():
+        if pin_memory and self.device.type == "cpu" and not torch.cuda.is_available():
             warnings.warn("pin_memory=True, but there is no CUDA device to copy batches to: batches are not pinned",
                           stacklevel=2)
+        # DataLoader's attributes, with what they are here
+        self.pin_memory = bool(pin_memory) and self.device.type == "cpu" and torch.cuda.is_available()
+        self.num_workers = 0  # (no worker processes: DALI's num_threads threads run in this process)
+        self.collate_fn = default_collate
+        self.persistent_workers = False
+        self.prefetch_factor = None  # (DataLoader's, per worker process; DALI's is prefetch_queue_depth)
+        self.timeout, self.worker_init_fn, self.multiprocessing_context, self.generator = 0, None, None, None
+        self.pin_memory_device, self.in_order = "", True
         self.on_error = on_error
         self.max_pixels = max_pixels
         # the GPU decoder's settings (None: DALI's default); a CPU loader has no use for them
@@ -330,17 +373,18 @@ class DALILoader:
             ("hw_decoder_load", hw_decoder_load), ("device_memory_padding", device_memory_padding),
             ("host_memory_padding", host_memory_padding)) if value is not None}
         self.set_affinity = bool(set_affinity)
-        if not isinstance(roi_decode, bool):
-            raise ValueError(f"roi_decode must be True or False, got {roi_decode!r}")
-        self.roi_decode = roi_decode
+        self.roi_decode = roi_decode if roi_decode is not None else self.device.type == "cpu"
         self._ledger = BadSamples(on_error)
         self.dataset = open_source(source, index_dir)
+        if order["length"] is not None and order["length"] != len(self.dataset):
+            raise ValueError(f"sampler={sampler!r} covers {order['length']} samples, the source has "
+                             f"{len(self.dataset)}: build it over the same dataset")
+        self.sampler = EpochSampler(len(self.dataset), num_replicas=num_shards, rank=shard_id, shuffle=self.shuffle,
+                                    seed=self.seed, drop_last=self.drop_last, follow=order["follow"])
+        self.batch_sampler = EpochBatchSampler(self.sampler, batch_size)
         self._reader = self.dataset.reader(self._plan(), self._ledger)
-        self._epoch = 0
-        self._finished = None  # an evaluation iterator that ran to its end, to rewind
-        self._active = None  # (epoch, DALI iterator, batches yielded, base) of the epoch in progress
-        self._running = None  # the generator of the epoch in progress
-        self._resume: dict | None = None
+        self._latest: DALILoaderIter | None = None  # the iterator started last: the position state_dict() saves
+        self._spare = None  # an evaluation pass's pipeline, rewound for the next pass
 
     def _plan(self) -> ReadPlan:
         settings = dict(  # (DALI's names for the dtype and the decoder: see ReadPlan.pipeline_settings)
@@ -363,9 +407,7 @@ class DALILoader:
             roi_decode=self.roi_decode,
             enable_checkpointing=True,
         )
-        return ReadPlan(batch_size=self.batch_size, shard_id=self.shard_id, num_shards=self.num_shards,
-                        shuffle=self.shuffle, seed=self.seed, drop_last=self.drop_last,
-                        prefetch_queue_depth=self.prefetch_queue_depth, pipeline=settings,
+        return ReadPlan(batch_size=self.batch_size, prefetch_queue_depth=self.prefetch_queue_depth, pipeline=settings,
                         sample_indices=self.return_index)
 
     # -- DataLoader surface -------------------------------------------------------------------------
@@ -385,66 +427,63 @@ class DALILoader:
 
     @property
     def num_samples(self) -> int:
-        """Real samples in this shard per epoch (before ``drop_last``, without padding)."""
-        return self._reader.num_samples
+        """Real samples of this rank in the epoch due (before ``drop_last``, without padding)."""
+        return self.sampler.due().num_samples
 
     @property
     def samples_per_shard(self) -> int:
-        """What every shard delivers per epoch: the largest shard's size (padded up to it) without
-        ``drop_last``, the smallest's with it."""
-        return self._reader.samples_per_shard
+        """What every rank delivers in the epoch due: the largest part (padded up to it) without
+        ``drop_last``, the smallest with it (``len(loader.sampler)``)."""
+        return self.sampler.due().samples_per_shard
 
     def __len__(self) -> int:
-        return self._reader.batches_per_epoch
+        return len(self.batch_sampler)
 
     def set_epoch(self, epoch: int) -> None:
-        """Sets the epoch that the next iteration runs: its order and augmentations depend on
-        ``(seed, epoch)`` only. Without calls, each iteration advances the epoch by one."""
-        self._epoch = int(epoch)
-        self._drop_carried(self._epoch)
+        """Sets the epoch that the next iteration reads (``loader.sampler.set_epoch``): its order and
+        augmentations depend on ``(seed, epoch)`` only. Without calls, each iteration started reads the
+        epoch after the last one started."""
+        self.sampler.set_epoch(epoch)
 
-    def _drop_carried(self, epoch: int) -> None:
-        """An epoch taken over from another world is read once: any other epoch is a whole one."""
-        if self._reader.carried is not None and self._reader.carried.epoch != epoch:
-            self._reader.carried = None
+    def __iter__(self) -> DALILoaderIter:
+        return DALILoaderIter(self)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        epoch = self._epoch
-        self._epoch += 1
-        self._drop_carried(epoch)
-        resume, self._resume = self._resume, None
-        if self._running is not None:  # an epoch left unfinished: its pipeline goes before the next is built
-            self._running.close()
-            self._running = None
-            if self._active is not None and not isinstance(self._active[1], _Frozen):
-                self._active = None
-            self._release_unused()
-        if len(self) == 0:
-            self._drop_carried(epoch + 1)
-            return iter(())
-        self._running = self._iterate(epoch, resume if resume and resume["epoch"] == epoch else None)
-        return self._running
+    def _started(self, iterator: DALILoaderIter) -> None:
+        """An iterator claimed its epoch: its position is the loader's from now on. An unfinished one
+        that nobody holds any longer is let go before the new one builds its pipeline."""
+        previous, self._latest = self._latest, iterator
+        if previous is not None and not previous.finished:
+            del previous
+            release_unused(self.device)
 
     def state_dict(self) -> dict:
-        """Where the loader stands: the epoch in progress and how far it got, with DALI's checkpoint of
-        its readers and random generators, or the next epoch when none is in progress.
+        """Where the loader stands: the epoch in progress (the iterator started last, unless it has
+        returned every batch) and how far it got, with DALI's checkpoint of its readers and random
+        generators, or else the epoch due, where the next iteration starts.
 
-        Mid-epoch it also holds the samples this shard has delivered (``delivered``: runs of sample
-        ids), so that the states of all ranks together say what the world has read of the epoch (see
+        Mid-epoch it also holds the samples this rank has delivered (``delivered``: runs of sample ids),
+        so that the states of all ranks together say what the world has read of the epoch (see
         :meth:`load_state_dict`)."""
-        state = {"epoch": self._epoch, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
+        state = {"epoch": 0, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
                  "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.dataset),
                  **self._pipeline_identity(), "skipped": dict(self.skipped), **self._reader.state_dict()}
-        carried = self._reader.carried_for(self._epoch if self._active is None else self._active[0])
-        if carried is not None:  # an epoch taken over from another world: what it had read decides the split
-            state["carried"] = carried.runs.tolist()
-            state["delivered"] = carried.runs.tolist()
-        if self._active is not None:
-            epoch, batches, done, base = self._active
-            state |= {"epoch": epoch, "batches_done": done, "base": base,
-                      "delivered": self._reader.delivered().tolist()}
-            if batches is not None:
-                state["dali"] = batches.checkpoints()[0]
+        latest = self._latest
+        if latest is not None and latest.position is not None and not latest.finished:
+            position = latest.position
+            epoch = position.epoch
+            state |= {"epoch": epoch.number, "batches_done": position.done, "base": position.base,
+                      "dali": position.checkpoint, "delivered": position.delivered_runs().tolist()}
+        else:
+            epoch, resume = self.sampler.due(), self.sampler.resume
+            state["epoch"] = epoch.number
+            if resume is not None:
+                state |= {"batches_done": resume.batches_done, "base": resume.base, "dali": resume.checkpoint,
+                          "delivered": union_of_runs(resume.delivered, *(
+                              [epoch.carried.runs] if epoch.carried is not None else [])).tolist()}
+            elif epoch.carried is not None:
+                state["delivered"] = epoch.carried.runs.tolist()
+        if epoch.carried is not None:  # an epoch taken over from another world: what it had read decides the split
+            state["carried"] = epoch.carried.runs.tolist()
         return state
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
@@ -452,16 +491,21 @@ class DALILoader:
         delivered batch.
 
         ``state``: this rank's own state, or the list of every rank's states (``all_gather_object``
-        them when saving). In the world that saved them (same shards, same batch size), an epoch
+        them when saving). In the world that saved them (same ranks, same batch size), an epoch
         resumes exactly: the batches an uninterrupted run would have yielded, with the same samples
         and augmentations. The list of all ranks' states also loads into a world of any other size or
         batch size: at an epoch boundary the epoch is read as any fresh world reads it; mid-epoch the
-        samples no rank had delivered are split among the new world's shards, each read exactly once
+        samples no rank had delivered are split among the new world's ranks, each read exactly once
         (that epoch then has fewer batches: ``len(loader)`` says how many), and the next epochs are
-        whole. ``skipped`` and the shards' skipped samples are merged from all states."""
+        whole. ``skipped`` and the shards' skipped samples are merged from all states.
+
+        A state that is not one (a missing key, a value of the wrong type, a position outside its
+        epoch) is refused with a ``ValueError`` naming the field."""
         if isinstance(state, (list, tuple)):
-            self._load_world(list(state))
+            states = [_checked_state(s, f"state {k}") for k, s in enumerate(state)]
+            self._load_world(states)
             return
+        state = _checked_state(state, "state")
         mid_epoch = bool(state["batches_done"]) or "carried" in state
         checked = [("seed", self.seed), ("num_source_samples", len(self.dataset))]
         if mid_epoch:
@@ -478,12 +522,35 @@ class DALILoader:
                     f"loader state is for {key}={state[key]!r}, this loader has {key}={mine!r}: its position and "
                     f"DALI checkpoint hold only for a loader built the same way; build it with {key}={state[key]!r}, "
                     f"or pass the list of every rank's states, which resumes the epoch with any build")
-        self._epoch = int(state["epoch"])
+        epoch = state["epoch"]
+        carried = (Carried(epoch, np.asarray(state["carried"], dtype=np.int64).reshape(-1, 2))
+                   if "carried" in state else None)
+        resume = None
+        if state["batches_done"]:
+            length = self._epoch_batches(carried)
+            if state["batches_done"] > length:
+                raise ValueError(f"loader state: batches_done={state['batches_done']} is past the end of its epoch "
+                                 f"({length} batches)")
+            if state["base"] > state["batches_done"]:
+                raise ValueError(f"loader state: base={state['base']} is past batches_done={state['batches_done']}")
+            if state["dali"] is None and state["base"] != state["batches_done"]:
+                raise ValueError(f"loader state: dali=None at batch {state['batches_done']} of epoch {epoch}: a "
+                                 f"mid-epoch position needs DALI's checkpoint (a state saved by state_dict() has it)")
+            delivered = np.asarray(state.get("delivered") or [], dtype=np.int64).reshape(-1, 2)
+            if carried is not None:  # (what this rank delivered, apart from what the old world had)
+                delivered = _runs_minus(delivered, carried.runs)
+            resume = Resume(state["batches_done"], state["base"], state["dali"], delivered)
         self.skipped.update(state.get("skipped", {}))
         self._reader.load_state_dict(state)
-        self._reader.carried = (Carried(self._epoch, np.asarray(state["carried"], dtype=np.int64).reshape(-1, 2))
-                                if "carried" in state else None)
-        self._resume = state if state["batches_done"] else None
+        self.sampler.load(epoch, resume, carried)
+        self._latest = None
+
+    def _epoch_batches(self, carried: Carried | None) -> int:
+        from dali_resizer.sampler import Epoch
+
+        due = self.sampler.due()
+        return Epoch(due.number, due.seed, due.shuffle, due.drop_last, due.rank, due.num_replicas, due.source_len,
+                     carried).batches(self.batch_size)
 
     def _load_world(self, states: list[dict]) -> None:
         """Loads the states of every rank of a world (see :meth:`load_state_dict`)."""
@@ -510,9 +577,10 @@ class DALILoader:
                 raise ValueError(f"loader state is for {key}={first.get(key)!r}, this loader has {key}={value!r}")
         delivered = union_of_runs(*(np.asarray(s.get("delivered") or [], dtype=np.int64).reshape(-1, 2)
                                     for s in states))
-        self._epoch = int(first["epoch"])
-        self._resume = None
-        self._reader.carried = Carried(self._epoch, delivered) if delivered.size else None
+        epoch = int(first["epoch"])
+        self.sampler.load(epoch, None, Carried(epoch, delivered) if delivered.size else None)
+        self._latest = None
+
     def _pipeline_identity(self) -> dict:
         """What a saved position and DALI checkpoint depend on besides the data and the shard: the
         batch size (positions count batches) and the pipeline's graph (training or evaluation, the
@@ -527,120 +595,22 @@ class DALILoader:
             f"device={self.device}, shard={self.shard_id}/{self.num_shards})"
         )
 
-    # -- DALI ---------------------------------------------------------------------------------------
-
-    def _iterate(self, epoch: int, resume: dict | None) -> Iterator[tuple[torch.Tensor, ...]]:
-        done = resume["batches_done"] if resume else 0
-        base = resume.get("base", 0) if resume else 0  # batch at which the current pipeline's list starts
-        self._reader.begin(resume.get("delivered") if resume else None)
-        n, b = self.num_samples, self.batch_size
-        real_batches = n // b if self.drop_last else -(-n // b)
-        padding = 0 if self.drop_last else self.samples_per_shard - self.num_samples  # 0 or 1 sample
-        # Evaluation without shuffling is the same pass every epoch: keep its pipeline (and its threads,
-        # decoder state and buffers) and rewind it, when the last pass ran to the end.
-        reusable = not self.train and not self.shuffle and resume is None
-        batches, self._finished = (self._finished if reusable else None), None
-        build = batches is None and done < real_batches  # (done >= real_batches: only padding was left)
-        checkpoint = resume["dali"] if resume else None
-        rebuilt = False  # a pipeline rebuilt mid-epoch around a bad sample
-        if batches is not None:
-            batches.reset()
-        self._active = (epoch, batches, done, base)
-        last = None
-        while build or batches is not None:
-            try:
-                if build:
-                    batches, build, checkpoint = self._make_iterator(epoch, checkpoint, base), False, None
-                    self._active = (epoch, batches, done, base)
-                for (out,) in batches:
-                    if done >= len(self):  # drop_last: every shard stops after the same number of batches
-                        break
-                    images = out["images"]
-                    if images.shape[0] == 0:  # DALI's equalisation across reader shards: an all-padding batch
-                        continue
-                    images = self._images(images)
-                    labels, indices = self._labels(out)
-                    if padding and done == real_batches - 1 and images.shape[0] < self.batch_size:
-                        images, labels, indices = self._pad(images, labels, indices, images[-1:], padding)
-                        padding = 0
-                    last = images[-1:]
-                    done += 1
-                    self._active = (epoch, batches, done, base)
-                    yield self._deliver(images, labels, indices)
-                break
-            except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
-                if "pipeline" not in str(error).lower():
-                    raise
-                # The stopped pipeline is dropped (its position kept for state_dict) before any other is built:
-                # DALI's memory pools do not shrink, so two pipelines at once would hold both their memory.
-                checkpoint = self._keep_position(epoch, batches, done, base)
-                batches = None
-                self._release_unused()
-                if DEVICE_FAILURE.search(str(error)):  # the GPU failed, not a sample: never skipped as bad data
-                    said = next(line.strip() for line in str(error).splitlines() if DEVICE_FAILURE.search(line))
-                    kind = torch.OutOfMemoryError if "memory" in str(error).lower() else RuntimeError
-                    raise kind(f"DALI's GPU work failed after batch {done} of epoch {epoch} on {self.device} (not a "
-                               f"bad sample; DALI: {said}); free GPU memory, or lower batch_size or "
-                               f"device_memory_padding: loader.state_dict() resumes there") from error
-                if _STORAGE_FAILED.search(str(error)):  # not a sample's fault: the storage went away
-                    raise self._storage_failure(error, epoch, done) from None
-                try:
-                    restart = self._reader.recover(error, epoch, done, checkpoint)
-                except RuntimeError as again:  # (DALI may lose the reason: then the replay's build says it)
-                    if not _STORAGE_FAILED.search(str(again)):
-                        raise
-                    raise self._storage_failure(again, epoch, done) from None
-                checkpoint = restart.checkpoint
-                if restart.base is not None:
-                    base = restart.base
-                build, rebuilt = True, True
-        if padding and done < len(self):  # this shard's samples ended on a full batch: one of padding
-            empty = torch.empty(0, dtype=torch.int64, device=self.device)
-            if last is None:
-                last = torch.zeros((1, 3, *self.size), dtype=self.dtype, device=self.device).contiguous(
-                    memory_format=self.memory_format)
-            images, labels, indices = self._pad(last[:0], empty, empty, last, padding)
-            done += 1
-            self._active = (epoch, None, done, base)
-            yield self._deliver(images, labels, indices)
-        self._active = None  # finished; an abandoned epoch keeps its state for state_dict()
-        self._drop_carried(epoch + 1)  # (an epoch taken over from another world is read once)
-        if reusable and not rebuilt:  # (a pipeline rebuilt mid-epoch may cover only the rest)
-            self._finished = batches
-
-    def _storage_failure(self, error: RuntimeError, epoch: int, done: int) -> OSError:
-        """What to raise when the storage failed under DALI's reader: the object removed while the epoch
-        ran, named (``FileNotFoundError``), else the storage unreachable (``ConnectionError``)."""
-        gone = self._reader.missing(epoch, done) if "curlCode" not in str(error) else []
-        if gone:
-            return FileNotFoundError(f"{gone[0]}: removed while epoch {epoch} was read (after batch {done}); put it "
-                                     f"back and loader.state_dict() resumes the epoch there")
-        return ConnectionError(
-            f"{self._reader.describe()} at {self.dataset_location()}: reading stopped after batch {done} of epoch "
-            f"{epoch} (DALI: {self._reader.dali_message(error)[0]}); loader.state_dict() resumes the epoch there "
-            f"once the storage answers again")
-
     def dataset_location(self) -> str:
         """Where the source is read from: its root folder, prefix or first tar."""
         return str(getattr(self.dataset, "root", None) or self.dataset.paths[0])
 
-    def _keep_position(self, epoch: int, batches, done: int, base: int) -> bytes | None:
-        """Freezes the epoch's position (with DALI's checkpoint, if the stopped pipeline still gives
-        one) so that state_dict() resumes from it, and lets go of the pipeline; returns the checkpoint."""
-        try:
-            checkpoint = batches.checkpoints()[0] if batches is not None else None
-        except Exception:  # noqa: BLE001 (a pipeline that cannot say: the position is still known)
-            checkpoint = None
-        self._active = (epoch, _Frozen(checkpoint), done, base)
-        return checkpoint
+    # -- what an iterator asks of its loader --------------------------------------------------------
 
-    def _release_unused(self) -> None:
-        """Frees the pipelines no longer referenced and, on a GPU, hands DALI's unused pool memory back."""
-        gc.collect()
-        if self.device.type == "cuda":
-            from nvidia.dali.backend import ReleaseUnusedMemory
+    def _build(self, epoch, checkpoint: bytes | None = None, base: int = 0):
+        """DALI's PyTorch iterator over this rank's pipeline of ``epoch`` (from ``checkpoint``, else from
+        the epoch's batch ``base``)."""
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-            ReleaseUnusedMemory()
+        policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
+        pipe = self._reader.pipeline(epoch, checkpoint, base)
+        # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
+        return DALIGenericIterator([pipe], list(self._reader.output_names), reader_name="Reader",
+                                   last_batch_policy=policy, prepare_first_batch=False)
 
     def _images(self, images: torch.Tensor) -> torch.Tensor:
         """DALI's batch as the user asked for it: NHWC (what the pipeline writes for channels_last) as a
@@ -649,22 +619,20 @@ class DALILoader:
             images = images.permute(0, 3, 1, 2)
         return images.to(self.dtype).contiguous(memory_format=self.memory_format)
 
+    def _to_device(self, values: torch.Tensor | None) -> torch.Tensor | None:
+        """Labels or indices of a batch on ``self.device`` (from page-locked memory the copy is
+        asynchronous; torch caches the pages)."""
+        if values is None:
+            return None
+        if self.device.type == "cuda":
+            values = values.pin_memory()
+        return values.to(self.device, non_blocking=True)
+
     def _deliver(self, images, labels, indices):
-        if self.pin_memory and self.device.type == "cpu" and torch.cuda.is_available():
+        if self.pin_memory:
             images, labels = images.pin_memory(), labels.pin_memory()
             indices = indices.pin_memory() if indices is not None else None
         return (images, labels, indices) if self.return_index else (images, labels)
-
-    def _labels(self, out: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Labels (and sample indices) of a batch on ``self.device``; padding rows are ``PAD_LABEL``."""
-        labels, indices = self._reader.labels(out)
-        if self.device.type == "cuda":  # (from page-locked memory the copy is asynchronous; torch caches the pages)
-            labels = labels.pin_memory()
-            indices = indices.pin_memory() if indices is not None else None
-        labels = labels.to(self.device, non_blocking=True)
-        if indices is not None:
-            indices = indices.to(self.device, non_blocking=True)
-        return labels, indices
 
     def _pad(self, images, labels, indices, sample, count: int):
         """Appends ``count`` copies of ``sample`` marked as padding (label ``PAD_LABEL``, index -1)."""
@@ -674,30 +642,88 @@ class DALILoader:
             indices = torch.cat([indices, torch.full((count,), -1, dtype=torch.int64, device=self.device)])
         return images.contiguous(memory_format=self.memory_format), labels, indices
 
-    def _make_iterator(self, epoch: int, checkpoint: bytes | None = None, base: int = 0):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        policy = LastBatchPolicy.DROP if self.drop_last else LastBatchPolicy.PARTIAL
-        pipe = self._reader.pipeline(epoch, checkpoint, base)
-        # prepare_first_batch=False: the first batch runs on the first next(), where a bad file is handled
-        return DALIGenericIterator([pipe], list(self._reader.output_names), reader_name="Reader",
-                                   last_batch_policy=policy, prepare_first_batch=False)
+def _order_from(sampler, shuffle, seed, drop_last, shard_id, num_shards) -> dict:
+    """The order's settings from DataLoader's ``sampler=`` (torch's ``SequentialSampler``,
+    ``RandomSampler`` or ``DistributedSampler``) and the loader's own arguments; ``length``: the samples
+    the sampler covers; ``follow``: a sampler whose ``set_epoch`` the script calls."""
+    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+
+    order = {"shuffle": bool(shuffle), "seed": seed, "drop_last": bool(drop_last), "shard_id": shard_id,
+             "num_shards": num_shards, "length": None, "follow": None}
+    if sampler is None:
+        return order
+    if shuffle:
+        raise ValueError("sampler option is mutually exclusive with shuffle (as in DataLoader)")
+    if type(sampler) is SequentialSampler:
+        order["length"] = len(sampler.data_source)
+    elif type(sampler) is RandomSampler:
+        if sampler.replacement or sampler._num_samples is not None:
+            raise ValueError(f"sampler={sampler!r}: a RandomSampler with replacement or num_samples draws samples "
+                             f"more or less than once; DALILoader reads each sample once per epoch")
+        order |= {"shuffle": True, "length": len(sampler.data_source)}
+        if sampler.generator is not None:
+            order["seed"] = int(sampler.generator.initial_seed())
+    elif type(sampler) is DistributedSampler:
+        rank, world = distributed_rank_and_world()
+        for name, mine, env in (("rank", sampler.rank, rank), ("num_replicas", sampler.num_replicas, world)):
+            if mine != env:
+                raise ValueError(f"sampler={sampler!r} has {name}={mine}, but this process is rank {rank} of a world "
+                                 f"of {world} (torch.distributed, or RANK / WORLD_SIZE): build it in the job that "
+                                 f"reads, or pass shard_id= and num_shards=")
+        for name, mine, given in (("rank", sampler.rank, shard_id), ("num_replicas", sampler.num_replicas, num_shards)):
+            if given is not None and given != mine:
+                raise ValueError(f"sampler has {name}={mine}, but {given} was passed as its DALILoader argument")
+        order |= {"shuffle": bool(sampler.shuffle), "seed": int(sampler.seed),
+                  "drop_last": bool(sampler.drop_last or drop_last), "shard_id": sampler.rank,
+                  "num_shards": sampler.num_replicas, "length": len(sampler.dataset), "follow": sampler}
+    else:
+        raise ValueError(f"DALILoader does not take sampler={sampler!r}: it takes torch's SequentialSampler, "
+                         f"RandomSampler or DistributedSampler (their order is made in DALI's pipeline); for another "
+                         f"order use shuffle=, seed= and set_epoch(), and shard_id= / num_shards=")
+    return order
 
 
-# DALI's words when the object store (or a network file system) fails, not a sample
-_STORAGE_FAILED = re.compile(
-    r"curlCode|Could not connect to server|Timeout was reached|S3 Object not found|NoSuchKey|"
-    r"Failed to flush response stream")
+# load_state_dict's fields: name -> (types, the least int allowed or None, what it must be)
+_STATE_FIELDS = {
+    "epoch": ((int,), 0, "a non-negative int"),
+    "batches_done": ((int,), 0, "a non-negative int"),
+    "base": ((int,), 0, "a non-negative int"),
+    "dali": ((bytes, type(None)), None, "DALI's checkpoint (bytes) or None"),
+    "seed": ((int,), None, "an int"),
+    "num_shards": ((int,), 1, "a positive int"),
+    "shard_id": ((int,), 0, "a non-negative int"),
+    "num_source_samples": ((int,), 0, "a non-negative int"),
+}
 
 
-class _Frozen:
-    """A stopped epoch's DALI checkpoint, for state_dict()."""
+def _checked_state(state, what: str) -> dict:
+    """``state`` if it is a loader state (every field present, of its type and range), else a
+    ``ValueError`` naming the field."""
+    if not isinstance(state, dict):
+        raise ValueError(f"load_state_dict(): {what} must be a dict from DALILoader.state_dict() (or a list of "
+                         f"every rank's), got {type(state).__name__}")
+    for name, (types, least, expected) in _STATE_FIELDS.items():
+        if name not in state:
+            raise ValueError(f"load_state_dict(): {what} has no {name!r} field; it is not a DALILoader.state_dict()")
+        value = state[name]
+        if not isinstance(value, types) or isinstance(value, bool) or (least is not None and value < least):
+            raise ValueError(f"load_state_dict(): {what}[{name!r}] must be {expected}, got {value!r}")
+    for name in ("delivered", "carried"):
+        if name in state and state[name] is not None:
+            runs = np.asarray(state[name])
+            if runs.size and (runs.ndim != 2 or runs.shape[1] != 2 or not np.issubdtype(runs.dtype, np.integer)
+                              or (runs < 0).any() or (runs[:, 1] < runs[:, 0]).any()):
+                raise ValueError(f"load_state_dict(): {what}[{name!r}] must be [start, stop) runs of sample ids")
+    return state
 
-    def __init__(self, checkpoint: bytes | None) -> None:
-        self._checkpoint = checkpoint
 
-    def checkpoints(self) -> list[bytes | None]:
-        return [self._checkpoint]
+def _runs_minus(runs: np.ndarray, minus: np.ndarray) -> np.ndarray:
+    """``runs`` less the ids of ``minus`` (both ``[start, stop)`` runs)."""
+    from dali_resizer.sampler import ids_of, runs_of
+
+    ids = ids_of(runs)
+    return runs_of(ids[~np.isin(ids, ids_of(minus))])
 
 
 def _is_number(value) -> bool:

@@ -462,7 +462,7 @@ def _move_to_world(states: list[dict], total: int, steps: int, schedule, partial
     """A checkpoint of another world size: the schedule's step moves to the same fraction of training in
     this world's steps per epoch (``steps``); returns ``(step, partial)``. The epoch's running sums
     (rank 0's, saved) are scaled to this world, so its training figures are estimates."""
-    from dali_resizer.readers.base import union_of_runs
+    from dali_resizer.sampler import union_of_runs
 
     epoch = states[0]["epoch"]
     if any(s["batches_done"] or s.get("carried") for s in states):

@@ -26,8 +26,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     def make():
-        return DALILoader(source, batch_size=batch_size, size=8, drop_last=drop_last, seed=11, num_threads=1,
-                          device="cpu", return_index=True, index_dir=out + ".idx")
+        return DALILoader(source, batch_size=batch_size, shuffle=True, size=8, drop_last=drop_last, seed=11,
+                          num_threads=1, device="cpu", return_index=True, index_dir=out + ".idx")
 
     loader = make()
     record = {"rank": dist.get_rank(), "shard": [loader.shard_id, loader.num_shards], "len": len(loader),

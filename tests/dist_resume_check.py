@@ -19,7 +19,7 @@ def main() -> None:
     phase, source, batch_size, stop, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
-    loader = DALILoader(source, batch_size=batch_size, size=8, seed=11, num_threads=1, device="cpu",
+    loader = DALILoader(source, batch_size=batch_size, shuffle=True, size=8, seed=11, num_threads=1, device="cpu",
                         return_index=True, index_dir=path + ".idx")
     if phase == "save":
         loader.set_epoch(1)

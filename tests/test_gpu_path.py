@@ -74,7 +74,7 @@ def _mixed_graph(loader, files, ids):
     """The loader's pipeline as it would be on GPU 0, its graph built (not run)."""
     import pipelines
 
-    settings = loader._reader.plan.pipeline_settings(0)
+    settings = loader._reader.plan.pipeline_settings(loader.sampler.due())
     settings |= {"device_id": 0, "decoder": "mixed"}
     pipe = pipelines.image_folder_pipeline(files, ids, **settings)
     pipe._build_graph()
@@ -99,7 +99,7 @@ def _ops(pipe) -> list[tuple[str, str, str]]:
 def test_the_mixed_graph_decodes_as_the_cpu_does_with_the_loaders_settings(image_folder, train, roi_decode, decoder):
     loader = DALILoader(image_folder, batch_size=4, size=16, device="cpu", train=train, hw_decoder_load=0.9,
                         device_memory_padding=0, host_memory_padding=1 << 20, set_affinity=True, roi_decode=roi_decode)
-    files, ids = loader._reader.epoch_samples(0)
+    files, ids = loader._reader.epoch_samples(loader.sampler.due())
     ops = _ops(_mixed_graph(loader, files, ids.tolist()))
     decoders = [(schema, device, text) for schema, device, text in ops if schema.startswith("decoders__")]
     assert [(schema, device) for schema, device, _ in decoders] == [(decoder, "mixed")]
@@ -192,43 +192,47 @@ def test_an_out_of_memory_error_in_the_pipeline_is_raised_not_skipped(image_fold
 # -- 6. one pipeline at a time ------------------------------------------------------------------------
 
 
-def test_an_abandoned_epochs_pipeline_is_let_go_before_the_next_is_built(image_folder):
-    loader = DALILoader(image_folder, batch_size=2, size=8, device="cpu")
+def _pipelines_alive_at_each_build(monkeypatch) -> list[int]:
+    """For each DALI pipeline built from now on, how many other pipelines are alive then."""
+    from nvidia.dali import Pipeline
+
+    alive, made = [], weakref.WeakSet()
+    build = Pipeline.build
+
+    def counting(self):
+        if self not in made:  # (DALI calls build() again on a built pipeline)
+            gc.collect()
+            alive.append(sum(1 for p in made if p is not self))
+            made.add(self)
+        return build(self)
+
+    monkeypatch.setattr(Pipeline, "build", counting)
+    return alive
+
+
+def test_an_abandoned_epochs_pipeline_is_let_go_before_the_next_is_built(image_folder, monkeypatch):
+    loader = DALILoader(image_folder, batch_size=2, size=8, device="cpu", shuffle=True)
+    alive = _pipelines_alive_at_each_build(monkeypatch)
     it = iter(loader)
     next(it)
-    old = weakref.ref(loader._active[1])
-    built = []
-    make = loader._make_iterator
-
-    def spy(*args):
-        gc.collect()
-        built.append(old() is None)  # the old DALI iterator is gone when the new one is built
-        return make(*args)
-
-    loader._make_iterator = spy
+    del it  # the loop left mid-epoch (the loader keeps its position for state_dict)
     next(iter(loader))
-    assert built == [True]
+    assert alive == [0, 0]
+    held = iter(loader)
+    next(held)
+    next(iter(loader))  # a second iterator while the first is held: both are alive, each with its pipeline
+    assert alive == [0, 0, 0, 1]
 
 
-def test_a_failed_pipeline_is_let_go_before_its_replacement_is_built(tmp_path):
+def test_a_failed_pipeline_is_let_go_before_its_replacement_is_built(tmp_path, monkeypatch):
     from tests.test_robustness import BAD, make_folder
 
     root = make_folder(tmp_path, "2_bad.jpg", BAD["12-bit jpeg"]())  # (DALI stops on it: a rebuild follows)
     loader = DALILoader(root, batch_size=2, size=8, device="cpu", on_error="skip", shuffle=False)
-    alive, seen = [], []
-    make = loader._make_iterator
-
-    def spy(*args):
-        gc.collect()
-        alive.append(sum(1 for r in seen if r() is not None))
-        it = make(*args)
-        seen.append(weakref.ref(it))
-        return it
-
-    loader._make_iterator = spy
+    alive = _pipelines_alive_at_each_build(monkeypatch)
     with pytest.warns(UserWarning, match="skipped"):
         list(loader)
-    assert len(alive) == 2 and alive == [0, 0]  # the first build, then the rebuild after the bad file
+    assert len(alive) >= 2 and set(alive) == {0}  # the first build, the probes, the rebuild: one at a time
 
 
 # -- 7, 8. the resizer on CUDA ------------------------------------------------------------------------

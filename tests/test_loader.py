@@ -63,7 +63,7 @@ def test_drop_last(image_folder, batch_size, expected):
 
 def test_set_epoch_gives_new_reproducible_orders(image_folder):
     def order(seed, epoch):
-        loader = DALILoader(image_folder, batch_size=4, size=16, seed=seed, return_index=True)
+        loader = DALILoader(image_folder, batch_size=4, size=16, seed=seed, shuffle=True, return_index=True)
         loader.set_epoch(epoch)
         return epoch_indices(loader)
 
@@ -78,7 +78,7 @@ def test_augmentations_depend_on_seed_and_epoch_only(image_folder):
     """The same files (no shuffling), so only the crops and flips differ: equal for the same
     (seed, epoch) in two fresh loaders, different for another epoch or another seed."""
     def first_batch(epoch, seed=7):
-        loader = DALILoader(image_folder, batch_size=4, size=16, seed=seed, shuffle=False)
+        loader = DALILoader(image_folder, batch_size=4, size=16, seed=seed, shuffle=False, train=True)
         loader.set_epoch(epoch)
         return next(iter(loader))[0]
 
@@ -89,7 +89,7 @@ def test_augmentations_depend_on_seed_and_epoch_only(image_folder):
 
 
 def test_iterating_again_advances_the_epoch(image_folder):
-    loader = DALILoader(image_folder, batch_size=4, size=16, return_index=True)
+    loader = DALILoader(image_folder, batch_size=4, size=16, shuffle=True, return_index=True)
     first, second = epoch_indices(loader), epoch_indices(loader)
     assert first != second and sorted(first) == sorted(second) == list(range(11))
     loader.set_epoch(0)
@@ -296,18 +296,31 @@ def test_num_threads_default_is_the_usable_cores(image_folder):
     assert DALILoader(image_folder, batch_size=2).num_threads == expected
 
 
-def test_eval_pipeline_is_reused_and_rewound(image_folder):
+def test_eval_pipeline_is_reused_and_rewound(image_folder, monkeypatch):
+    """An unshuffled evaluation is the same pass every epoch: its pipeline is rewound, not built again
+    (DALI's ``Pipeline`` objects counted); a pass broken off mid-epoch is not rewound (DALI cannot)."""
+    from nvidia.dali import Pipeline
+
+    builds = []
+    build = Pipeline.build
+
+    def counted(self):
+        if not getattr(self, "counted_by_test", False):  # (DALI calls build() again on a built pipeline)
+            self.counted_by_test = True
+            builds.append(1)
+        return build(self)
+
+    monkeypatch.setattr(Pipeline, "build", counted)
     loader = DALILoader(image_folder, batch_size=4, size=16, train=False, return_index=True)
     first = epoch_indices(loader)
-    kept = loader._finished
-    assert kept is not None
+    assert len(builds) == 1
     assert epoch_indices(loader) == first == list(range(11))
-    assert loader._finished is kept  # rewound, not rebuilt
-    # A pass broken off mid-epoch is not rewound (DALI cannot), the next pass starts afresh.
+    assert len(builds) == 1  # rewound, not rebuilt
     it = iter(loader)
     next(it)
     del it
     assert epoch_indices(loader) == list(range(11))
+    assert len(builds) == 2  # (the broken pass kept it; the next pass built its own)
 
 
 def test_full_area_square_crop_keeps_the_whole_image(tmp_path):
@@ -319,7 +332,7 @@ def test_full_area_square_crop_keeps_the_whole_image(tmp_path):
     pixels[:, :8] = 255  # a white band on the left quarter
     (tmp_path / "a").mkdir()
     Image.fromarray(pixels).save(tmp_path / "a" / "x.png")
-    loader = DALILoader(tmp_path, batch_size=1, size=32, random_area=(1, 1), random_aspect_ratio=(1, 1))
+    loader = DALILoader(tmp_path, batch_size=1, size=32, train=True, random_area=(1, 1), random_aspect_ratio=(1, 1))
     seen = set()
     for epoch in range(8):
         loader.set_epoch(epoch)
@@ -399,15 +412,15 @@ def test_resume_on_shards(shard_dir, tmp_path):
 def test_a_state_loads_only_into_a_loader_built_the_same_way(image_folder):
     """A position counts batches of one size, and DALI's checkpoint is of one graph: another batch size
     or evaluation mode is refused, naming what to build instead."""
-    loader = DALILoader(image_folder, batch_size=4, size=16, return_index=True)
+    loader = DALILoader(image_folder, batch_size=4, size=16, shuffle=True, return_index=True)
     batches = iter(loader)
     next(batches)
     state = loader.state_dict()
     with pytest.raises(ValueError, match="batch_size=4, this loader has batch_size=2.*build it with batch_size=4"):
-        DALILoader(image_folder, batch_size=2, size=16).load_state_dict(state)
+        DALILoader(image_folder, batch_size=2, size=16, shuffle=True).load_state_dict(state)
     with pytest.raises(ValueError, match="train=True, this loader has train=False"):
         DALILoader(image_folder, batch_size=4, size=16, train=False, shuffle=True).load_state_dict(state)
-    resumed = DALILoader(image_folder, batch_size=4, size=16, return_index=True)
+    resumed = DALILoader(image_folder, batch_size=4, size=16, shuffle=True, return_index=True)
     resumed.load_state_dict(state)
     assert epoch_indices(resumed) == [i for _, _, idx in batches for i in idx.tolist()]  # the rest, as it was
 

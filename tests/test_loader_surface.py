@@ -145,7 +145,7 @@ def test_whole_image_decoding_is_the_same_transform(image_folder, shard_dir):
     torch.testing.assert_close(torch.cat([head, *[x for x, _ in resumed]]), first, rtol=0, atol=0)
     with pytest.raises(ValueError, match="roi_decode=False, this loader has roi_decode=True"):
         DALILoader(image_folder, batch_size=4, size=(16, 12), train=True, seed=4, device="cpu").load_state_dict(state)
-    with pytest.raises(ValueError, match="roi_decode must be True or False"):
+    with pytest.raises(ValueError, match="roi_decode must be True, False or None"):
         DALILoader(image_folder, batch_size=4, roi_decode="no")
 
 

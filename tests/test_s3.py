@@ -201,7 +201,7 @@ def test_an_object_removed_mid_epoch_is_named(tmp_path, s3_bucket, monkeypatch, 
     """DALI's error names the missing object, or (a race in DALI's reader thread, seen in CI) says no
     reason: then the pipeline built to find the failing sample meets the missing object, and that is
     what is reported."""
-    from dali_resizer import loader as loader_module
+    from dali_resizer import iterator as loader_module
 
     class FirstLookMisses:  # the loader's first look at DALI's error finds no storage failure in it
         def __init__(self, pattern):

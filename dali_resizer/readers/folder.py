@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dali_resizer.readers.base import Reader, Restart
+from dali_resizer.sampler import Epoch
 from dali_resizer.samples import (
     FOLDER_IMAGE_EXTENSIONS,
     PAD_LABEL,
@@ -137,16 +138,15 @@ class FolderReader(Reader):
     def describe(self) -> str:
         return "ImageFolder"
 
-    def epoch_samples(self, epoch: int) -> tuple[list[str], np.ndarray]:
-        """This shard's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
-        total, plan = len(self.source), self.plan
-        order = plan.order(total, epoch)
-        carried = self.carried_for(epoch)
-        if carried is not None:  # taken over mid-epoch: the rest of the order, split among this world
-            order = order[~carried.mask(total)[order]]
+    def epoch_samples(self, epoch: Epoch) -> tuple[list[str], np.ndarray]:
+        """This rank's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
+        total = len(self.source)
+        order = epoch.order(total)
+        if epoch.carried is not None:  # taken over mid-epoch: the rest of the order, split among this world
+            order = order[~epoch.carried.mask(total)[order]]
         # Shard the epoch's global order ourselves: every rank sees the same permutation.
-        rest = len(order)
-        mine = order[rest * plan.shard_id // plan.num_shards : rest * (plan.shard_id + 1) // plan.num_shards]
+        low, high = epoch.bounds(len(order))
+        mine = order[low:high]
         files = [self.source.files[i] for i in mine]
         if len(self.ledger):
             good = next((f for f in files if f not in self.ledger), None) or next(
@@ -156,7 +156,7 @@ class FolderReader(Reader):
                     files[k], mine[k] = good, mine[k] + total  # ids >= total read as padding
         return files, mine
 
-    def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False):
+    def pipeline(self, epoch: Epoch, checkpoint: bytes | None = None, base: int = 0, replay: bool = False):
         import pipelines
 
         files, ids = self.epoch_samples(epoch)
@@ -187,18 +187,18 @@ class FolderReader(Reader):
             if problems:
                 self.ledger.found({files[row]: problem for row, problem in problems.items()}, stacklevel=4)
                 padding[list(problems)] = True
-        self.track((out["targets"].view(-1).to(torch.int64) % len(self.source)).numpy())
+        ids = (out["targets"].view(-1).to(torch.int64) % len(self.source)).numpy()
         labels[padding] = PAD_LABEL
         indices[padding] = -1
-        return labels, indices
+        return labels, indices, ids
 
-    def _window(self, epoch: int, done: int) -> list[str]:
+    def _window(self, epoch: Epoch, done: int) -> list[str]:
         """The files of the batches DALI was preparing after batch ``done``, once each."""
         files, _ = self.epoch_samples(epoch)
         b = self.plan.batch_size
         return list(dict.fromkeys(files[done * b : (done + self.plan.prefetch_queue_depth + 2) * b]))
 
-    def missing(self, epoch: int, done: int) -> list[str]:
+    def missing(self, epoch: Epoch, done: int) -> list[str]:
         return [f for f in self._window(epoch, done) if not self.source.storage.is_file(f)]
 
     def recover(self, error, epoch, done, checkpoint):

@@ -25,6 +25,7 @@ from dali_resizer.readers.wds_index import (
     standin_index,
     sub_index,
 )
+from dali_resizer.sampler import Epoch
 from dali_resizer.samples import (
     PAD_LABEL,
     SHARD_IMAGE_EXTENSIONS,
@@ -270,7 +271,7 @@ class ShardReader(Reader):
         for tar, keys in state.get("bad_keys", {}).items():
             self.bad_keys.setdefault(tar, set()).update(keys)
 
-    def pipeline(self, epoch: int, checkpoint: bytes | None = None, base: int = 0, replay: bool = False,
+    def pipeline(self, epoch: Epoch, checkpoint: bytes | None = None, base: int = 0, replay: bool = False,
                  on_cpu: bool = False):
         import pipelines
 
@@ -289,12 +290,12 @@ class ShardReader(Reader):
             self._tar_number[source.paths[i]] = i
         # this shard's tars only: its pipeline parses only their indexes (DALI's own split would read all)
         pipe = pipelines.webdataset_pipeline(
-            paths, index_paths, shard_id=0, num_shards=1, random_shuffle=self.plan.shuffle,
+            paths, index_paths, shard_id=0, num_shards=1, random_shuffle=epoch.shuffle,
             **self.plan.pipeline_settings(epoch, on_cpu), checkpoint=checkpoint, replay=replay)
         pipe.build()
         return pipe
 
-    def missing(self, epoch: int, done: int) -> list[str]:
+    def missing(self, epoch: Epoch, done: int) -> list[str]:
         paths = [self.source.paths[i] for i, _, _ in self.epoch_pieces(epoch)]
         return [p for p in paths if not storage_for(p).is_file(p)]
 
@@ -313,24 +314,22 @@ class ShardReader(Reader):
                              f"`python -m dali_resizer.shards make`, or remove {MANIFEST_FILE} to read the indexes")
         self._checked.add(i)
 
-    def epoch_pieces(self, epoch: int) -> list[tuple[int, int, int]]:
-        """This shard's part of ``epoch``: ``(tar, start, stop)``, a run of the tar's samples left to
+    def epoch_pieces(self, epoch: Epoch) -> list[tuple[int, int, int]]:
+        """This rank's part of ``epoch``: ``(tar, start, stop)``, a run of the tar's samples left to
         read (all of them, but for an epoch taken over mid-way: see :meth:`piece_rows`).
 
-        The tars are permuted by ``(seed, epoch)`` (the same on every shard) and their samples, in
-        that order, cut into ``num_shards`` contiguous runs whose lengths differ by one at most: this
-        shard's run is whole tars and at most two parts of tars. Only the counts are needed (from the
+        The tars are permuted by ``(seed, epoch)`` (the same on every rank) and their samples, in
+        that order, cut into ``num_replicas`` contiguous runs whose lengths differ by one at most: this
+        rank's run is whole tars and at most two parts of tars. Only the counts are needed (from the
         manifest, or the index headers), not the indexes."""
-        source, plan = self.source, self.plan
-        order = plan.order(len(source.paths), epoch)
+        source = self.source
+        order = epoch.order(len(source.paths))
         counts = np.asarray(source.counts, dtype=np.int64)
-        carried = self.carried_for(epoch)
-        if carried is not None:  # what is left of each tar
+        if epoch.carried is not None:  # what is left of each tar
             first = np.concatenate([[0], np.cumsum(counts)])
-            counts = counts - (carried.below(first[1:]) - carried.below(first[:-1]))
+            counts = counts - (epoch.carried.below(first[1:]) - epoch.carried.below(first[:-1]))
         ends = np.cumsum(counts[order])
-        total = int(ends[-1]) if ends.size else 0
-        low, high = total * plan.shard_id // plan.num_shards, total * (plan.shard_id + 1) // plan.num_shards
+        low, high = epoch.bounds(int(ends[-1]) if ends.size else 0)
         lo, hi = np.searchsorted(ends, low, side="right"), np.searchsorted(ends, high, side="left")
         pieces = []
         for k in range(lo, min(hi + 1, len(order))):
@@ -340,13 +339,12 @@ class ShardReader(Reader):
                 pieces.append((int(order[k]), start - begin, stop - begin))
         return pieces
 
-    def piece_rows(self, epoch: int, i: int, start: int, stop: int) -> range | np.ndarray:
+    def piece_rows(self, epoch: Epoch, i: int, start: int, stop: int) -> range | np.ndarray:
         """The samples (positions in tar ``i``'s index) of the piece ``(i, start, stop)``: ``start`` and
         ``stop`` count the samples of the tar left to read in ``epoch``."""
-        carried = self.carried_for(epoch)
-        if carried is None:
+        if epoch.carried is None:
             return range(start, stop)
-        left = carried.left_in(self._first_ids()[i], self.source.counts[i])
+        left = epoch.carried.left_in(self._first_ids()[i], self.source.counts[i])
         return range(start, stop) if len(left) == self.source.counts[i] else left[start:stop]
 
     def _first_ids(self) -> list[int]:
@@ -368,8 +366,8 @@ class ShardReader(Reader):
                 tar, _, member = _split_source_name(image_name or label_name)
                 ids[row] = self._sample_id(tar, sample_key(member))
         if bool(valid.all()) and not bool(status.any()) and not self.bad_keys:
-            self.track(ids[ids >= 0])  # (a sample with neither an image nor a label has no name: see _nameless)
-            return labels, torch.from_numpy(ids) if self.plan.sample_indices else None
+            # (a sample with neither an image nor a label has no name: see _nameless)
+            return labels, torch.from_numpy(ids) if self.plan.sample_indices else None, ids[ids >= 0]
         padding = torch.zeros_like(valid)
         texts = _row_texts(out["targets"])
         bad, keys = {}, []
@@ -408,13 +406,12 @@ class ShardReader(Reader):
             self.ledger.found(bad, stacklevel=4)
             for tar, key in keys:
                 self.bad_keys.setdefault(tar, set()).add(key)
-        self.track(ids[ids >= 0])
         labels[padding] = PAD_LABEL
         if not self.plan.sample_indices:
-            return labels, None
-        indices = torch.from_numpy(ids)
+            return labels, None, ids[ids >= 0]
+        indices = torch.from_numpy(ids.copy())
         indices[padding] = -1
-        return labels, indices
+        return labels, indices, ids[ids >= 0]
 
     def _sample_id(self, tar: str, key: str) -> int:
         """A sample's id (its index in the source: the tars in the order given, each in its index's
@@ -454,7 +451,7 @@ class ShardReader(Reader):
         if named:
             candidates = [named]
         elif checkpoint is not None:
-            remaining = self.batches_per_epoch - done
+            remaining = epoch.batches(self.plan.batch_size) - done
             candidates = self._replay(epoch, checkpoint, min(self.plan.prefetch_queue_depth + 2, remaining))
         else:
             candidates = []
@@ -480,7 +477,7 @@ class ShardReader(Reader):
             self.bad_keys.setdefault(tar, set()).add(key)
         return Restart(checkpoint=checkpoint)
 
-    def _replay(self, epoch: int, checkpoint: bytes, count: int) -> list[str]:
+    def _replay(self, epoch: Epoch, checkpoint: bytes, count: int) -> list[str]:
         """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
         pipeline that decodes nothing: on the CPU, where DALI restores the checkpoint there (no GPU
         memory for it), else on the loader's device."""
