@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:  # warm-up: DALI's and the decoder's one-time setup
         for tar in write_tiny_shards(Path(tmp), 1, a.samples_per_shard):
             build_index(tar, tar.with_suffix(".idx"))
-        next(iter(DALILoader(tmp, batch_size=a.batch_size, size=16, num_threads=1, device="cpu")))
+        next(iter(DALILoader(tmp, batch_size=a.batch_size, shuffle=True, size=16, num_threads=1, device="cpu")))
     rows = []
     for count in a.shards:
         with tempfile.TemporaryDirectory() as tmp:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for tar in tars:
                 build_index(tar, tar.with_suffix(".idx"))
             t1 = time.perf_counter()
-            loader = DALILoader(tmp, batch_size=a.batch_size, size=16, num_threads=1, device="cpu")
+            loader = DALILoader(tmp, batch_size=a.batch_size, shuffle=True, size=16, num_threads=1, device="cpu")
             t2 = time.perf_counter()
             next(iter(loader))
             t3 = time.perf_counter()

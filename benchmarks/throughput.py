@@ -226,7 +226,7 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
     The resizer runs as README trains it: channels_last batches and module, and on CUDA under bf16
     autocast."""
     channels_last = stage is not None
-    loader = DALILoader(data, batch_size=cfg.batch_size, size=cfg.input_size if stage else cfg.size,
+    loader = DALILoader(data, batch_size=cfg.batch_size, shuffle=True, size=cfg.input_size if stage else cfg.size,
                         num_threads=threads, device=device,
                         memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import default_collate
 
 from dali_resizer.iterator import DALILoaderIter, release_unused
-from dali_resizer.readers import ReadPlan, open_source
+from dali_resizer.readers import ReadPlan, is_image_dataset, open_source
 from dali_resizer.sampler import Carried, EpochBatchSampler, EpochSampler, Resume, union_of_runs
 from dali_resizer.samples import (
     IMAGENET_MEAN,
@@ -254,6 +254,17 @@ class DALILoader:
         set_affinity: bool = False,
         roi_decode: bool | None = None,
     ) -> None:
+        if is_image_dataset(source) and source.transform is not None:  # its transform decides the graph's work
+            from dali_resizer.transforms import settings_from_transform
+
+            settings = settings_from_transform(source.transform)
+            if train is not None and train != settings["train"]:
+                kind = "a training" if settings["train"] else "an evaluation"
+                raise ValueError(f"train={train!r}, but the dataset's transform is {kind} one ({source.transform!r})")
+            size, train, mean, std, dtype = (settings[k] for k in ("size", "train", "mean", "std", "dtype"))
+            crop_ratio = settings.get("crop_ratio", crop_ratio)
+            random_area = settings.get("random_area", random_area)
+            random_aspect_ratio = settings.get("random_aspect_ratio", random_aspect_ratio)
         given = {"batch_sampler": batch_sampler, "worker_init_fn": worker_init_fn, "generator": generator,
                  "multiprocessing_context": multiprocessing_context, "timeout": timeout,
                  "pin_memory_device": pin_memory_device, "in_order": in_order}

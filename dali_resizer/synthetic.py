@@ -75,7 +75,7 @@ def make_synthetic_folder(
 
     Example:
         >>> from dali_resizer import DALILoader, make_synthetic_folder
-        >>> loader = DALILoader(make_synthetic_folder(), batch_size=32, size=448)  # doctest: +SKIP
+        >>> loader = DALILoader(make_synthetic_folder(), batch_size=32, shuffle=True, size=448)  # doctest: +SKIP
     """
     if num_classes < 1 or images_per_class < 1:
         raise ValueError(f"num_classes and images_per_class must be positive, got {num_classes}, {images_per_class}")

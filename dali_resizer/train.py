@@ -296,7 +296,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     train_dir, val_dir = _split_data(cfg)
     common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
                   seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error, roi_decode=cfg.roi_decode)
-    train_loader = DALILoader(train_dir, train=True, drop_last=True, random_area=tuple(cfg.random_area),
+    train_loader = DALILoader(train_dir, shuffle=True, drop_last=True, random_area=tuple(cfg.random_area),
                               random_aspect_ratio=tuple(cfg.random_aspect_ratio), **common)
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {train_loader.samples_per_shard} training "

@@ -294,3 +294,69 @@ def test_a_state_taken_after_the_last_batch_is_the_next_epochs(image_folder):
         next(it)
     state = loader.state_dict()
     assert (state["epoch"], state["batches_done"], state["dali"]) == (1, 0, None)
+
+
+# -- 4. a torchvision dataset as the source ---------------------------------------------------------
+
+
+def test_an_imagefolder_and_its_transform_are_read_by_the_pipeline(image_folder):
+    """``DALILoader(ImageFolder(root, transform=T))``: the object's own files, labels and classes, and
+    ``T`` (v1 or v2) run as the same settings given by hand would run."""
+    from torchvision import transforms as v1
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    evaluation = ImageFolder(str(image_folder), transform=v1.Compose(
+        [v1.Resize(20), v1.CenterCrop(16), v1.ToTensor(), v1.Normalize(mean, std)]))
+    loader = DALILoader(evaluation, batch_size=4)
+    by_hand = DALILoader(image_folder, batch_size=4, size=16, crop_ratio=0.8, mean=mean, std=std)
+    assert not loader.train and loader.classes == evaluation.classes
+    assert [loader.dataset[i] for i in range(len(evaluation))] == evaluation.samples
+    for (x, y), (a, b) in zip(loader, by_hand, strict=True):
+        assert torch.equal(x, a) and torch.equal(y, b)
+
+    training = ImageFolder(str(image_folder), transform=v2.Compose([
+        v2.RandomResizedCrop(12, scale=(0.5, 1.0), ratio=(0.9, 1.1)), v2.RandomHorizontalFlip(), v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]))
+    loader = DALILoader(training, batch_size=4, shuffle=True, seed=2)
+    by_hand = DALILoader(image_folder, batch_size=4, shuffle=True, seed=2, size=12, random_area=(0.5, 1.0),
+                         random_aspect_ratio=(0.9, 1.1), mean=mean, std=std)
+    assert loader.train and (loader.random_area, loader.random_aspect_ratio) == ((0.5, 1.0), (0.9, 1.1))
+    for (x, y), (a, b) in zip(loader, by_hand, strict=True):
+        assert torch.equal(x, a) and torch.equal(y, b)
+
+
+@pytest.mark.parametrize(("steps", "says"), [
+    (lambda T: [T.Resize(20), T.CenterCrop(16), T.ColorJitter(0.4), T.ToTensor()], "ColorJitter"),
+    (lambda T: [T.Resize((20, 20)), T.CenterCrop(16), T.ToTensor()], "shorter side to an int"),
+    (lambda T: [T.Resize(20, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16)], "not bicubic"),
+    (lambda T: [T.RandomResizedCrop(16), T.ToTensor()], "add RandomHorizontalFlip"),
+    (lambda T: [T.RandomResizedCrop(16), T.RandomHorizontalFlip(0.3)], "probability 0.5"),
+    (lambda T: [T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)], "has no crop"),
+    (lambda T: [T.Resize(20), T.CenterCrop(16), T.PILToTensor()], "ends in uint8 tensors"),
+])
+def test_a_transform_the_pipeline_does_not_have_is_refused_by_name(image_folder, steps, says):
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    dataset = ImageFolder(str(image_folder), transform=transforms.Compose(steps(transforms)))
+    with pytest.raises(ValueError, match=says):
+        DALILoader(dataset, batch_size=4)
+
+
+def test_a_dataset_folder_read_some_other_way_is_refused(image_folder):
+    from torchvision.datasets import DatasetFolder, ImageFolder
+    from torchvision.datasets.folder import default_loader
+
+    images = DatasetFolder(str(image_folder), loader=default_loader, extensions=(".jpg", ".jpeg", ".png"))
+    assert len(DALILoader(images, batch_size=4, size=8).dataset) == len(images) == 11
+    with pytest.raises(ValueError, match="reads its files with"):
+        DALILoader(DatasetFolder(str(image_folder), loader=open, extensions=(".jpg",)), batch_size=4)
+    with pytest.raises(ValueError, match="target_transform"):
+        DALILoader(ImageFolder(str(image_folder), target_transform=lambda y: y + 1), batch_size=4)
+    with pytest.raises(ValueError, match="train=True, but the dataset's transform is an evaluation one"):
+        from torchvision import transforms as T
+
+        DALILoader(ImageFolder(str(image_folder), transform=T.Compose([T.Resize(9), T.CenterCrop(8)])),
+                   batch_size=4, train=True)

@@ -16,6 +16,7 @@ def usage_block() -> str:
 def shrink(code: str) -> str:
     replacements = {
         "make_synthetic_folder()": "make_synthetic_folder(num_classes=3, images_per_class=4, min_side=40, max_side=64)",
+        "batch_size=32, shuffle=True, size=448": "batch_size=4, shuffle=True, size=48",
         "batch_size=32, size=448": "batch_size=4, size=48",
         "LearnableResizer(224)": "LearnableResizer(32)",
     }

@@ -20,7 +20,7 @@ from dali_resizer.readers.webdataset import ShardReader, ShardSource, default_ca
 from dali_resizer.storage import storage_for
 
 __all__ = ["FILE_LIST_HEADER", "FolderReader", "ImageFolderSource", "ReadPlan", "Reader", "Restart", "ShardReader",
-           "ShardSource", "default_cache_dir", "default_index_dir", "open_source"]
+           "ShardSource", "default_cache_dir", "default_index_dir", "is_image_dataset", "open_source"]
 
 
 def _expand_shard_pattern(pattern: str) -> list[str]:
@@ -29,13 +29,24 @@ def _expand_shard_pattern(pattern: str) -> list[str]:
     return list(braceexpand.braceexpand(pattern))
 
 
+def is_image_dataset(source) -> bool:
+    """A torchvision ``DatasetFolder`` (``ImageFolder`` among them) given as the source."""
+    if isinstance(source, (str, os.PathLike, list, tuple)):
+        return False
+    from torchvision.datasets import DatasetFolder
+
+    return isinstance(source, DatasetFolder)
+
+
 def open_source(
     source: str | os.PathLike | list[str | os.PathLike] | tuple[str | os.PathLike, ...],
     index_dir: str | os.PathLike | None = None,
 ) -> ImageFolderSource | ShardSource:
-    """Resolves what the user passed: an image folder, a folder of ``.tar`` shards, one ``.tar``, a list
-    of tars, a brace pattern such as ``train-{000000..000127}.tar``, or a file list written by
-    ``python -m dali_resizer.check --write-list``."""
+    """Resolves what the user passed: a torchvision ``ImageFolder`` / ``DatasetFolder``, an image
+    folder, a folder of ``.tar`` shards, one ``.tar``, a list of tars, a brace pattern such as
+    ``train-{000000..000127}.tar``, or a file list written by ``python -m dali_resizer.check --write-list``."""
+    if is_image_dataset(source):
+        return ImageFolderSource.from_dataset(source)
     if isinstance(source, (list, tuple)):
         if not source:
             raise ValueError("source is an empty list of shards")

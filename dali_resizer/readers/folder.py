@@ -49,6 +49,10 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.files)
 
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        """``(path, label)`` of a sample, as ``ImageFolder.samples[index]``."""
+        return self.files[index], int(self.labels[index])
+
     @property
     def samples(self) -> list[tuple[str, int]]:
         return list(zip(self.files, self.labels.tolist()))
@@ -93,6 +97,30 @@ class ImageFolderSource:
                           f"as torchvision's ImageFolder lists them ({len(files)} files in all); "
                           f"`python -m dali_resizer.check {root}` lists them", stacklevel=4)
         return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage, loops)
+
+    @classmethod
+    def from_dataset(cls, dataset) -> ImageFolderSource:
+        """The files, labels and classes of a torchvision ``ImageFolder`` (or a ``DatasetFolder`` of images
+        read by torchvision's image loader), as the object lists them."""
+        from torchvision.datasets.folder import accimage_loader, default_loader, pil_loader
+
+        if dataset.loader not in (default_loader, pil_loader, accimage_loader):
+            raise ValueError(f"{type(dataset).__name__} at {dataset.root} reads its files with {dataset.loader!r}: "
+                             f"DALILoader decodes images itself, so it takes a dataset read by torchvision's image "
+                             f"loader (ImageFolder, or DatasetFolder(loader=default_loader))")
+        if dataset.target_transform is not None:
+            raise ValueError(f"{type(dataset).__name__} at {dataset.root} has target_transform="
+                             f"{dataset.target_transform!r}: apply it to the labels of each batch instead")
+        files = [path for path, _ in dataset.samples]
+        other = next((f for f in files if not f.lower().endswith(FOLDER_IMAGE_EXTENSIONS)), None)
+        if other is not None:
+            raise ValueError(f"{other}: not an image file that DALILoader decodes "
+                             f"({', '.join(FOLDER_IMAGE_EXTENSIONS)})")
+        if not files:
+            raise ValueError(f"{type(dataset).__name__} at {dataset.root} has no samples")
+        root = os.fspath(dataset.root)
+        return cls(root, files, np.asarray([label for _, label in dataset.samples], dtype=np.int64),
+                   list(dataset.classes), dict(dataset.class_to_idx), storage_for(root))
 
     @classmethod
     def from_list(cls, list_path: str | os.PathLike) -> ImageFolderSource:

@@ -1,0 +1,162 @@
+"""Real clients driving DALILoader as they drive a DataLoader: a Lightning ``Trainer`` (one process, and
+two under DDP on gloo), HuggingFace accelerate, and a training script written as torchvision's reference
+script is, under torchrun. Each records the sample indices its steps saw; the tests compare them with
+a plain loop's epochs and with an uninterrupted run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dali_resizer import PAD_LABEL, DALILoader
+from tests.conftest import random_image
+
+L = pytest.importorskip("lightning", reason="the client tests need lightning (the test extra)")
+
+SCRIPTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """14 small JPEGs in 3 classes: 7 batches of 2 on one rank."""
+    root = tmp_path_factory.mktemp("clients")
+    rng = np.random.default_rng(8)
+    for i in range(14):
+        path = root / f"k{i % 3}" / f"{i:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        random_image(rng, 20 + i % 4, 26 + i % 5).save(path)
+    return root
+
+
+def make_loader(folder, **kw):
+    return DALILoader(folder, batch_size=2, shuffle=True, size=8, seed=4, return_index=True, num_threads=1, **kw)
+
+
+def plain_epochs(folder, epochs: int) -> list[list[int]]:
+    """What a plain ``for epoch: loader.set_epoch(epoch); for batch in loader`` loop sees."""
+    loader = make_loader(folder)
+    seen = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        seen.append([i for _, _, idx in loader for i in idx.tolist()])
+    return seen
+
+
+class Recorder(L.LightningModule):
+    """A tiny model whose training steps record the indices of their batches, per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3, 3)
+        self.seen: dict[int, list[int]] = {}
+
+    def training_step(self, batch, batch_idx):
+        images, labels, indices = batch
+        self.seen.setdefault(self.current_epoch, []).extend(indices.tolist())
+        logits = self.layer(images.mean(dim=(2, 3)))
+        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=PAD_LABEL)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def trainer(tmp_path, callbacks=(), **kw):
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks),
+                     enable_checkpointing=bool(callbacks), **kw)
+
+
+def test_a_lightning_trainer_reads_each_epoch_as_a_plain_loop(folder, tmp_path):
+    model = Recorder()
+    trainer(tmp_path, max_epochs=3).fit(model, make_loader(folder))
+    expected = plain_epochs(folder, 3)
+    assert [model.seen[e] for e in range(3)] == expected
+    assert all(sorted(epoch) == list(range(14)) for epoch in expected) and expected[0] != expected[1]
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "epoch boundary"])
+def test_lightning_resumes_the_uninterrupted_order(folder, tmp_path, where):
+    """A checkpoint Lightning wrote (with the loader's state_dict in it), loaded by a new Trainer with a
+    new loader: the steps after it see what the uninterrupted run's steps saw."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every = {"every_n_train_steps": 3} if where == "mid-epoch" else {"every_n_epochs": 1}
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}-{step}", **every)
+    whole = Recorder()
+    trainer(tmp_path, [saving], max_epochs=2).fit(whole, make_loader(folder))
+    name = "epoch=0-step=3.ckpt" if where == "mid-epoch" else "epoch=0-step=7.ckpt"
+    resumed = Recorder()
+    trainer(tmp_path, [ModelCheckpoint(dirpath=tmp_path / "again")], max_epochs=2).fit(
+        resumed, make_loader(folder), ckpt_path=tmp_path / "ckpt" / name)
+    if where == "mid-epoch":
+        assert resumed.seen == {0: whole.seen[0][3 * 2:], 1: whole.seen[1]}
+    else:
+        assert resumed.seen == {1: whole.seen[1]}
+
+
+@pytest.mark.slow
+def test_a_lightning_trainer_under_ddp_reads_every_sample_once_per_epoch(folder, tmp_path):
+    """torchrun x2, Lightning's DDP strategy on gloo, the loader made in the module's train_dataloader
+    (so each rank builds its own after the process group is up)."""
+    out = tmp_path / "seen.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPTS.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29811",
+           str(SCRIPTS / "lightning_ddp_check.py"), str(folder), str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert len(ranks) == 2
+    for epoch in ("0", "1"):
+        real = [i for rank in ranks for i in rank["seen"][epoch] if i >= 0]
+        assert sorted(real) == list(range(14))  # every sample exactly once across the ranks
+        assert len({len(rank["seen"][epoch]) for rank in ranks}) == 1  # equal steps on both ranks
+    assert ranks[0]["seen"]["0"] != ranks[0]["seen"]["1"]  # Lightning's set_epoch reached the order
+    for rank in ranks:  # what a plain loop of that rank reads
+        loader = make_loader(folder, shard_id=rank["rank"], num_shards=2)
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            assert rank["seen"][str(epoch)] == [i for _, _, idx in loader for i in idx.tolist()]
+
+
+# -- accelerate -------------------------------------------------------------------------------------
+
+
+def test_accelerate_prepares_checkpoints_and_restores_the_loader(folder, tmp_path):
+    """``Accelerator.prepare`` keeps the loader as it is (batches already on the device);
+    ``register_for_checkpointing`` saves its state with ``save_state`` and ``load_state`` restores it
+    mid-epoch into a new loader, which then yields the rest of the uninterrupted epoch."""
+    accelerate = pytest.importorskip("accelerate")
+
+    full = plain_epochs(folder, 1)[0]
+    accelerator = accelerate.Accelerator(cpu=True, project_dir=str(tmp_path))
+    model = torch.nn.Linear(3, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = make_loader(folder)
+    model, optimizer, prepared = accelerator.prepare(model, optimizer, loader)
+    assert prepared is loader
+    accelerator.register_for_checkpointing(loader)
+    loader.set_epoch(0)
+    head = []
+    for step, (images, labels, indices) in enumerate(loader):
+        loss = torch.nn.functional.cross_entropy(model(images.mean(dim=(2, 3))), labels)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        head += indices.tolist()
+        if step == 2:
+            accelerator.save_state(str(tmp_path / "state"))
+            break
+    again = accelerate.Accelerator(cpu=True, project_dir=str(tmp_path))
+    model2 = torch.nn.Linear(3, 3)
+    optimizer2 = torch.optim.SGD(model2.parameters(), lr=0.01)
+    loader2 = make_loader(folder)
+    model2, optimizer2, loader2 = again.prepare(model2, optimizer2, loader2)
+    again.register_for_checkpointing(loader2)
+    again.load_state(str(tmp_path / "state"))
+    rest = [i for _, _, idx in loader2 for i in idx.tolist()]
+    assert head + rest == full
