@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from dali_resizer.dataset import LoaderDataset
 from dali_resizer.iterator import DALILoaderIter, release_unused
 from dali_resizer.readers import ReadPlan, is_image_dataset, open_source
 from dali_resizer.sampler import Carried, EpochBatchSampler, EpochSampler, Resume, union_of_runs
@@ -386,14 +387,14 @@ class DALILoader:
         self.set_affinity = bool(set_affinity)
         self.roi_decode = roi_decode if roi_decode is not None else self.device.type == "cpu"
         self._ledger = BadSamples(on_error)
-        self.dataset = open_source(source, index_dir)
+        self.dataset = LoaderDataset(open_source(source, index_dir), self)
         if order["length"] is not None and order["length"] != len(self.dataset):
             raise ValueError(f"sampler={sampler!r} covers {order['length']} samples, the source has "
                              f"{len(self.dataset)}: build it over the same dataset")
         self.sampler = EpochSampler(len(self.dataset), num_replicas=num_shards, rank=shard_id, shuffle=self.shuffle,
                                     seed=self.seed, drop_last=self.drop_last, follow=order["follow"])
         self.batch_sampler = EpochBatchSampler(self.sampler, batch_size)
-        self._reader = self.dataset.reader(self._plan(), self._ledger)
+        self._reader = self.dataset.source.reader(self._plan(), self._ledger)
         self._latest: DALILoaderIter | None = None  # the iterator started last: the position state_dict() saves
         self._spare = None  # an evaluation pass's pipeline, rewound for the next pass
 

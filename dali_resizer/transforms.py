@@ -3,9 +3,10 @@ runs ``T`` in the DALI pipeline.
 
 The pipeline has one training graph (random-resized-crop, horizontal flip at 0.5) and one evaluation graph
 (resize of the shorter side, center crop), then scaling to [0, 1] and normalization. A transform made of
-the same steps, v1 or v2 (``RandomResizedCrop``, ``Resize``, ``CenterCrop``, ``RandomHorizontalFlip``,
-``ToTensor`` / ``PILToTensor`` / ``ToImage``, ``ToDtype`` / ``ConvertImageDtype``, ``Normalize``), is read
-as those settings; any other step is refused, named, rather than skipped. DALI's own
+the same steps, v1 or v2, in a ``Compose`` or a preset that holds one in ``.transforms``
+(``RandomResizedCrop``, ``Resize``, ``CenterCrop``, ``RandomHorizontalFlip``, ``ToTensor`` /
+``PILToTensor`` / ``ToImage``, ``ToDtype`` / ``ConvertImageDtype``, ``Normalize``), is read as those
+settings; any other step is refused, named, rather than skipped. DALI's own
 ``nvidia.dali.experimental.torchvision`` reimplements these classes for tensors fed to a pipeline one batch
 at a time; here the graph reads and decodes the files itself, so the user's own objects are translated.
 """
@@ -31,9 +32,12 @@ def _interpolation(step) -> str:
 
 
 def _steps(transform) -> list:
-    """The transform's steps, ``Compose`` flattened."""
-    if _name(transform) == "Compose":
-        return [s for step in transform.transforms for s in _steps(step)]
+    """The transform's steps: ``Compose`` flattened, and so is an object that holds its steps in
+    ``.transforms`` and applies them (torchvision's ``ClassificationPresetTrain`` / ``Eval``)."""
+    if isinstance(transform, (list, tuple)):
+        return [s for step in transform for s in _steps(step)]
+    if _name(transform) == "Compose" or (callable(transform) and hasattr(transform, "transforms")):
+        return _steps(transform.transforms)
     return [transform]
 
 

@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import accelerate
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
 from dali_resizer import PAD_LABEL, DALILoader
 from tests.conftest import random_image
-
-L = pytest.importorskip("lightning", reason="the client tests need lightning (the test extra)")
 
 SCRIPTS = Path(__file__).parent
 
@@ -130,8 +130,6 @@ def test_accelerate_prepares_checkpoints_and_restores_the_loader(folder, tmp_pat
     """``Accelerator.prepare`` keeps the loader as it is (batches already on the device);
     ``register_for_checkpointing`` saves its state with ``save_state`` and ``load_state`` restores it
     mid-epoch into a new loader, which then yields the rest of the uninterrupted epoch."""
-    accelerate = pytest.importorskip("accelerate")
-
     full = plain_epochs(folder, 1)[0]
     accelerator = accelerate.Accelerator(cpu=True, project_dir=str(tmp_path))
     model = torch.nn.Linear(3, 3)
@@ -160,3 +158,60 @@ def test_accelerate_prepares_checkpoints_and_restores_the_loader(folder, tmp_pat
     again.load_state(str(tmp_path / "state"))
     rest = [i for _, _, idx in loader2 for i in idx.tolist()]
     assert head + rest == full
+
+
+def test_accelerate_skip_first_batches_yields_the_rest_of_the_epoch(folder):
+    """accelerate's way to resume a plain DataLoader: a DataLoader rebuilt from ``loader.dataset`` and
+    DataLoader's attributes, skipping the first batches. It yields the rest of the epoch, batch for
+    batch, pixels included (the skipped batches are decoded, as they are for any iterable dataset;
+    ``register_for_checkpointing`` above resumes without decoding them)."""
+    loader = make_loader(folder)
+    loader.set_epoch(1)
+    full = list(loader)
+    again = make_loader(folder)
+    again.set_epoch(1)
+    rest = list(accelerate.skip_first_batches(again, 3))
+    assert len(rest) == len(full) - 3
+    for (x, y, i), (a, b, j) in zip(rest, full[3:], strict=True):
+        assert torch.equal(i, j) and torch.equal(y, b) and torch.equal(x, a)
+
+
+# -- a torchvision-style training script ------------------------------------------------------------
+
+
+def run_script(loader: str, train_dir, val_dir, out: Path, port: int) -> list[dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPTS.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(SCRIPTS / "torchvision_style_train.py"), "--train-dir", str(train_dir), "--val-dir", str(val_dir),
+           "--loader", loader, "--record", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_a_torchvision_style_script_swaps_one_name(folder, image_folder, tmp_path):
+    """The same script with ``DataLoader`` and with ``DALILoader`` (``--loader``), under torchrun x2: the
+    DALI form reads each epoch as a plain loop over that rank reads it (the script's own
+    ``train_sampler.set_epoch`` reaching the order), every training and validation image once per epoch
+    across the ranks, with the batch counts of the DataLoader form."""
+    from torchvision.datasets import ImageFolder
+
+    dali = run_script("dali", folder, image_folder, tmp_path / "dali.json", 29831)
+    torch_form = run_script("torch", folder, image_folder, tmp_path / "torch.json", 29833)
+    targets, val_targets = ImageFolder(str(folder)).targets, ImageFolder(str(image_folder)).targets
+    assert [(r["len"], r["len_test"]) for r in dali] == [(r["len"], r["len_test"]) for r in torch_form] == [(4, 3)] * 2
+    for rank in dali:
+        plain = DALILoader(folder, batch_size=2, shuffle=True, size=16, shard_id=rank["rank"], num_shards=2,
+                           return_index=True)
+        orders = []
+        for epoch in (0, 1):
+            plain.set_epoch(epoch)
+            order = [i for _, _, idx in plain for i in idx.tolist()]
+            assert rank["seen"][str(epoch)] == [targets[i] if i >= 0 else PAD_LABEL for i in order]
+            orders.append(order)
+        assert orders[0] != orders[1]
+        assert all(np.isfinite(rank["losses"]))
+    for epoch in ("0", "1"):
+        assert sorted(y for r in dali for y in r["seen"][epoch] if y != PAD_LABEL) == sorted(targets)
+        assert sorted(y for r in dali for y in r["evaluated"][epoch] if y != PAD_LABEL) == sorted(val_targets)

@@ -360,3 +360,12 @@ def test_a_dataset_folder_read_some_other_way_is_refused(image_folder):
 
         DALILoader(ImageFolder(str(image_folder), transform=T.Compose([T.Resize(9), T.CenterCrop(8)])),
                    batch_size=4, train=True)
+
+
+def test_a_shard_sample_is_indexed_by_its_tar_and_key(shard_dir, tmp_path):
+    loader = DALILoader(shard_dir, batch_size=4, size=8, index_dir=tmp_path)
+    tars = sorted(str(p) for p in shard_dir.glob("*.tar"))
+    assert [loader.dataset[i] for i in (0, 4, 5, 12)] == [
+        (tars[0], "sample-00000"), (tars[0], "sample-00004"), (tars[1], "sample-00005"), (tars[2], "sample-00012")]
+    with pytest.raises(IndexError):
+        loader.dataset[13]

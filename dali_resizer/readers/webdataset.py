@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tarfile
@@ -82,6 +83,14 @@ class ShardSource:
     def __len__(self) -> int:
         return sum(self.counts)
 
+    def __getitem__(self, index: int) -> tuple[str, str]:
+        """``(tar, key)`` of the sample ``index`` (the tars in the order given, each in its index's order)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} of {len(self)}")
+        index %= len(self)
+        i = int(np.searchsorted(np.cumsum(self.counts), index, side="right"))
+        return self.paths[i], _index_keys(self.index_paths[i])[index - sum(self.counts[:i])]
+
     @property
     def class_to_idx(self) -> dict[str, int] | None:
         return None if self.classes is None else {name: i for i, name in enumerate(self.classes)}
@@ -123,6 +132,12 @@ class ShardSource:
                 if listed.is_file(index + suffix):
                     found[tar] = listed.read(index + suffix).decode().splitlines()
         return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _index_keys(index_path: str) -> list[str]:
+    """The sample keys of an index, in its order."""
+    return [sample_key(row[3]) for row in read_index_rows(index_path)]
 
 
 def _refuse_twice(paths: list[str], real) -> None:
