@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -49,3 +50,60 @@ def test_readme_commands():
     assert test.endswith("python -m pytest")
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert "test-command" in ci  # CI runs the command it reads from README, not a copy of it
+
+
+def preemption_block() -> str:
+    return re.search(r"<!-- preemption -->\s*```python\n(.*?)```", README, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_the_preemption_block_saves_on_sigterm_and_resumes_exactly(tmp_path, monkeypatch):
+    """README's save-and-requeue block, run as a script (tiny sizes; each trained batch's sample indices
+    recorded): SIGTERM mid-run, exit 124 with a checkpoint; run again, to the end. Together the two runs
+    trained every batch of the three epochs once, in the order of an uninterrupted loader."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dali_resizer import DALILoader, make_synthetic_folder
+
+    synthetic = "make_synthetic_folder(num_classes=3, images_per_class=4, min_side=40, max_side=64)"
+    code = preemption_block()
+    for old, new in {
+        "make_synthetic_folder()": synthetic,
+        "batch_size=32, shuffle=True, size=448": "batch_size=2, shuffle=True, size=32, return_index=True",
+        "for images, labels in loader:": "for images, labels, indices in loader:",
+        "        optimizer.step()\n": "        optimizer.step()\n        record(epoch, indices)\n",
+    }.items():
+        assert code.count(old) == 1, f"README's preemption block no longer contains {old!r}"
+        code = code.replace(old, new)
+    record = tmp_path / "trained.txt"
+    preamble = (f"import time\n\ndef record(epoch, indices):\n    with open({str(record)!r}, 'a') as f:\n"
+                f"        f.write(f'{{epoch}} {{indices.tolist()}}\\n')\n    time.sleep(0.05)\n\n")
+    script = tmp_path / "train.py"
+    script.write_text(preamble + code)
+    env = {**os.environ, "DALI_RESIZER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    for _ in range(1200):  # until it has trained into its second epoch
+        if record.exists() and len(record.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 124, first.stderr.read()[-2000:]
+    assert (tmp_path / "checkpoint.pt").is_file()
+    stopped_after = len(record.read_text().splitlines())
+    second = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    monkeypatch.setenv("DALI_RESIZER_CACHE", str(tmp_path / "cache"))
+    data = make_synthetic_folder(num_classes=3, images_per_class=4, min_side=40, max_side=64)
+    loader = DALILoader(data, batch_size=2, shuffle=True, size=32, return_index=True)
+    expected = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        expected += [f"{epoch} {idx.tolist()}" for _, _, idx in loader]
+    trained = record.read_text().splitlines()
+    assert 8 <= stopped_after < len(expected) and trained == expected
