@@ -386,3 +386,22 @@ def test_a_gpu_batch_failing_with_no_bad_sample_points_at_whole_image_decoding(i
         with pytest.raises(BadSampleError, match="no single sample fails alone: nvImageCodec failure") as raised:
             reader.report({}, [], "nvImageCodec failure: '#8'", "files a.jpg", RuntimeError("DALI"))
         assert ("roi_decode=False decodes whole images" in str(raised.value)) == hinted
+
+
+# -- whole-image decoding, the GPU default --------------------------------------------------------------
+
+
+def test_window_decoding_is_the_cpu_default(image_folder):
+    assert DALILoader(image_folder, batch_size=4, size=8, device="cpu").roi_decode is True
+
+
+@pytest.mark.needs_cuda
+def test_whole_image_decoding_is_the_gpu_default_and_window_decoding_warns(image_folder):
+    """nvImageCodec 0.9 (DALI 2.4's) fails on window decoding on A100/H100-class GPUs (issue 55): a GPU
+    loader decodes whole images unless asked, and asking says why it may fail."""
+    loader = DALILoader(image_folder, batch_size=4, size=16, device="cuda", return_index=True)
+    assert loader.roi_decode is False
+    images, _, indices = next(iter(loader))
+    assert images.is_cuda and images.shape == (4, 3, 16, 16) and indices.tolist() == [0, 1, 2, 3]
+    with pytest.warns(UserWarning, match="nvImageCodec issue 55"):
+        DALILoader(image_folder, batch_size=4, size=16, device="cuda", roi_decode=True)
