@@ -82,6 +82,17 @@ class DALILoaderIter:
         """Where this iterator stands; None before its first ``next()``."""
         return self._position
 
+    def state_dict(self) -> dict:
+        """This iterator's position in its epoch, as part of ``loader.state_dict()``: the epoch, the
+        batches returned, DALI's checkpoint there, and the samples delivered (runs of sample ids)."""
+        position = self._position
+        epoch = position.epoch
+        state = {"epoch": epoch.number, "batches_done": position.done, "base": position.base,
+                 "dali": position.checkpoint, "delivered": position.delivered_runs().tolist()}
+        if epoch.carried is not None:
+            state["carried"] = epoch.carried.runs.tolist()
+        return state
+
     @property
     def finished(self) -> bool:
         """Every batch of its epoch returned (whether or not ``StopIteration`` was raised yet)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -12,7 +13,7 @@ from torch.utils.data import default_collate
 from dali_resizer.dataset import LoaderDataset
 from dali_resizer.iterator import DALILoaderIter, release_unused
 from dali_resizer.readers import ReadPlan, is_image_dataset, open_source
-from dali_resizer.sampler import Carried, EpochBatchSampler, EpochSampler, Resume, union_of_runs
+from dali_resizer.sampler import Carried, EpochBatchSampler, EpochSampler, union_of_runs
 from dali_resizer.samples import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -122,7 +123,9 @@ class DALILoader:
             folder of WebDataset ``.tar`` shards, one ``.tar``, a list of them, a brace pattern
             (``"train-{000000..000127}.tar"``), or a file list written by ``python -m
             dali_resizer.check --write-list``. Shards are read with a DALI index file:
-            ``<shard>.idx`` beside each tar, or one built once into ``index_dir``.
+            ``<shard>.idx`` beside each tar, or one built once into ``index_dir``. Or a torchvision
+            ``ImageFolder`` / ``DatasetFolder`` of images: its files, labels and classes, and its transform
+            read as ``size``, ``train``, the crop, ``mean``, ``std`` and ``dtype`` (``dali_resizer.transforms``).
         batch_size: Samples per batch (DataLoader's default, 1).
         shuffle: A new order every epoch, from ``(seed, epoch)`` (DataLoader's default: False).
         sampler: ``None``, or torch's ``SequentialSampler``, ``RandomSampler`` or ``DistributedSampler``
@@ -476,27 +479,11 @@ class DALILoader:
         Mid-epoch it also holds the samples this rank has delivered (``delivered``: runs of sample ids),
         so that the states of all ranks together say what the world has read of the epoch (see
         :meth:`load_state_dict`)."""
-        state = {"epoch": 0, "batches_done": 0, "base": 0, "dali": None, "seed": self.seed,
-                 "num_shards": self.num_shards, "shard_id": self.shard_id, "num_source_samples": len(self.dataset),
-                 **self._pipeline_identity(), "skipped": dict(self.skipped), **self._reader.state_dict()}
         latest = self._latest
-        if latest is not None and latest.position is not None and not latest.finished:
-            position = latest.position
-            epoch = position.epoch
-            state |= {"epoch": epoch.number, "batches_done": position.done, "base": position.base,
-                      "dali": position.checkpoint, "delivered": position.delivered_runs().tolist()}
-        else:
-            epoch, resume = self.sampler.due(), self.sampler.resume
-            state["epoch"] = epoch.number
-            if resume is not None:
-                state |= {"batches_done": resume.batches_done, "base": resume.base, "dali": resume.checkpoint,
-                          "delivered": union_of_runs(resume.delivered, *(
-                              [epoch.carried.runs] if epoch.carried is not None else [])).tolist()}
-            elif epoch.carried is not None:
-                state["delivered"] = epoch.carried.runs.tolist()
-        if epoch.carried is not None:  # an epoch taken over from another world: what it had read decides the split
-            state["carried"] = epoch.carried.runs.tolist()
-        return state
+        running = latest is not None and latest.position is not None and not latest.finished
+        return {"seed": self.seed, "num_shards": self.num_shards, "shard_id": self.shard_id,
+                "num_source_samples": len(self.dataset), **self._pipeline_identity(), "skipped": dict(self.skipped),
+                **self._reader.state_dict(), **(latest.state_dict() if running else self.sampler.state_dict())}
 
     def load_state_dict(self, state: dict | list[dict]) -> None:
         """Continues from :meth:`state_dict`: the next iteration resumes that epoch after its last
@@ -534,11 +521,9 @@ class DALILoader:
                     f"loader state is for {key}={state[key]!r}, this loader has {key}={mine!r}: its position and "
                     f"DALI checkpoint hold only for a loader built the same way; build it with {key}={state[key]!r}, "
                     f"or pass the list of every rank's states, which resumes the epoch with any build")
-        epoch = state["epoch"]
-        carried = (Carried(epoch, np.asarray(state["carried"], dtype=np.int64).reshape(-1, 2))
-                   if "carried" in state else None)
-        resume = None
         if state["batches_done"]:
+            carried = Carried(state["epoch"], np.asarray(state["carried"], dtype=np.int64).reshape(-1, 2)) if (
+                "carried" in state) else None
             length = self._epoch_batches(carried)
             if state["batches_done"] > length:
                 raise ValueError(f"loader state: batches_done={state['batches_done']} is past the end of its epoch "
@@ -546,23 +531,17 @@ class DALILoader:
             if state["base"] > state["batches_done"]:
                 raise ValueError(f"loader state: base={state['base']} is past batches_done={state['batches_done']}")
             if state["dali"] is None and state["base"] != state["batches_done"]:
-                raise ValueError(f"loader state: dali=None at batch {state['batches_done']} of epoch {epoch}: a "
-                                 f"mid-epoch position needs DALI's checkpoint (a state saved by state_dict() has it)")
-            delivered = np.asarray(state.get("delivered") or [], dtype=np.int64).reshape(-1, 2)
-            if carried is not None:  # (what this rank delivered, apart from what the old world had)
-                delivered = _runs_minus(delivered, carried.runs)
-            resume = Resume(state["batches_done"], state["base"], state["dali"], delivered)
+                raise ValueError(f"loader state: dali=None at batch {state['batches_done']} of epoch "
+                                 f"{state['epoch']}: a mid-epoch position needs DALI's checkpoint (a state saved by "
+                                 f"state_dict() has it)")
         self.skipped.update(state.get("skipped", {}))
         self._reader.load_state_dict(state)
-        self.sampler.load(epoch, resume, carried)
+        self.sampler.load_state_dict(state)
         self._latest = None
 
     def _epoch_batches(self, carried: Carried | None) -> int:
-        from dali_resizer.sampler import Epoch
-
-        due = self.sampler.due()
-        return Epoch(due.number, due.seed, due.shuffle, due.drop_last, due.rank, due.num_replicas, due.source_len,
-                     carried).batches(self.batch_size)
+        """Batches of the epoch due with ``carried`` read before (a state's own epoch length)."""
+        return dataclasses.replace(self.sampler.due(), carried=carried).batches(self.batch_size)
 
     def _load_world(self, states: list[dict]) -> None:
         """Loads the states of every rank of a world (see :meth:`load_state_dict`)."""
@@ -589,8 +568,8 @@ class DALILoader:
                 raise ValueError(f"loader state is for {key}={first.get(key)!r}, this loader has {key}={value!r}")
         delivered = union_of_runs(*(np.asarray(s.get("delivered") or [], dtype=np.int64).reshape(-1, 2)
                                     for s in states))
-        epoch = int(first["epoch"])
-        self.sampler.load(epoch, None, Carried(epoch, delivered) if delivered.size else None)
+        self.sampler.load_state_dict({"epoch": int(first["epoch"]), "batches_done": 0, "base": 0, "dali": None,
+                                      **({"carried": delivered.tolist()} if delivered.size else {})})
         self._latest = None
 
     def _pipeline_identity(self) -> dict:
@@ -728,14 +707,6 @@ def _checked_state(state, what: str) -> dict:
                               or (runs < 0).any() or (runs[:, 1] < runs[:, 0]).any()):
                 raise ValueError(f"load_state_dict(): {what}[{name!r}] must be [start, stop) runs of sample ids")
     return state
-
-
-def _runs_minus(runs: np.ndarray, minus: np.ndarray) -> np.ndarray:
-    """``runs`` less the ids of ``minus`` (both ``[start, stop)`` runs)."""
-    from dali_resizer.sampler import ids_of, runs_of
-
-    ids = ids_of(runs)
-    return runs_of(ids[~np.isin(ids, ids_of(minus))])
 
 
 def _is_number(value) -> bool:

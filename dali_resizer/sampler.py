@@ -229,12 +229,36 @@ class EpochSampler:
     def __len__(self) -> int:
         return self.due().samples_per_shard
 
-    # -- state ----------------------------------------------------------------------------------------
+    # -- state (torchdata's Stateful: each component saves itself) -----------------------------------
 
-    def load(self, epoch: int, resume: Resume | None = None, carried: Carried | None = None) -> None:
-        """Sets the epoch due, the position it resumes from and what of it another world had read."""
+    def state_dict(self) -> dict:
+        """The epoch due and the position it starts from: its start, or a loaded state's position."""
+        epoch, resume = self.due(), self._resume
+        state = {"epoch": epoch.number, "batches_done": 0, "base": 0, "dali": None}
+        if resume is not None:
+            state |= {"batches_done": resume.batches_done, "base": resume.base, "dali": resume.checkpoint,
+                      "delivered": union_of_runs(resume.delivered, *(
+                          [epoch.carried.runs] if epoch.carried is not None else [])).tolist()}
+        elif epoch.carried is not None:
+            state["delivered"] = epoch.carried.runs.tolist()
+        if epoch.carried is not None:  # an epoch taken over from another world: what it had read decides the split
+            state["carried"] = epoch.carried.runs.tolist()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """The epoch due from a loader state (checked by the loader), with its position when it was saved
+        mid-epoch, and what another world had read of it (``carried``)."""
         self._sync()
-        self.epoch, self._resume, self._carried = int(epoch), resume, carried
+        epoch = int(state["epoch"])
+        carried = Carried(epoch, np.asarray(state["carried"], dtype=np.int64).reshape(-1, 2)) if (
+            state.get("carried") is not None) else None
+        resume = None
+        if state["batches_done"]:
+            delivered = np.asarray(state.get("delivered") or [], dtype=np.int64).reshape(-1, 2)
+            if carried is not None:  # (what this rank delivered, apart from what the old world had read)
+                delivered = runs_of(np.setdiff1d(ids_of(delivered), ids_of(carried.runs)))
+            resume = Resume(state["batches_done"], state["base"], state["dali"], delivered)
+        self.epoch, self._resume, self._carried = epoch, resume, carried
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(epoch={self.epoch}, shuffle={self.shuffle}, seed={self.seed}, "

@@ -90,7 +90,7 @@ class TrainConfig:
     random_area: tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_ratio: float = 0.875
-    roi_decode: bool = True
+    roi_decode: bool | None = None  # (the loader's default: windows on the CPU, whole images on a GPU)
     recipe: str = "adamw"
     optimizer: str | None = None
     lr: float | None = None
@@ -544,8 +544,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    metavar=("LOW", "HIGH"), help="training crop aspect-ratio range (torchvision's ratio)")
     g.add_argument("--crop-ratio", type=float, default=d.crop_ratio, help="evaluation center-crop ratio")
     g.add_argument("--roi-decode", action=argparse.BooleanOptionalAction, default=d.roi_decode,
-                   help="decode only the crops' windows (--no-roi-decode: whole images, cropped after: on a GPU "
-                        "the hardware JPEG decoder's way)")
+                   help="decode only the crops' windows (--no-roi-decode: whole images, cropped after, the hardware "
+                        "JPEG decoder's way); default: windows on the CPU, whole images on a GPU (nvImageCodec 0.9 "
+                        "fails on windows there, its issue 55)")
     g = p.add_argument_group("model")
     g.add_argument("--resizer", choices=RESIZERS, default=d.resizer,
                    help="learned (Talebi & Milanfar), muller (Tu et al., 4 parameters), or a fixed bilinear/bicubic "
