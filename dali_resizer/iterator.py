@@ -12,7 +12,6 @@ sample exactly once, and the same iterator, called again, rebuilds its pipeline 
 from __future__ import annotations
 
 import gc
-import re
 import signal
 import threading
 from contextlib import contextmanager
@@ -23,18 +22,12 @@ import numpy as np
 import torch
 
 from dali_resizer.sampler import Epoch, ids_of, runs_of, union_of_runs
-from dali_resizer.samples import DEVICE_FAILURE
+from dali_resizer.samples import DaliFailure, classify_failure
 
 if TYPE_CHECKING:
     from dali_resizer.loader import DALILoader
 
 __all__ = ["DALILoaderIter", "Position"]
-
-# DALI's words when the object store (or a network file system) fails, not a sample
-_STORAGE_FAILED = re.compile(
-    r"curlCode|Could not connect to server|Timeout was reached|S3 Object not found|NoSuchKey|"
-    r"Failed to flush response stream")
-
 
 @dataclass(frozen=True)
 class Position:
@@ -151,18 +144,21 @@ class DALILoaderIter:
                     position = self._position = replace(position, checkpoint=self._dali.checkpoints()[0])
                 (out,) = next(self._dali)
             except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
-                if "pipeline" not in str(error).lower():
-                    self._drop_pipeline()
-                    raise
                 self._drop_pipeline()
-                self._raise_unless_a_sample(error, position)
+                failure = classify_failure(error)
+                if failure.kind == "other":
+                    raise
+                self._raise_unless_a_sample(failure, error, position)
                 try:
                     with signals_deferred():  # (its probes build pipelines)
-                        restart = self._reader.recover(error, epoch, done, position.checkpoint)
+                        restart = self._reader.recover(failure, error, epoch, done, position.checkpoint)
                 except RuntimeError as again:  # (DALI may lose the reason: then the replay's build says it)
-                    if not _STORAGE_FAILED.search(str(again)):
+                    said = classify_failure(again)
+                    if said.kind != "storage":
                         raise
-                    raise self._storage_failure(again, position) from None
+                    raise self._storage_failure(said, position) from None
+                self._loader._ledger.found(restart.problems, cause=error)  # the policy: raise, or skip
+                self._reader.skip(restart.problems)
                 self._reusable = False  # (a pipeline rebuilt mid-epoch covers only the rest)
                 position = self._position = replace(
                     position, checkpoint=restart.checkpoint,
@@ -206,31 +202,29 @@ class DALILoaderIter:
 
     # -- failures -------------------------------------------------------------------------------------
 
-    def _raise_unless_a_sample(self, error: RuntimeError, position: Position) -> None:
+    def _raise_unless_a_sample(self, failure: DaliFailure, error: RuntimeError, position: Position) -> None:
         """A GPU or storage failure is never a bad sample: it is raised as what it is."""
         epoch, done, device = position.epoch.number, position.done, self._loader.device
-        text = str(error)
-        if DEVICE_FAILURE.search(text):
-            said = next(line.strip() for line in text.splitlines() if DEVICE_FAILURE.search(line))
-            kind = torch.OutOfMemoryError if "memory" in text.lower() else RuntimeError
+        if failure.kind == "device":
+            kind = torch.OutOfMemoryError if "memory" in failure.reason.lower() else RuntimeError
             raise kind(f"DALI's GPU work failed after batch {done} of epoch {epoch} on {device} (not a "
-                       f"bad sample; DALI: {said}); free GPU memory, or lower batch_size or "
+                       f"bad sample; DALI: {failure.reason}); free GPU memory, or lower batch_size or "
                        f"device_memory_padding: loader.state_dict() resumes there") from error
-        if _STORAGE_FAILED.search(text):  # not a sample's fault: the storage went away
-            raise self._storage_failure(error, position) from None
+        if failure.kind == "storage":  # not a sample's fault: the storage went away
+            raise self._storage_failure(failure, position) from None
 
-    def _storage_failure(self, error: RuntimeError, position: Position) -> OSError:
+    def _storage_failure(self, failure: DaliFailure, position: Position) -> OSError:
         """What to raise when the storage failed under DALI's reader: the object removed while the epoch
         ran, named (``FileNotFoundError``), else the storage unreachable (``ConnectionError``)."""
         epoch, done = position.epoch, position.done
-        gone = self._reader.missing(epoch, done) if "curlCode" not in str(error) else []
+        gone = self._reader.missing(epoch, done) if "curlCode" not in failure.reason else []
         if gone:
             return FileNotFoundError(f"{gone[0]}: removed while epoch {epoch.number} was read (after batch {done}); "
                                      f"put it back and loader.state_dict() resumes the epoch there")
         return ConnectionError(
             f"{self._reader.describe()} at {self._loader.dataset_location()}: reading stopped after batch {done} of "
-            f"epoch {epoch.number} (DALI: {self._reader.dali_message(error)[0]}); loader.state_dict() resumes the "
-            f"epoch there once the storage answers again")
+            f"epoch {epoch.number} (DALI: {failure.reason}); loader.state_dict() resumes the epoch there once the "
+            f"storage answers again")
 
     # -- batches --------------------------------------------------------------------------------------
 
@@ -239,7 +233,10 @@ class DALILoaderIter:
         the ids of the samples it delivers."""
         loader = self._loader
         images = loader._images(out["images"])
-        labels, indices, ids = self._reader.labels(out)
+        labels, indices, ids, problems = self._reader.labels(out)
+        if problems:  # the policy: raise, or skip (their rows are padding already)
+            loader._ledger.found(problems)
+            self._reader.skip(problems)
         labels, indices = loader._to_device(labels), loader._to_device(indices)
         padding = 0 if self._position.epoch.drop_last else (
             self._position.epoch.samples_per_shard - self._position.epoch.num_samples)

@@ -398,6 +398,7 @@ class DALILoader:
                                     seed=self.seed, drop_last=self.drop_last, follow=order["follow"])
         self.batch_sampler = EpochBatchSampler(self.sampler, batch_size)
         self._reader = self.dataset.source.reader(self._plan(), self._ledger)
+        self._ledger.found(self._reader.known_bad())  # (bad samples the indexes already say: raise, or skip)
         self._latest: DALILoaderIter | None = None  # the iterator started last: the position state_dict() saves
         self._spare = None  # an evaluation pass's pipeline, rewound for the next pass
 

@@ -8,8 +8,11 @@ raise-or-skip ledger of bad samples (:class:`BadSamples`).
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import warnings
+from dataclasses import dataclass
 
 __all__ = [
     "FOLDER_IMAGE_EXTENSIONS",
@@ -27,6 +30,10 @@ __all__ = [
     "BadSampleError",
     "BadSamples",
     "DEVICE_FAILURE",
+    "STORAGE_FAILURE",
+    "DaliFailure",
+    "classify_failure",
+    "warn_user",
     "IMAGE_SIGNATURES",
     "describe_bytes",
     "image_format",
@@ -113,6 +120,58 @@ def oversize_problem(max_pixels: int) -> str:
 # is never reported as bad data (its text contains "pipeline" too).
 DEVICE_FAILURE = re.compile(r"out of memory|cudaErrorMemoryAllocation|CUDA_ERROR_OUT_OF_MEMORY|CUDA error|"
                             r"cudaError|NVJPEG_STATUS_ALLOCATOR_FAILURE|Can't allocate|bad_alloc", re.IGNORECASE)
+# DALI's words when the object store (or a network file system) fails, not a sample.
+STORAGE_FAILURE = re.compile(r"curlCode|Could not connect to server|Timeout was reached|S3 Object not found|"
+                             r"NoSuchKey|Failed to flush response stream")
+_NAMES_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
+# The lines of DALI's error that frame its reason: the pipeline's words, the operator, the traceback of its
+# definition, the C++ source.
+_FRAME = re.compile(r"pipeline|^Error (in|when executing) \w+ operator|^File \"|encountered:?$|^C\+\+ context:",
+                    re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DaliFailure:
+    """What a DALI pipeline's error means: ``kind`` is ``"device"`` (the GPU failed: its memory, a CUDA
+    call), ``"storage"`` (the object store or file system failed), ``"sample"`` (the pipeline stopped,
+    on a sample it may name) or ``"other"`` (not a pipeline's error: raise it as it is); ``reason``:
+    DALI's own words, one line; ``sample``: the sample DALI named (its source info), or None."""
+
+    kind: str
+    reason: str
+    sample: str | None = None
+
+
+def classify_failure(error: BaseException | str) -> DaliFailure:
+    """The one reading of DALI's error texts (the loader's iterator, the readers and the probes use it)."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for kind, pattern in (("device", DEVICE_FAILURE), ("storage", STORAGE_FAILURE)):
+        said = next((line for line in lines if pattern.search(line)), None)
+        if said is not None:
+            return DaliFailure(kind, said)
+    if "pipeline" not in text.lower():
+        return DaliFailure("other", lines[-1] if lines else type(error).__name__)
+    named = _NAMES_SAMPLE.search(text)
+    sample = named.group(1).strip() if named else None
+    reason = next((line for line in reversed(lines) if not _FRAME.search(line)), "no reason given")
+    if sample is not None:  # (the sample's name is said once, in front of the reason)
+        reason = reason.replace(f" : {sample}", "")
+    return DaliFailure("sample", re.sub(r"\s*:\s*$", "", reason), sample)
+
+
+_PACKAGES = tuple(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep + name + os.sep
+                  for name in ("dali_resizer", "pipelines"))
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warns at the user's line: the first frame outside this project's packages (the loop over the
+    loader, or the line that built it), however deep the project's own calls are."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
 
 # The first bytes of each format DALI decodes: (format, parts), every part an (offset, bytes) that must
 # match; a format that starts in several ways has a row for each. JPEG is the first row. The loader's
@@ -208,8 +267,9 @@ class BadSamples:
     def __len__(self) -> int:
         return len(self.skipped)
 
-    def found(self, bad: dict[str, str], *, stacklevel: int = 2, cause: BaseException | None = None) -> None:
-        """Raises for the first of ``bad`` (``on_error="raise"``), else records all and warns."""
+    def found(self, bad: dict[str, str], *, cause: BaseException | None = None) -> None:
+        """Raises for the first of ``bad`` (``on_error="raise"``), else records all and warns at the
+        user's line."""
         if not bad:
             return
         if self.on_error == "raise":
@@ -219,5 +279,4 @@ class BadSamples:
         self.skipped.update(bad)
         if new:
             shown = "; ".join(f"{name} ({problem})" for name, problem in list(new.items())[:3])
-            warnings.warn(f"skipped {len(new)} bad sample(s), {len(self.skipped)} so far: {shown}",
-                          stacklevel=stacklevel + 1)
+            warn_user(f"skipped {len(new)} bad sample(s), {len(self.skipped)} so far: {shown}")

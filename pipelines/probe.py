@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_resizer.samples import DEVICE_FAILURE, describe_bytes
+from dali_resizer.samples import classify_failure, describe_bytes
 from pipelines.stages import decoder_device, mixed_decoder_options
 
 __all__ = ["decode_samples", "probe_bytes", "probe_samples"]
@@ -80,11 +80,10 @@ def probe_samples(samples: Iterable[tuple[str, bytes]], *, damage: bool = False,
             with _stderr_into(lines):
                 pipe.run()
         except RuntimeError as e:
-            if DEVICE_FAILURE.search(str(e)):
+            failure = classify_failure(e)
+            if failure.kind == "device":
                 raise
-            said = [line for line in str(e).splitlines() if line.strip() and "pipeline" not in line.lower()]
-            reason = re.sub(r"\s*:\s*$", "", said[-1].strip()) if said else "decode failed"
-            problems[name] = f"{describe_bytes(data)}; DALI: {reason}{_decoder_said(lines)}"
+            problems[name] = f"{describe_bytes(data)}; DALI: {failure.reason}{_decoder_said(lines)}"
             pipe = None
             continue
         warned = [line for line in lines if line.startswith(_DAMAGE)]

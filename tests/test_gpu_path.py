@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dali_resizer import DALILoader, LearnableResizer
 from dali_resizer.loader import default_threads, local_gpu, resolve_device
-from dali_resizer.samples import DEVICE_FAILURE
+from dali_resizer.samples import DaliFailure, classify_failure
 
 # -- 1. device selection ------------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ def test_the_status_check_is_a_handful_of_operators(image_folder):
     ("Critical error in pipeline:\nJPEG data too short", False),
 ])
 def test_a_gpu_failure_is_told_apart_from_a_bad_sample(text, device):
-    assert bool(DEVICE_FAILURE.search(text)) is device
+    assert (classify_failure(RuntimeError(text)).kind == "device") is device
 
 
 def test_an_out_of_memory_error_in_the_pipeline_is_raised_not_skipped(image_folder, monkeypatch):
@@ -384,7 +384,8 @@ def test_a_gpu_batch_failing_with_no_bad_sample_points_at_whole_image_decoding(i
         reader = DALILoader(image_folder, batch_size=2, size=8, device="cpu", roi_decode=roi_decode)._reader
         reader.plan.pipeline["device_id"] = 0 if on_gpu else None  # (as a loader on GPU 0 has it)
         with pytest.raises(BadSampleError, match="no single sample fails alone: nvImageCodec failure") as raised:
-            reader.report({}, [], "nvImageCodec failure: '#8'", "files a.jpg", RuntimeError("DALI"))
+            failure = DaliFailure("sample", "nvImageCodec failure: '#8'")
+            reader.report({}, [], failure, "files a.jpg", RuntimeError("DALI"))
         assert ("roi_decode=False decodes whole images" in str(raised.value)) == hinted
 
 

@@ -250,6 +250,29 @@ def test_shard_skip_delivers_every_good_sample_once(tmp_path, shuffle):
     assert sorted(loader.skipped) == sorted(f"{tar_of[i]} (sample k{i:03d})" for i in bad)
 
 
+@pytest.mark.parametrize(("label", "value", "problem"), [
+    (b"1" + b" " * 20, 1, None),  # padded: good, and its batch-mates keep theirs
+    (b"0" * 19 + b"7", 7, None),  # 20 zero-padded digits
+    (b"9" * 20, None, "label 99999999999999999999 is out of range: more digits than an int64 holds"),
+    ("\u00b2".encode(), None, "is not a non-negative integer"),  # superscript two
+    ("\u0661".encode(), None, "is not a non-negative integer"),  # Arabic-Indic one
+    (b"1 2", None, "is not a non-negative integer"),
+])
+def test_a_label_is_parsed_on_its_own(tmp_path, label, value, problem):
+    """An odd ``.cls`` in a batch decides nothing for the other samples of the batch: they keep their
+    labels; it is read as its value, or is a bad sample named with its reason."""
+    write_dirty_shards(tmp_path / "s", {9: {"jpg": good_jpeg(seed=109), "cls": label}})
+    loader = DALILoader(tmp_path / "s", batch_size=4, size=8, shuffle=False, on_error="skip",
+                        index_dir=tmp_path / "idx")
+    with pytest.warns(UserWarning, match="skipped") if problem else _no_warning():
+        labels = [y for _, lab in loader for y in lab.tolist()]
+    assert labels == [i if i != 9 else (value if problem is None else PAD_LABEL) for i in range(20)]
+    tar = tmp_path / "s" / "s-000001.tar"
+    assert list(loader.skipped) == ([f"{tar} (sample k009)"] if problem else [])
+    if problem:
+        assert problem in loader.skipped[f"{tar} (sample k009)"]
+
+
 def test_shard_skip_across_ranks_and_resume(tmp_path):
     bad = {2: SHARD_BAD["truncated"][0], 8: SHARD_BAD["cut late"][0], 15: SHARD_BAD["zero bytes"][0]}
     good = write_dirty_shards(tmp_path / "s", bad)
@@ -544,6 +567,16 @@ def test_skip_warnings_point_at_the_loop_that_met_the_sample(tmp_path, kind):
         for _ in loader:
             pass
     assert [w.filename for w in record if "2_bad.jpg" in str(w.message)] == [__file__]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "cut late", "no label"])  # replayed / named by DALI / by the labels
+def test_shard_skip_warnings_point_at_the_loop_that_met_the_sample(tmp_path, kind):
+    write_dirty_shards(tmp_path / "s", {9: SHARD_BAD[kind][0]})
+    loader = DALILoader(tmp_path / "s", batch_size=4, size=16, on_error="skip", index_dir=tmp_path / "idx")
+    with pytest.warns(UserWarning, match="k009") as record:
+        for _ in loader:
+            pass
+    assert [w.filename for w in record if "k009" in str(w.message)] == [__file__]
 
 
 def test_check_names_what_decodes_wrongly_or_not_at_all_in_dali(tmp_path, capsys):

@@ -201,19 +201,18 @@ def test_an_object_removed_mid_epoch_is_named(tmp_path, s3_bucket, monkeypatch, 
     """DALI's error names the missing object, or (a race in DALI's reader thread, seen in CI) says no
     reason: then the pipeline built to find the failing sample meets the missing object, and that is
     what is reported."""
-    from dali_resizer import iterator as loader_module
+    from dali_resizer import iterator
+    from dali_resizer.samples import DaliFailure
 
-    class FirstLookMisses:  # the loader's first look at DALI's error finds no storage failure in it
-        def __init__(self, pattern):
-            self.pattern, self.looks = pattern, 0
+    looks = []
+    classify = iterator.classify_failure
 
-        def search(self, text):
-            self.looks += 1
-            return None if self.looks == 1 else self.pattern.search(text)
+    def first_look_misses(error):  # the loader's first reading of DALI's error finds no storage failure in it
+        looks.append(error)
+        return DaliFailure("sample", "no reason given") if len(looks) == 1 else classify(error)
 
-    looks = FirstLookMisses(loader_module._STORAGE_FAILED)
     if reason == "lost":
-        monkeypatch.setattr(loader_module, "_STORAGE_FAILED", looks)
+        monkeypatch.setattr(iterator, "classify_failure", first_look_misses)
     client, bucket = s3_bucket
     paths = write_shards(tmp_path, [4, 4], unique_labels=True)
     for path in paths:
@@ -226,7 +225,7 @@ def test_an_object_removed_mid_epoch_is_named(tmp_path, s3_bucket, monkeypatch, 
     with pytest.raises(FileNotFoundError, match=f"{url}/train-000001.tar: removed while epoch 0 was read"):
         list(batches)
     if reason == "lost":
-        assert looks.looks == 2  # (the second: the replay pipeline's own failure)
+        assert len(looks) == 2  # (the second: the replay pipeline's own failure)
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,12 +10,9 @@ import numpy as np
 import torch
 
 from dali_resizer.sampler import Epoch
-from dali_resizer.samples import BadSampleError, BadSamples
+from dali_resizer.samples import BadSampleError, BadSamples, DaliFailure
 
 __all__ = ["ReadPlan", "Reader", "Restart"]
-
-_DALI_NAMES_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
-
 
 @dataclass(frozen=True)
 class ReadPlan:
@@ -50,9 +46,11 @@ class ReadPlan:
 
 @dataclass(frozen=True)
 class Restart:
-    """Where the loader rebuilds its pipeline after bad samples were skipped: from a DALI checkpoint,
-    or from a fresh list whose first batch is the epoch's batch ``base``."""
+    """What :meth:`Reader.recover` found: the bad samples (name -> problem), and where the loader
+    rebuilds its pipeline once they are skipped: from a DALI checkpoint, or from a fresh list whose first
+    batch is the epoch's batch ``base``."""
 
+    problems: dict[str, str] = field(default_factory=dict)
     checkpoint: bytes | None = None
     base: int | None = None
 
@@ -88,16 +86,29 @@ class Reader(abc.ABC):
         from the epoch's batch ``base``; ``replay``: one that decodes nothing (see ``pipelines.decode``)."""
 
     @abc.abstractmethod
-    def labels(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
-        """``(labels, indices, ids)`` of a batch on the CPU: padding rows marked ``PAD_LABEL`` (index -1),
-        ``indices`` None where the plan asks for none; ``ids``: the sample ids the batch delivers (a
-        skipped sample's place counts as its own), for the iterator's record of the epoch."""
+    def labels(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray,
+                                                             dict[str, str]]:
+        """``(labels, indices, ids, problems)`` of a batch on the CPU: padding rows marked ``PAD_LABEL``
+        (index -1), a bad sample's row among them; ``indices`` None where the plan asks for none; ``ids``:
+        the sample ids the batch delivers (a skipped sample's place counts as its own), for the iterator's
+        record of the epoch; ``problems``: the bad samples found (name -> problem), for the loader's
+        policy (raise, or skip: then :meth:`skip`)."""
 
     @abc.abstractmethod
-    def recover(self, error: RuntimeError, epoch: Epoch, done: int, checkpoint: bytes | None) -> Restart:
-        """DALI stopped on a batch after ``done`` delivered ones (``checkpoint``: the stopped pipeline's,
-        at that point): names the bad sample(s), hands them to the ledger (which raises, or records
-        them) and says where to rebuild the pipeline."""
+    def recover(self, failure: DaliFailure, error: RuntimeError, epoch: Epoch, done: int,
+                checkpoint: bytes | None) -> Restart:
+        """DALI stopped on a batch after ``done`` delivered ones (``failure``: its reading of the error;
+        ``checkpoint``: the pipeline's at that point): names the bad sample(s) and says where to rebuild
+        the pipeline once the loader's policy has skipped them."""
+
+    def known_bad(self) -> dict[str, str]:
+        """Bad samples known before any is read (from the indexes): name -> problem."""
+        return {}
+
+    def skip(self, names) -> None:  # noqa: B027 (a reader whose skipped samples the ledger alone records)
+        """The loader's policy skips these samples, which :meth:`labels` or :meth:`recover` reported:
+        from now on their places are padding."""
+        return None
 
     def missing(self, epoch: Epoch, done: int) -> list[str]:
         """The files this shard was about to read that are gone (after a storage failure)."""
@@ -124,28 +135,17 @@ class Reader(abc.ABC):
             return problems
         return probe_samples(samples, device_id=device_id, decoder_options=self.plan.pipeline.get("decoder_options"))
 
-    @staticmethod
-    def dali_message(error: RuntimeError) -> tuple[str, str | None]:
-        """(DALI's reason, the sample DALI named or None) from a pipeline error."""
-        text = str(error)
-        detail = next((line.strip() for line in reversed(text.splitlines())
-                       if line.strip() and "pipeline" not in line.lower()), "decode failed")
-        named = _DALI_NAMES_SAMPLE.search(text)
-        if named:  # (the sample's name is said once, in front)
-            detail = detail.replace(f" : {named.group(1).strip()}", "")
-        return detail, named.group(1).strip() if named else None
-
-    def report(self, bad: dict[str, str], repeated: list[str], detail: str, where: str,
-               error: RuntimeError) -> None:
-        """Hands what :meth:`recover` found to the ledger; a batch that fails without a failing sample,
-        or a sample that fails again after it was skipped, is an error either way."""
+    def report(self, bad: dict[str, str], repeated: list[str], failure: DaliFailure, where: str,
+               error: RuntimeError) -> dict[str, str]:
+        """What :meth:`recover` found, checked: a batch that fails without a failing sample, or a sample
+        that fails again after it was skipped, is an error whatever the policy; else ``bad``."""
         if not bad:
             hint = ("; the samples decode whole on this GPU: if its window decoding is what fails (nvImageCodec "
                     "issue 55, nvImageCodec 0.9 on A100/H100-class GPUs), roi_decode=False decodes whole images"
                     if self.plan.pipeline.get("device_id") is not None and self.plan.pipeline.get("roi_decode", True)
                     else "")
             raise BadSampleError(f"DALI failed on a batch of {where} ... and no single sample fails alone: "
-                                 f"{detail}{hint}") from error
+                                 f"{failure.reason}{hint}") from error
         if repeated:
-            raise BadSampleError(f"{repeated[0]}: still fails after it was skipped; DALI: {detail}") from error
-        self.ledger.found(bad, stacklevel=4)  # (found, report, recover, the loader: the caller)
+            raise BadSampleError(f"{repeated[0]}: still fails after it was skipped; DALI: {failure.reason}") from error
+        return bad

@@ -4,7 +4,6 @@ list of one written by ``python -m dali_resizer.check --write-list``."""
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ from dali_resizer.samples import (
     describe_bytes,
     jpeg_cut_short,
     oversize_problem,
+    warn_user,
 )
 from dali_resizer.storage import Storage, read_each, storage_for
 
@@ -92,10 +92,10 @@ class ImageFolderSource:
                 f"supported extensions: {', '.join(FOLDER_IMAGE_EXTENSIONS)}"
             )
         if loops:
-            warnings.warn(f"{root}: {len(loops)} symbolic link loop(s) ({loops[0]}"
-                          + (" ..." if len(loops) > 1 else "") + f"): their files are listed again at every level, "
-                          f"as torchvision's ImageFolder lists them ({len(files)} files in all); "
-                          f"`python -m dali_resizer.check {root}` lists them", stacklevel=4)
+            warn_user(f"{root}: {len(loops)} symbolic link loop(s) ({loops[0]}"
+                      + (" ..." if len(loops) > 1 else "") + f"): their files are listed again at every level, "
+                      f"as torchvision's ImageFolder lists them ({len(files)} files in all); "
+                      f"`python -m dali_resizer.check {root}` lists them")
         return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage, loops)
 
     @classmethod
@@ -199,26 +199,28 @@ class FolderReader(Reader):
         indices = out["targets"].view(-1).to(torch.int64)
         padding = indices >= len(self.source)  # a skipped file's place, filled by a good one
         labels = self._labels[indices % len(self.source)]
+        problems = {}
         if bool(status.any()):
             files = [None if pad else self.source.files[i] for i, pad in zip(indices.tolist(), padding.tolist())]
-            problems = {}
             for row in status.nonzero().view(-1).tolist():
-                if int(status[row]) == STATUS_OVERSIZE:
-                    problems[row] = oversize_problem(self.plan.pipeline["max_pixels"])
-                elif int(status[row]) == STATUS_CUT_SHORT and files[row] is not None:
-                    size = self.source.storage.stat(files[row]).size
-                    problems[row] = jpeg_cut_short(self.source.storage.read(files[row], 0, 1 << 16), size) or (
-                        "JPEG data too short for its declared size: cut short or damaged (not decoded)")
-                elif files[row] is not None:  # (no known signature)
-                    head = self.source.storage.read(files[row], 0, 4096)
-                    problems[row] = f"{describe_bytes(head)} (not decoded)"
-            if problems:
-                self.ledger.found({files[row]: problem for row, problem in problems.items()}, stacklevel=4)
-                padding[list(problems)] = True
-        ids = (out["targets"].view(-1).to(torch.int64) % len(self.source)).numpy()
+                if files[row] is None:
+                    continue
+                problems[files[row]] = self._problem(files[row], int(status[row]))
+                padding[row] = True
+        ids = (indices % len(self.source)).numpy()
         labels[padding] = PAD_LABEL
         indices[padding] = -1
-        return labels, indices, ids
+        return labels, indices, ids, problems
+
+    def _problem(self, path: str, status: int) -> str:
+        """Why the pipeline did not decode a file (its status: see ``pipelines.image_status``)."""
+        if status == STATUS_OVERSIZE:
+            return oversize_problem(self.plan.pipeline["max_pixels"])
+        if status == STATUS_CUT_SHORT:
+            size = self.source.storage.stat(path).size
+            return jpeg_cut_short(self.source.storage.read(path, 0, 1 << 16), size) or (
+                "JPEG data too short for its declared size: cut short or damaged (not decoded)")
+        return f"{describe_bytes(self.source.storage.read(path, 0, 4096))} (not decoded)"
 
     def _window(self, epoch: Epoch, done: int) -> list[str]:
         """The files of the batches DALI was preparing after batch ``done``, once each."""
@@ -229,13 +231,12 @@ class FolderReader(Reader):
     def missing(self, epoch: Epoch, done: int) -> list[str]:
         return [f for f in self._window(epoch, done) if not self.source.storage.is_file(f)]
 
-    def recover(self, error, epoch, done, checkpoint):
-        detail, named = self.dali_message(error)
+    def recover(self, failure, error, epoch, done, checkpoint):
         storage = self.source.storage
-        if named and storage.is_file(named):
-            bad = {named: f"{describe_bytes(storage.read(named))}; DALI: {detail}"}
+        if failure.sample and storage.is_file(failure.sample):
+            bad = {failure.sample: f"{describe_bytes(storage.read(failure.sample))}; DALI: {failure.reason}"}
         else:
             bad = {}
             bad.update(self.probe(read_each((f for f in self._window(epoch, done) if f not in self.ledger), bad)))
-        self.report(bad, [path for path in bad if path in self.ledger], detail, "the batch", error)
-        return Restart(base=done)  # the rest of the epoch's list, the bad file replaced by a stand-in
+        bad = self.report(bad, [path for path in bad if path in self.ledger], failure, "the batch", error)
+        return Restart(bad, base=done)  # the rest of the epoch's list, the bad file replaced by a stand-in

@@ -6,7 +6,6 @@ import functools
 import hashlib
 import os
 import tarfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from dali_resizer.samples import (
     describe_bytes,
     jpeg_cut_short,
     oversize_problem,
+    warn_user,
 )
 from dali_resizer.storage import absolute, storage_for
 
@@ -193,8 +193,8 @@ def _index_for(tar_path: str, index_dir: Path) -> str:
         problem = index_problem(tar_path, beside)
         if problem is None:
             return beside
-        warnings.warn(f"{beside}: {problem}; using an index built from the tar instead "
-                      f"(`python -m dali_resizer.shards index {tar_path}` rewrites it)", stacklevel=5)
+        warn_user(f"{beside}: {problem}; using an index built from the tar instead "
+                  f"(`python -m dali_resizer.shards index {tar_path}` rewrites it)")
     stat = storage.stat(tar_path)
     digest = hashlib.sha1(f"{absolute(tar_path)}:{stat.size}:{stat.version}".encode()).hexdigest()[:16]
     index_dir.mkdir(parents=True, exist_ok=True)
@@ -218,14 +218,24 @@ def parse_ascii_labels(raw: torch.Tensor) -> torch.Tensor:
 
 
 def _ascii_labels(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, valid) of ``(N, L)`` rows of ASCII digits; an invalid row's value is meaningless."""
+    """(values, valid) of ``(N, L)`` rows of ASCII text, each row on its own: valid where it is one run
+    of digits with blanks (zero, space, tab, line breaks) around it, and fits int64 (18 significant
+    digits); an invalid row's value is meaningless. The batch's width (its longest label) decides
+    nothing for the other rows."""
     is_digit = (raw >= ord("0")) & (raw <= ord("9"))
     is_blank = (raw == 0) | (raw == ord(" ")) | (raw == ord("\n")) | (raw == ord("\r")) | (raw == ord("\t"))
-    valid = (is_digit | is_blank).all(dim=1) & is_digit.any(dim=1) & (raw.shape[1] <= 18)  # (int64 range)
+    width = raw.shape[1]
+    column = torch.arange(width).expand_as(raw)
+    first = torch.where(is_digit, column, width).amin(dim=1, keepdim=True) if width else column[:, :1]
+    last = torch.where(is_digit, column, -1).amax(dim=1, keepdim=True) if width else column[:, :1]
+    inside = (column >= first) & (column <= last)
+    valid = is_digit.any(dim=1) & torch.where(inside, is_digit, is_blank).all(dim=1)
+    leading = torch.where(is_digit & (raw != ord("0")), column, width).amin(dim=1, keepdim=True) if width else first
+    valid &= (last - torch.minimum(leading, last) + 1).view(-1) <= 18  # (int64 holds any 18 digits)
     digits = (raw.to(torch.int64) - ord("0")).clamp_(0, 9)
     value = torch.zeros(raw.shape[0], dtype=torch.int64)
-    for column in range(raw.shape[1]):
-        value = torch.where(is_digit[:, column], value * 10 + digits[:, column], value)
+    for c in range(width):
+        value = torch.where(is_digit[:, c] & valid, value * 10 + digits[:, c], value)
     return value, valid
 
 
@@ -260,21 +270,28 @@ class ShardReader(Reader):
         self._tar_number: dict[str, int] = {}  # tar -> its number in the source (the tars this shard has read)
         self._first: list[int] | None = None
         self._checked: set[int] = set()  # tars checked against the manifest
-        if source.duplicates:
-            ledger.found({f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key "
-                          "and extension; this copy is left out of the index" for tar, members in
-                          source.duplicates.items() for member in members}, stacklevel=4)
-        cut_samples = {}
+        self._pending: dict[str, tuple[str, str]] = {}  # reported bad samples -> (tar, key), until skipped
+        self._known: dict[str, str] = {
+            f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key and extension; "
+            "this copy is left out of the index" for tar, members in source.duplicates.items() for member in members}
         for tar, members in source.cut.items():
             for member in members:
                 if member.startswith("@"):
-                    warnings.warn(f"{tar}: cut short or damaged at byte {member[1:]}: whatever came after is lost; "
-                                  f"the samples before it are read", stacklevel=4)
+                    warn_user(f"{tar}: cut short or damaged at byte {member[1:]}: whatever came after is lost; "
+                              f"the samples before it are read")
                 else:
                     key = sample_key(member)
-                    cut_samples[f"{tar} (sample {key})"] = f"the tar ends inside its member {member} (cut short)"
+                    self._known[f"{tar} (sample {key})"] = f"the tar ends inside its member {member} (cut short)"
                     self.bad_keys.setdefault(tar, set()).add(key)
-        ledger.found(cut_samples, stacklevel=4)
+
+    def known_bad(self) -> dict[str, str]:
+        return dict(self._known)
+
+    def skip(self, names) -> None:
+        for name in names:
+            if name in self._pending:
+                tar, key = self._pending.pop(name)
+                self.bad_keys.setdefault(tar, set()).add(key)
 
     def describe(self) -> str:
         return f"{len(self.source.paths)} shards"
@@ -370,10 +387,9 @@ class ShardReader(Reader):
 
     def labels(self, out):
         status = out["status"].view(-1)
-        labels, valid = _ascii_labels(out["targets"])
+        labels, parsed = _ascii_labels(out["targets"])
         classes = len(self.source.classes) if self.source.classes is not None else None
-        if classes is not None:
-            valid &= labels < classes
+        valid = parsed & (labels < classes) if classes is not None else parsed
         image_names, label_names = _row_texts(out["image_name"]), _row_texts(out["label_name"])
         ids = np.full(len(image_names), -1, dtype=np.int64)
         for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
@@ -382,10 +398,10 @@ class ShardReader(Reader):
                 ids[row] = self._sample_id(tar, sample_key(member))
         if bool(valid.all()) and not bool(status.any()) and not self.bad_keys:
             # (a sample with neither an image nor a label has no name: see _nameless)
-            return labels, torch.from_numpy(ids) if self.plan.sample_indices else None, ids[ids >= 0]
+            return labels, torch.from_numpy(ids) if self.plan.sample_indices else None, ids[ids >= 0], {}
         padding = torch.zeros_like(valid)
         texts = _row_texts(out["targets"])
-        bad, keys = {}, []
+        bad = {}
         for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
             has_image, has_label = bool(image_name), bool(label_name)
             if not has_image and not has_label:  # DALI cannot say which sample: the indexes can
@@ -408,25 +424,23 @@ class ShardReader(Reader):
                            else "no image (.jpg/.jpeg/.png/.webp) in the sample")
             elif not has_label:
                 problem = "no label (.cls) in the sample"
-            elif not texts[row].strip().isdigit():
-                problem = f"label {texts[row]!r} is not a non-negative integer"
+            elif not (texts[row].strip().isascii() and texts[row].strip().isdigit()):
+                problem = f"label {texts[row]!r} is not a non-negative integer (ASCII digits)"
+            elif not bool(parsed[row]):
+                problem = f"label {texts[row].strip()} is out of range: more digits than an int64 holds"
             elif not bool(valid[row]):
                 problem = f"label {int(texts[row])} is out of range for the {classes} classes of classes.txt"
             else:
                 continue
             bad[f"{tar} (sample {key})"] = problem
-            keys.append((tar, key))
+            self._pending[f"{tar} (sample {key})"] = (tar, key)
             padding[row] = True
-        if bad:
-            self.ledger.found(bad, stacklevel=4)
-            for tar, key in keys:
-                self.bad_keys.setdefault(tar, set()).add(key)
         labels[padding] = PAD_LABEL
         if not self.plan.sample_indices:
-            return labels, None, ids[ids >= 0]
+            return labels, None, ids[ids >= 0], bad
         indices = torch.from_numpy(ids.copy())
         indices[padding] = -1
-        return labels, indices, ids[ids >= 0]
+        return labels, indices, ids[ids >= 0], bad
 
     def _sample_id(self, tar: str, key: str) -> int:
         """A sample's id (its index in the source: the tars in the order given, each in its index's
@@ -454,17 +468,16 @@ class ShardReader(Reader):
                         f"neither an image (.jpg/.jpeg/.png/.webp) nor a label (.cls) in the sample: its members are "
                         f"{members} (a component's extension is all after the first dot of the file name, as in "
                         f"webdataset)")
-                    self.bad_keys.setdefault(tar, set()).add(key)
+                    self._pending[f"{tar} (sample {key})"] = (tar, key)
         if not found:
             raise BadSampleError(f"a sample of {self.source.paths[0]} ... came with neither an image nor a label, "
                                  f"and no index lists one (run `python -m dali_resizer.shards verify`)")
         self._nameless_found = found
         return found
 
-    def recover(self, error, epoch, done, checkpoint):
-        detail, named = self.dali_message(error)
-        if named:
-            candidates = [named]
+    def recover(self, failure, error, epoch, done, checkpoint):
+        if failure.sample:
+            candidates = [failure.sample]
         elif checkpoint is not None:
             remaining = epoch.batches(self.plan.batch_size) - done
             candidates = self._replay(epoch, checkpoint, min(self.plan.prefetch_queue_depth + 2, remaining))
@@ -474,8 +487,8 @@ class ShardReader(Reader):
         for name in dict.fromkeys(candidates):
             tar, offset, _ = _split_source_name(name)
             members[name] = read_tar_member(tar, offset)
-        if named:
-            problems = {name: f"{describe_bytes(data)}; DALI: {detail}" for name, (_, data) in members.items()}
+        if failure.sample:
+            problems = {name: f"{describe_bytes(data)}; DALI: {failure.reason}" for name, (_, data) in members.items()}
         else:
             problems = self.probe((name, data) for name, (_, data) in members.items())
         bad, keys = {}, []
@@ -487,10 +500,9 @@ class ShardReader(Reader):
             bad[f"{tar} (sample {key})"] = problem
             keys.append((tar, key))
         repeated = [name for name, (tar, key) in zip(bad, keys) if key in self.bad_keys.get(tar, ())]
-        self.report(bad, repeated, detail, self.source.paths[0], error)
-        for tar, key in keys:
-            self.bad_keys.setdefault(tar, set()).add(key)
-        return Restart(checkpoint=checkpoint)
+        bad = self.report(bad, repeated, failure, self.source.paths[0], error)
+        self._pending.update(zip(bad, keys))
+        return Restart(bad, checkpoint=checkpoint)
 
     def _replay(self, epoch: Epoch, checkpoint: bytes, count: int) -> list[str]:
         """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
