@@ -21,7 +21,14 @@ from pathlib import Path
 
 from dali_resizer.progress import ProgressBar
 from dali_resizer.readers import FILE_LIST_HEADER
-from dali_resizer.samples import FOLDER_IMAGE_EXTENSIONS, MAX_PIXELS, SHARD_IMAGE_EXTENSIONS, image_size, jpeg_cut_short
+from dali_resizer.samples import (
+    FOLDER_IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    SHARD_IMAGE_EXTENSIONS,
+    image_size,
+    oversize_problem,
+    problem_of,
+)
 from dali_resizer.storage import read_each, storage_for
 
 __all__ = ["check_folder", "check_shards", "main", "write_file_list"]
@@ -100,18 +107,21 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     decodes them."""
     import tarfile
 
+    from dali_resizer.readers.wds_index import tar_samples
     from dali_resizer.shards import verify_shards
     from pipelines.probe import decode_samples
 
     problems = verify_shards(shard_dir)
 
-    def images(tar):
-        with tarfile.open(tar, mode="r:") as archive:
-            for member in archive:
-                base = os.path.basename(member.name)
-                ext = base.split(".", 1)[1].lower() if "." in base else ""
-                if member.isfile() and not base.startswith(".") and ext in SHARD_IMAGE_EXTENSIONS:
-                    name, data = f"{tar}: {member.name}", archive.extractfile(member).read()
+    def images(tar):  # the samples as the loader groups them (tar_samples), each image read once
+        samples, _, _ = tar_samples(tar)
+        with open(tar, "rb") as f:
+            for sample in samples:
+                for ext, member in sample.members.items():
+                    if ext.lower() not in SHARD_IMAGE_EXTENSIONS:
+                        continue
+                    f.seek(member.offset_data)
+                    name, data = f"{tar}: {member.name}", f.read(member.size)
                     found = _header_problem(name, data, len(data))
                     if found is not None:
                         problems.setdefault(found[0], []).append(found[1])
@@ -129,13 +139,16 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def _header_problem(name: str, head: bytes, size: int) -> tuple[str, str] | None:
-    """(kind, item) for an image the loader does not decode because of its header, as the loader
-    decides it: over ``MAX_PIXELS``, or a JPEG too short for its declared size; else None."""
-    dims = image_size(head)
-    if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
-        return f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", f"{name} ({dims[0]}x{dims[1]})"
-    cut = jpeg_cut_short(head, size)
-    return ("cannot be decoded", f"{name}: {cut}") if cut else None
+    """(kind, item) for an image the loader does not decode because of its bytes, as the loader decides
+    it (``samples.problem_of``): no image format DALI decodes, over ``MAX_PIXELS``, or a JPEG too short for
+    its declared size; else None."""
+    problem = problem_of(head, size, max_pixels=MAX_PIXELS)
+    if problem is None:
+        return None
+    if problem == oversize_problem(MAX_PIXELS):
+        width, height = image_size(head)
+        return f"over the loader's max_pixels={MAX_PIXELS:,} (not decoded)", f"{name} ({width}x{height})"
+    return "cannot be decoded", f"{name}: {problem}"
 
 
 def write_file_list(root: str | os.PathLike, files: list[str], path: str | os.PathLike) -> None:

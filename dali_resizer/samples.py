@@ -40,6 +40,7 @@ __all__ = [
     "image_size",
     "jpeg_cut_short",
     "oversize_problem",
+    "problem_of",
     "real_mask",
 ]
 
@@ -114,6 +115,31 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 def oversize_problem(max_pixels: int) -> str:
     """Why an image over ``max_pixels`` (read from its header) was not decoded."""
     return f"image over max_pixels={max_pixels:,} (not decoded; pass a larger max_pixels to read it)"
+
+
+def problem_of(data: bytes, size: int | None = None, *, status: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> str | None:
+    """The one diagnosis of a sample's bytes: why the loader does not decode it, or None.
+
+    ``data``: the file's bytes, or at least its first 64 KiB; ``size``: its size (default ``len(data)``);
+    ``status``: the pipeline's verdict on it (``pipelines.image_status``, which reads the same header),
+    when there is one. Without a status the header is read here as the pipeline reads it: bytes of no
+    format DALI decodes, more pixels than ``max_pixels``, a JPEG too short for its declared size. The
+    readers, ``check`` and ``shards verify`` all name a bad sample with it."""
+    size = len(data) if size is None else size
+    if status == STATUS_OVERSIZE:
+        return oversize_problem(max_pixels)
+    if status == STATUS_CUT_SHORT:
+        return jpeg_cut_short(data, size) or (
+            "JPEG data too short for its declared size: cut short or damaged (not decoded)")
+    if status == STATUS_NOT_AN_IMAGE or (status is None and (size == 0 or image_format(data) is None)):
+        return f"{describe_bytes(data)} (not decoded)"
+    if status is None:
+        dims = image_size(data)
+        if dims is not None and dims[0] * dims[1] > max_pixels:
+            return oversize_problem(max_pixels)
+        return jpeg_cut_short(data, size)
+    return None
 
 
 # DALI's words when the GPU fails (its memory runs out, a CUDA call fails), not a sample: such an error

@@ -24,8 +24,8 @@ from dali_resizer.readers.wds_index import (
     DUPLICATES_SUFFIX,
     build_index,
     index_problem,
-    read_members,
-    sample_key,
+    sample_problem,
+    tar_samples,
 )
 from dali_resizer.readers.webdataset import CLASSES_FILE, MANIFEST_FILE, MANIFEST_FORMAT
 from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS, SHARD_LABEL_EXTENSION
@@ -177,40 +177,28 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
             if problem is not None:
                 problems.setdefault("stale index", []).append(f"{index}: {problem}")
         try:
-            members, cut = read_members(str(tar))
+            samples, duplicates, cut = tar_samples(tar)
         except (tarfile.TarError, OSError) as e:
             problems.setdefault("unreadable tar", []).append(f"{tar}: {e}")
             continue
         for name in cut:
             where = f"at byte {name[1:]}: whatever came after is lost" if name.startswith("@") else f"inside {name}"
             problems.setdefault("tar cut short", []).append(f"{tar}: {where}")
-        samples: dict[str, dict[str, bytes]] = {}
+        for member in duplicates:
+            problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
         with open(tar, "rb") as f:
-            for member in members:
-                base = os.path.basename(member.name)
-                if member.isfile() and not base.startswith(".") and "." in base:
-                    ext = base.split(".", 1)[1].lower()
-                    key = sample_key(member.name)
-                    if key in samples and ext in samples[key]:
-                        problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
-                        continue
-                    if ext == SHARD_LABEL_EXTENSION:
-                        f.seek(member.offset_data)
-                        data = f.read(member.size)
-                    else:
-                        data = b""
-                    samples.setdefault(key, {})[ext] = data
-        for key, parts in samples.items():
-            if not any(ext.lower() in SHARD_IMAGE_EXTENSIONS for ext in parts):
-                problems.setdefault("sample without image", []).append(f"{tar}: {key}")
-            if "cls" not in parts:
-                problems.setdefault("sample without label", []).append(f"{tar}: {key}")
-                continue
-            text = parts["cls"].strip()
-            if not text.isdigit():
-                problems.setdefault("non-integer label", []).append(f"{tar}: {key} ({text[:20]!r})")
-            elif num_classes is not None and int(text) >= num_classes:
-                problems.setdefault("label out of range", []).append(f"{tar}: {key} ({int(text)} >= {num_classes})")
+            for sample in samples:
+                label = sample.member(SHARD_LABEL_EXTENSION)
+                if label is not None:
+                    f.seek(label.offset_data)
+                    label = f.read(label.size)
+                found = sample_problem(sample.has_image, label, num_classes)
+                if found is None:
+                    continue
+                kind, reason = found
+                item = (f"{sample.key} ({label.strip()[:20]!r})" if kind == "non-integer label"
+                        else f"{sample.key} ({reason})" if kind == "label out of range" else sample.key)
+                problems.setdefault(kind, []).append(f"{tar}: {item}")
     return problems
 
 

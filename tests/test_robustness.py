@@ -648,3 +648,19 @@ def encode_with(image, **options) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="JPEG", **options)
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "zero bytes", "html", "gif named jpg", "declares 12000x12000"])
+def test_the_loader_and_check_name_a_file_with_one_diagnosis(tmp_path, kind):
+    """What the pipeline refuses before decoding (its status), the loader names with the same words as
+    ``check``, which reads the file's bytes without a pipeline (``samples.problem_of`` for both)."""
+    from dali_resizer.check import check_folder
+
+    root = make_folder(tmp_path, "2_bad.jpg", BAD[kind]())
+    path = str(root / "b" / "2_bad.jpg")
+    loader = DALILoader(root, batch_size=4, size=16, on_error="skip")
+    with pytest.warns(UserWarning, match="2_bad.jpg"):
+        list(loader)
+    problems, _ = check_folder(root)
+    assert f"{path}: {loader.skipped[path]}" in problems["cannot be decoded"]
+    assert EXPECT[kind] in loader.skipped[path]

@@ -108,7 +108,7 @@ def test_verify_reports_missing_parts(tmp_path):
     problems = verify_shards(tmp_path)
     assert problems["sample without image"] == [f"{tar}: b"]
     assert problems["sample without label"] == [f"{tar}: c"]
-    assert problems["label out of range"] == [f"{tar}: d (7 >= 2)"]
+    assert problems["label out of range"] == [f"{tar}: d (label 7 is out of range for the 2 classes of classes.txt)"]
     assert "stale index" not in problems
 
 
@@ -238,3 +238,45 @@ def test_make_writes_a_manifest_that_the_loader_reads_instead_of_every_index(ima
     paths[1].write_bytes(paths[1].read_bytes() + bytes(10240))  # a tar rewritten behind the manifest's back
     assert verify_shards(tmp_path / "out")["manifest does not match the shards"] == [
         f"{paths[1]}: {manifest['shards'][1]['bytes']} bytes listed, {paths[1].stat().st_size} in the tar"]
+
+
+LABELS = [b"0", b"7", b" 12\n", b"0" * 19 + b"3", b"9" * 18, b"9" * 19, b"1 2", b"cat", b"", b"  ", b"-1", b"+1",
+          b"1.0", b"1\x002", "\u00b2".encode(), "\u0661".encode(), b"\t5\r\n", b"1e3", b"0x10"]
+
+
+def test_the_batch_parse_of_labels_is_the_sample_rule():
+    """The reader parses a batch's ``.cls`` rows at once (zero-padded to the longest); which rows it
+    refuses is exactly what the one sample rule refuses, and the values it reads are ``int``'s."""
+    import torch
+
+    from dali_resizer.readers.wds_index import sample_problem
+    from dali_resizer.readers.webdataset import _ascii_labels
+
+    width = max(len(label) for label in LABELS)
+    rows = torch.tensor([list(label.ljust(width, b"\0")) for label in LABELS], dtype=torch.uint8)
+    values, valid = _ascii_labels(rows)
+    for label, value, ok in zip(LABELS, values.tolist(), valid.tolist()):
+        assert ok == (sample_problem(True, label, None) is None), label
+        if ok:
+            assert value == int(label.decode().strip()), label
+
+
+def test_verify_and_the_loader_name_a_bad_label_alike(tmp_path):
+    import webdataset as wds
+
+    from dali_resizer import DALILoader
+    from dali_resizer.readers.wds_index import build_index
+    from dali_resizer.shards import verify_shards
+    from tests.conftest import encode, random_image
+
+    tar = tmp_path / "x-000000.tar"
+    image = encode(random_image(np.random.default_rng(0), 16, 16))
+    with wds.TarWriter(str(tar)) as sink:
+        sink.write({"__key__": "a", "jpg": image, "cls": b"1"})
+        sink.write({"__key__": "b", "jpg": image, "cls": b"9" * 20})
+    build_index(tar, tmp_path / "x-000000.idx")
+    loader = DALILoader(tmp_path, batch_size=2, size=8, on_error="skip")
+    with pytest.warns(UserWarning, match="sample b"):
+        list(loader)
+    reason = loader.skipped[f"{tar} (sample b)"]
+    assert verify_shards(tmp_path)["label out of range"] == [f"{tar}: b ({reason})"]

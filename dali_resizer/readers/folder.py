@@ -14,11 +14,8 @@ from dali_resizer.sampler import Epoch
 from dali_resizer.samples import (
     FOLDER_IMAGE_EXTENSIONS,
     PAD_LABEL,
-    STATUS_CUT_SHORT,
-    STATUS_OVERSIZE,
     describe_bytes,
-    jpeg_cut_short,
-    oversize_problem,
+    problem_of,
     warn_user,
 )
 from dali_resizer.storage import Storage, read_each, storage_for
@@ -214,13 +211,9 @@ class FolderReader(Reader):
 
     def _problem(self, path: str, status: int) -> str:
         """Why the pipeline did not decode a file (its status: see ``pipelines.image_status``)."""
-        if status == STATUS_OVERSIZE:
-            return oversize_problem(self.plan.pipeline["max_pixels"])
-        if status == STATUS_CUT_SHORT:
-            size = self.source.storage.stat(path).size
-            return jpeg_cut_short(self.source.storage.read(path, 0, 1 << 16), size) or (
-                "JPEG data too short for its declared size: cut short or damaged (not decoded)")
-        return f"{describe_bytes(self.source.storage.read(path, 0, 4096))} (not decoded)"
+        storage = self.source.storage
+        return problem_of(storage.read(path, 0, 1 << 16), storage.stat(path).size, status=status,
+                          max_pixels=self.plan.pipeline["max_pixels"])
 
     def _window(self, epoch: Epoch, done: int) -> list[str]:
         """The files of the batches DALI was preparing after batch ``done``, once each."""

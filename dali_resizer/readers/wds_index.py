@@ -7,6 +7,7 @@ import hashlib
 import os
 import tarfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS
@@ -15,14 +16,17 @@ from dali_resizer.storage import absolute, storage_for
 __all__ = [
     "CUT_SUFFIX",
     "DUPLICATES_SUFFIX",
+    "TarSample",
     "build_index",
     "index_problem",
     "read_index_count",
     "read_index_rows",
     "read_tar_member",
     "sample_key",
+    "sample_problem",
     "standin_index",
     "sub_index",
+    "tar_samples",
     "write_atomic",
 ]
 
@@ -36,38 +40,86 @@ def sample_key(member: str) -> str:
     return member if dot < 0 else member[:dot]
 
 
-def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> int:
-    """Writes DALI's WebDataset index (format v1.2) for ``tar_path``; returns the sample count.
+@dataclass(frozen=True)
+class TarSample:
+    """One sample of a tar: its key and its members by extension (as written in the names)."""
 
-    Members are grouped into samples by the name before the first dot of the file name, as
-    webdataset does; hidden files and non-regular members are left out, as DALI does. A member whose
-    key and extension were already seen (a duplicate key) is left out of the index, not merged, and
-    listed in ``<index_path>.duplicates`` for the loader and the checks to report. A tar cut short
-    is indexed up to its last whole member; the members it cuts are listed in ``<index_path>.cut``.
-    """
-    samples: dict[str, list[str]] = {}
+    key: str
+    members: dict[str, tarfile.TarInfo]
+
+    @property
+    def has_image(self) -> bool:
+        return any(ext.lower() in SHARD_IMAGE_EXTENSIONS for ext in self.members)
+
+    def member(self, ext: str) -> tarfile.TarInfo | None:
+        """The member of extension ``ext`` (any case), or None."""
+        return next((m for e, m in self.members.items() if e.lower() == ext), None)
+
+
+def tar_samples(tar_path: str | os.PathLike) -> tuple[list[TarSample], list[tarfile.TarInfo], list[str]]:
+    """The one grouping of a tar's members into samples, as webdataset and DALI group them: regular,
+    not hidden files named ``<key>.<ext>`` (the key ends at the first dot of the file name), in the order
+    of their first member. A member whose key and extension (any case) came before is a duplicate, left
+    out. Returns ``(samples, duplicates, cut)``; ``cut``: the members of a tar cut short that are lost
+    (see :func:`read_members`). The index builder, ``shards verify`` and ``check`` read tars with it."""
+    members, cut = read_members(os.fspath(tar_path))
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     seen: set[tuple[str, str]] = set()
-    duplicates: list[str] = []
-    tar_path = os.fspath(tar_path)
-    members, cut = read_members(tar_path)
+    duplicates: list[tarfile.TarInfo] = []
     for member in members:
         base = os.path.basename(member.name)
         if not member.isfile() or base.startswith(".") or "." not in base:
             continue
-        ext = base.split(".", 1)[1]
-        if any(c.isspace() for c in member.name):
-            raise ValueError(
-                f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
-        key = sample_key(member.name)
+        ext, key = base.split(".", 1)[1], sample_key(member.name)
         if (key, ext.lower()) in seen:
-            duplicates.append(member.name)
+            duplicates.append(member)
             continue
         seen.add((key, ext.lower()))
-        samples.setdefault(key, []).append(f"{ext} {member.offset_data} {member.size} {member.name}")
-    write_atomic(f"{os.fspath(index_path)}{DUPLICATES_SUFFIX}", "".join(f"{name}\n" for name in duplicates) or None)
+        samples.setdefault(key, {})[ext] = member
+    return [TarSample(key, parts) for key, parts in samples.items()], duplicates, cut
+
+
+def sample_problem(has_image: bool, label: bytes | str | None, num_classes: int | None) -> tuple[str, str] | None:
+    """The one rule of a good shard sample: ``(kind, reason)`` of its first problem, else None. It has an
+    image and a ``.cls`` label, which is one run of ASCII digits (blanks around it allowed) that fits
+    int64 and, with ``classes.txt``, names one of its ``num_classes`` classes. The reader (for the
+    reason of a row its batch-wide parse refused), ``shards verify`` and ``check`` apply it."""
+    if not has_image:
+        return "sample without image", "no image (.jpg/.jpeg/.png/.webp) in the sample"
+    if label is None:
+        return "sample without label", "no label (.cls) in the sample"
+    text = (label.decode("utf-8", "surrogateescape") if isinstance(label, bytes) else label).strip(" \t\r\n\0")
+    if not (text.isascii() and text.isdigit()):
+        return "non-integer label", f"label {text!r} is not a non-negative integer (ASCII digits)"
+    if len(text.lstrip("0")) > 18:
+        return "label out of range", f"label {text} is out of range: more digits than an int64 holds"
+    if num_classes is not None and int(text) >= num_classes:
+        return "label out of range", f"label {int(text)} is out of range for the {num_classes} classes of classes.txt"
+    return None
+
+
+def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> int:
+    """Writes DALI's WebDataset index (format v1.2) for ``tar_path``; returns the sample count.
+
+    The samples are :func:`tar_samples`'s. A member whose key and extension were already seen (a
+    duplicate key) is left out of the index, not merged, and listed in ``<index_path>.duplicates`` for
+    the loader and the checks to report. A tar cut short is indexed up to its last whole member; the
+    members it cuts are listed in ``<index_path>.cut``.
+    """
+    tar_path = os.fspath(tar_path)
+    samples, duplicates, cut = tar_samples(tar_path)
+    rows = []
+    for sample in samples:
+        for member in sample.members.values():
+            if any(c.isspace() for c in member.name):
+                raise ValueError(
+                    f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
+        rows.append(" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in sample.members.items()))
+    write_atomic(f"{os.fspath(index_path)}{DUPLICATES_SUFFIX}",
+                 "".join(f"{m.name}\n" for m in duplicates) or None)
     write_atomic(f"{os.fspath(index_path)}{CUT_SUFFIX}", "".join(f"{name}\n" for name in cut) or None)
-    write_atomic(index_path, f"v1.2 {len(samples)}\n" + "".join(" ".join(c) + "\n" for c in samples.values()))
-    return len(samples)
+    write_atomic(index_path, f"v1.2 {len(rows)}\n" + "".join(row + "\n" for row in rows))
+    return len(rows)
 
 
 def read_members(tar_path: str) -> tuple[list[tarfile.TarInfo], list[str]]:
