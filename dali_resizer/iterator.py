@@ -203,7 +203,7 @@ class DALILoaderIter:
     # -- failures -------------------------------------------------------------------------------------
 
     def _raise_unless_a_sample(self, failure: DaliFailure, error: RuntimeError, position: Position) -> None:
-        """A GPU or storage failure is never a bad sample: it is raised as what it is."""
+        """A GPU, storage or index failure is never a bad sample: it is raised as what it is."""
         epoch, done, device = position.epoch.number, position.done, self._loader.device
         if failure.kind == "device":
             kind = torch.OutOfMemoryError if "memory" in failure.reason.lower() else RuntimeError
@@ -212,6 +212,9 @@ class DALILoaderIter:
                        f"device_memory_padding: loader.state_dict() resumes there") from error
         if failure.kind == "storage":  # not a sample's fault: the storage went away
             raise self._storage_failure(failure, position) from None
+        if failure.kind == "index":
+            raise ValueError(f"{failure.reason} (DALI); `python -m dali_resizer.shards index TAR` rewrites the index "
+                             f"of a tar, `python -m dali_resizer.shards verify` checks them all") from None
 
     def _storage_failure(self, failure: DaliFailure, position: Position) -> OSError:
         """What to raise when the storage failed under DALI's reader: the object removed while the epoch

@@ -391,6 +391,8 @@ class DALILoader:
         self.roi_decode = roi_decode if roi_decode is not None else self.device.type == "cpu"
         self._ledger = BadSamples(on_error)
         self.dataset = LoaderDataset(open_source(source, index_dir), self)
+        if len(self.dataset) == 0:
+            raise ValueError(f"{self.dataset_location()}: the source holds no samples")
         if order["length"] is not None and order["length"] != len(self.dataset):
             raise ValueError(f"sampler={sampler!r} covers {order['length']} samples, the source has "
                              f"{len(self.dataset)}: build it over the same dataset")

@@ -30,6 +30,7 @@ __all__ = [
     "BadSampleError",
     "BadSamples",
     "DEVICE_FAILURE",
+    "INDEX_FAILURE",
     "STORAGE_FAILURE",
     "DaliFailure",
     "classify_failure",
@@ -149,6 +150,8 @@ DEVICE_FAILURE = re.compile(r"out of memory|cudaErrorMemoryAllocation|CUDA_ERROR
 # DALI's words when the object store (or a network file system) fails, not a sample.
 STORAGE_FAILURE = re.compile(r"curlCode|Could not connect to server|Timeout was reached|S3 Object not found|"
                              r"NoSuchKey|Failed to flush response stream")
+# DALI's words when a WebDataset index file is not one (not a sample's fault: the whole index is refused).
+INDEX_FAILURE = re.compile(r"Malformed index file|Unsupported version of the index file")
 _NAMES_SAMPLE = re.compile(r"Failed to decode sample #\d+ : (.+)$", re.MULTILINE)
 # The lines of DALI's error that frame its reason: the pipeline's words, the operator, the traceback of its
 # definition, the C++ source.
@@ -159,7 +162,8 @@ _FRAME = re.compile(r"pipeline|^Error (in|when executing) \w+ operator|^File \"|
 @dataclass(frozen=True)
 class DaliFailure:
     """What a DALI pipeline's error means: ``kind`` is ``"device"`` (the GPU failed: its memory, a CUDA
-    call), ``"storage"`` (the object store or file system failed), ``"sample"`` (the pipeline stopped,
+    call), ``"storage"`` (the object store or file system failed), ``"index"`` (a WebDataset index file
+    is malformed), ``"sample"`` (the pipeline stopped,
     on a sample it may name) or ``"other"`` (not a pipeline's error: raise it as it is); ``reason``:
     DALI's own words, one line; ``sample``: the sample DALI named (its source info), or None."""
 
@@ -172,7 +176,7 @@ def classify_failure(error: BaseException | str) -> DaliFailure:
     """The one reading of DALI's error texts (the loader's iterator, the readers and the probes use it)."""
     text = str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for kind, pattern in (("device", DEVICE_FAILURE), ("storage", STORAGE_FAILURE)):
+    for kind, pattern in (("device", DEVICE_FAILURE), ("storage", STORAGE_FAILURE), ("index", INDEX_FAILURE)):
         said = next((line for line in lines if pattern.search(line)), None)
         if said is not None:
             return DaliFailure(kind, said)
@@ -238,6 +242,14 @@ def describe_bytes(data: bytes) -> str:
         return "TIFF without a BitsPerSample field (a 1-bit image as PIL writes it; DALI needs the field)"
     if kind is not None:
         return f"{kind} image"
+    if data[4:8] == b"ftyp":  # ISO base media: the brand says which
+        brand = data[8:12]
+        for name, brands in (("AVIF", (b"avif", b"avis")), ("HEIC/HEIF", (b"heic", b"heix", b"mif1", b"msf1",
+                                                                          b"hevc", b"heim", b"heis"))):
+            if brand in brands:
+                return f"{name} image (DALI does not decode {name})"
+    if data.startswith(b"\xff\x0a") or data[4:12] == b"JXL \r\n\x87\n":
+        return "JPEG XL image (DALI does not decode JPEG XL)"
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<svg")):
         return "HTML/XML text, not an image"

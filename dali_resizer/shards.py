@@ -22,12 +22,13 @@ from dali_resizer.readers import ImageFolderSource
 from dali_resizer.readers.wds_index import (
     CUT_SUFFIX,
     DUPLICATES_SUFFIX,
+    SPACED_SUFFIX,
     build_index,
     index_problem,
     sample_problem,
     tar_samples,
 )
-from dali_resizer.readers.webdataset import CLASSES_FILE, MANIFEST_FILE, MANIFEST_FORMAT
+from dali_resizer.readers.webdataset import CLASSES_FILE, MANIFEST_FILE, MANIFEST_FORMAT, parse_classes
 from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS, SHARD_LABEL_EXTENSION
 from dali_resizer.storage import storage_for
 
@@ -135,16 +136,29 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     if not tars:
         return {"no shards": [str(shard_dir)]}
     classes_file = shard_dir / CLASSES_FILE
-    num_classes = len(classes_file.read_text().splitlines()) if classes_file.is_file() else None
+    classes = None
+    if classes_file.is_file():
+        try:
+            classes = parse_classes(classes_file.read_text(), str(classes_file))
+        except ValueError as e:
+            problems.setdefault("bad classes.txt", []).append(str(e))
+    num_classes = len(classes) if classes is not None else None
     if num_classes is None:
         problems.setdefault("no classes.txt", []).append(str(shard_dir))
     manifest_file = shard_dir / MANIFEST_FILE
     if manifest_file.is_file():
         try:
-            listed = {e["tar"]: e for e in json.loads(manifest_file.read_text())["shards"]}
+            manifest = json.loads(manifest_file.read_text())
+            listed = {e["tar"]: e for e in manifest["shards"]}
         except (ValueError, KeyError, TypeError) as e:
             listed = None
             problems.setdefault("manifest does not match the shards", []).append(f"{manifest_file}: unreadable ({e})")
+        for name in sorted(set(listed or ()) - {tar.name for tar in tars}):
+            problems.setdefault("manifest does not match the shards", []).append(
+                f"{shard_dir / name}: listed, but not in the folder")
+        if listed is not None and classes is not None and manifest.get("classes") not in (None, classes):
+            problems.setdefault("manifest does not match the shards", []).append(
+                f"{manifest_file}: other classes than {classes_file} ({len(manifest['classes'])} and {len(classes)})")
         for tar in tars if listed is not None else []:
             entry = listed.get(tar.name)
             index = tar.with_suffix(".idx")
@@ -174,6 +188,7 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                     expected.unlink(missing_ok=True)
                     Path(f"{expected}{DUPLICATES_SUFFIX}").unlink(missing_ok=True)
                     Path(f"{expected}{CUT_SUFFIX}").unlink(missing_ok=True)
+                    Path(f"{expected}{SPACED_SUFFIX}").unlink(missing_ok=True)
             if problem is not None:
                 problems.setdefault("stale index", []).append(f"{index}: {problem}")
         try:
@@ -186,6 +201,11 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
             problems.setdefault("tar cut short", []).append(f"{tar}: {where}")
         for member in duplicates:
             problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
+        for sample in samples:
+            for member in sample.members.values():
+                if any(c.isspace() for c in member.name):
+                    problems.setdefault("member name with whitespace (left out of the index)", []).append(
+                        f"{tar}: {member.name!r}")
         with open(tar, "rb") as f:
             for sample in samples:
                 label = sample.member(SHARD_LABEL_EXTENSION)
@@ -236,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             index = os.path.splitext(tar)[0] + ".idx"
             count = build_index(tar, index)
             said = []
-            for suffix, what in ((DUPLICATES_SUFFIX, "duplicate member(s)"), (CUT_SUFFIX, "cut-short member(s)")):
+            for suffix, what in ((DUPLICATES_SUFFIX, "duplicate member(s)"), (CUT_SUFFIX, "cut-short member(s)"),
+                                 (SPACED_SUFFIX, "member(s) whose names hold whitespace")):
                 listed = Path(f"{index}{suffix}")
                 if listed.is_file():
                     said.append(f"{len(listed.read_text().splitlines())} {what} left out, listed in {listed}")

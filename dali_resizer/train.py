@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -306,6 +307,10 @@ def train(cfg: TrainConfig) -> list[dict]:
     num_classes = cfg.num_classes or len(train_loader.classes or [])
     if not num_classes:
         raise ValueError(f"{train_dir}: cannot tell the number of classes; pass --num-classes")
+    if num_classes == 1:
+        warnings.warn(f"{train_dir}: one class ({(train_loader.classes or ['?'])[0]}): every prediction is right, "
+                      f"the loss goes to 0 and top-1 to 100% whatever is learned; point --data at a folder of "
+                      f"class folders", stacklevel=2)
 
     model = build_model(cfg, num_classes)
     if cfg.init_backbone:

@@ -37,6 +37,13 @@ RECORDED = {
                 DaliFailure("storage", "S3 Object not found: s3://b/train-000001.tar")),
     "s3 down": (_HEAD.format(op="readers.webdataset") + "curlCode: 7, Could not connect to server" + _TAIL,
                 DaliFailure("storage", "curlCode: 7, Could not connect to server")),
+    # a WebDataset index whose last line is cut
+    "index": ('Critical error in pipeline:\nAssert on "components_stream >> component.offset >> component.size >> '
+              'component.filename" failed: Malformed index file at "/d/train-000000.idx" line 4 - Could not find all '
+              'necessary component parameters (offset, size or filename).',
+              DaliFailure("index", 'Assert on "components_stream >> component.offset >> component.size >> '
+                          'component.filename" failed: Malformed index file at "/d/train-000000.idx" line 4 - Could '
+                          'not find all necessary component parameters (offset, size or filename).')),
     # not DALI's
     "other": ("index 3 is out of bounds for axis 0 with size 2",
               DaliFailure("other", "index 3 is out of bounds for axis 0 with size 2")),

@@ -65,7 +65,14 @@ def open_source(
         if storage.read(path, 0, len(FILE_LIST_HEADER)) == FILE_LIST_HEADER.encode():
             return ImageFolderSource.from_list(path)
         raise ValueError(f"{path}: a file source must be a WebDataset .tar shard or a dali_resizer file list")
-    tars = sorted(p for p in storage.files_here(path) if p.endswith(".tar"))
+    here = storage.files_here(path)
+    tars = sorted(p for p in here if p.endswith(".tar"))
     if tars:
-        return ShardSource.from_paths(tars, index_dir)
+        return ShardSource.from_paths(tars, index_dir, whole_folder=True)
+    compressed = [p for p in here if p.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst"))]
+    if compressed and not storage.subdirs(path):
+        raise ValueError(f"{path}: holds compressed tars ({compressed[0].rpartition('/')[2]}"
+                         f"{' ...' if len(compressed) > 1 else ''}), which DALI does not read (it reads a member at "
+                         f"its offset); decompress them (`gunzip`, `unzstd`), or write shards with "
+                         f"`python -m dali_resizer.shards make`")
     return ImageFolderSource.scan(path)

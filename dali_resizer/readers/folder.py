@@ -14,6 +14,7 @@ from dali_resizer.sampler import Epoch
 from dali_resizer.samples import (
     FOLDER_IMAGE_EXTENSIONS,
     PAD_LABEL,
+    BadSampleError,
     describe_bytes,
     problem_of,
     warn_user,
@@ -175,7 +176,10 @@ class FolderReader(Reader):
         files = [self.source.files[i] for i in mine]
         if len(self.ledger):
             good = next((f for f in files if f not in self.ledger), None) or next(
-                f for f in self.source.files if f not in self.ledger)
+                (f for f in self.source.files if f not in self.ledger), None)
+            if good is None:
+                raise BadSampleError(f"{self.source.root}: every image of the source is bad ({len(self.ledger)} "
+                                     f"skipped: loader.skipped names them); nothing is left to read")
             for k, path in enumerate(files):
                 if path in self.ledger:
                     files[k], mine[k] = good, mine[k] + total  # ids >= total read as padding

@@ -16,6 +16,7 @@ from dali_resizer.storage import absolute, storage_for
 __all__ = [
     "CUT_SUFFIX",
     "DUPLICATES_SUFFIX",
+    "SPACED_SUFFIX",
     "TarSample",
     "build_index",
     "index_problem",
@@ -32,6 +33,7 @@ __all__ = [
 
 DUPLICATES_SUFFIX = ".duplicates"  # beside an index: the members build_index left out as duplicate keys
 CUT_SUFFIX = ".cut"  # beside an index: the members of a tar cut short that build_index left out
+SPACED_SUFFIX = ".spaced"  # beside an index: the members whose names hold whitespace, which an index cannot
 
 
 def sample_key(member: str) -> str:
@@ -79,11 +81,13 @@ def tar_samples(tar_path: str | os.PathLike) -> tuple[list[TarSample], list[tarf
     return [TarSample(key, parts) for key, parts in samples.items()], duplicates, cut
 
 
-def sample_problem(has_image: bool, label: bytes | str | None, num_classes: int | None) -> tuple[str, str] | None:
+def sample_problem(has_image: bool, label: bytes | str | None, num_classes: int | None,
+                   classes_from: str = "classes.txt") -> tuple[str, str] | None:
     """The one rule of a good shard sample: ``(kind, reason)`` of its first problem, else None. It has an
     image and a ``.cls`` label, which is one run of ASCII digits (blanks around it allowed) that fits
-    int64 and, with ``classes.txt``, names one of its ``num_classes`` classes. The reader (for the
-    reason of a row its batch-wide parse refused), ``shards verify`` and ``check`` apply it."""
+    int64 and, when the classes are known (read from ``classes_from``), names one of the ``num_classes``.
+    The reader (for the reason of a row its batch-wide parse refused), ``shards verify`` and ``check``
+    apply it."""
     if not has_image:
         return "sample without image", "no image (.jpg/.jpeg/.png/.webp) in the sample"
     if label is None:
@@ -94,7 +98,8 @@ def sample_problem(has_image: bool, label: bytes | str | None, num_classes: int 
     if len(text.lstrip("0")) > 18:
         return "label out of range", f"label {text} is out of range: more digits than an int64 holds"
     if num_classes is not None and int(text) >= num_classes:
-        return "label out of range", f"label {int(text)} is out of range for the {num_classes} classes of classes.txt"
+        return "label out of range", (f"label {int(text)} is out of range for the {num_classes} classes of "
+                                      f"{classes_from}")
     return None
 
 
@@ -104,19 +109,20 @@ def build_index(tar_path: str | os.PathLike, index_path: str | os.PathLike) -> i
     The samples are :func:`tar_samples`'s. A member whose key and extension were already seen (a
     duplicate key) is left out of the index, not merged, and listed in ``<index_path>.duplicates`` for
     the loader and the checks to report. A tar cut short is indexed up to its last whole member; the
-    members it cuts are listed in ``<index_path>.cut``.
+    members it cuts are listed in ``<index_path>.cut``. A member whose name holds whitespace (which the
+    index's format cannot hold) is left out and listed in ``<index_path>.spaced``, ``repr``-quoted.
     """
     tar_path = os.fspath(tar_path)
     samples, duplicates, cut = tar_samples(tar_path)
-    rows = []
+    rows, spaced = [], []
     for sample in samples:
-        for member in sample.members.values():
-            if any(c.isspace() for c in member.name):
-                raise ValueError(
-                    f"{tar_path}: member name {member.name!r} contains whitespace, which the index cannot hold")
-        rows.append(" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in sample.members.items()))
+        kept = {ext: m for ext, m in sample.members.items() if not any(c.isspace() for c in m.name)}
+        spaced += [m.name for m in sample.members.values() if any(c.isspace() for c in m.name)]
+        if kept:
+            rows.append(" ".join(f"{ext} {m.offset_data} {m.size} {m.name}" for ext, m in kept.items()))
     write_atomic(f"{os.fspath(index_path)}{DUPLICATES_SUFFIX}",
                  "".join(f"{m.name}\n" for m in duplicates) or None)
+    write_atomic(f"{os.fspath(index_path)}{SPACED_SUFFIX}", "".join(f"{name!r}\n" for name in spaced) or None)
     write_atomic(f"{os.fspath(index_path)}{CUT_SUFFIX}", "".join(f"{name}\n" for name in cut) or None)
     write_atomic(index_path, f"v1.2 {len(rows)}\n" + "".join(row + "\n" for row in rows))
     return len(rows)
@@ -176,8 +182,14 @@ def read_tar_member(tar_path: str, offset: int) -> tuple[str, bytes]:
     """The name and bytes of the member whose data starts at ``offset`` (as DALI's index and source
     names give it), read through its tar header."""
     storage = storage_for(tar_path)
-    header = storage.read(tar_path, offset - tarfile.BLOCKSIZE, tarfile.BLOCKSIZE)
-    info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+    start = offset - tarfile.BLOCKSIZE
+    header = storage.read(tar_path, start, tarfile.BLOCKSIZE) if start >= 0 else b""
+    try:
+        info = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError as e:
+        raise ValueError(f"{tar_path}: no tar member starts at byte {offset}, where its index says one does ({e}): the "
+                         f"index does not match the tar; `python -m dali_resizer.shards index {tar_path}` rewrites "
+                         f"it") from None
     return info.name, storage.read(tar_path, offset, info.size)
 
 

@@ -16,6 +16,7 @@ from dali_resizer.readers.base import Reader, Restart
 from dali_resizer.readers.wds_index import (
     CUT_SUFFIX,
     DUPLICATES_SUFFIX,
+    SPACED_SUFFIX,
     build_index,
     index_problem,
     read_index_count,
@@ -25,6 +26,7 @@ from dali_resizer.readers.wds_index import (
     sample_problem,
     standin_index,
     sub_index,
+    write_atomic,
 )
 from dali_resizer.sampler import Epoch
 from dali_resizer.samples import (
@@ -40,13 +42,27 @@ from dali_resizer.samples import (
 from dali_resizer.storage import absolute, storage_for
 
 __all__ = ["CLASSES_FILE", "MANIFEST_FILE", "MANIFEST_FORMAT", "ShardReader", "ShardSource", "default_cache_dir",
-           "default_index_dir", "parse_ascii_labels"]
+           "default_index_dir", "parse_ascii_labels", "parse_classes"]
 
 CLASSES_FILE = "classes.txt"
 # Written by `shards make` beside the shards: each tar's sample count and size, and the classes. A loader
 # over many shards reads this one object at start-up instead of every index header.
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "dali_resizer shards v1"
+
+
+def parse_classes(text: str, where: str) -> list[str]:
+    """The class names of a ``classes.txt``: one a line (``\\n``, or ``\\r\\n``), a last line break
+    allowed; a blank name is an error naming the line. (Only ``\\n`` ends a line: a name may hold any
+    other character, U+2028 included.)"""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    names = [line.removesuffix("\r") for line in lines]
+    blank = next((n for n, name in enumerate(names, start=1) if not name.strip()), None)
+    if blank is not None:
+        raise ValueError(f"{where}:{blank}: a blank class name; {CLASSES_FILE} holds one class name a line")
+    return names
 
 
 def default_cache_dir() -> Path:
@@ -77,6 +93,9 @@ class ShardSource:
     index_dir: Path = field(default_factory=default_index_dir, repr=False)
     # each tar's size in bytes as the manifest lists it (None: counts read from the indexes)
     manifest_bytes: list[int] | None = field(default=None, repr=False)
+    classes_from: str = CLASSES_FILE  # where the class names were read (the manifest holds them too)
+    # tar -> members its index leaves out because their names hold whitespace (repr-quoted)
+    spaced: dict[str, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(self.counts)
@@ -97,22 +116,27 @@ class ShardSource:
         return ShardReader(self, plan, ledger)
 
     @classmethod
-    def from_paths(cls, paths: list[str], index_dir: str | os.PathLike | None = None) -> ShardSource:
+    def from_paths(cls, paths: list[str], index_dir: str | os.PathLike | None = None,
+                   whole_folder: bool = False) -> ShardSource:
         """Uses ``<shard>.idx`` beside each tar, or builds a missing index once into ``index_dir``.
 
         Tars listed in a ``manifest.json`` beside them (``shards make`` writes it) take their sample
         counts and classes from it, and their indexes from beside them, unread: one object is read at
-        start-up, not one per tar (``shards verify`` checks a manifest against its tars)."""
+        start-up, not one per tar (``shards verify`` checks a manifest against its tars). ``whole_folder``:
+        ``paths`` are all the tars of their folder (a tar its manifest lists is missing otherwise)."""
         storage = storage_for(paths[0])
         if len(set(paths)) != len(paths):
             _refuse_twice(paths, lambda path: path)
         index_dir = Path(index_dir) if index_dir is not None else default_index_dir()
-        manifest = _manifest_for(paths)
+        manifest = _manifest_for(paths, whole_folder)
         if manifest is not None:  # (names of one folder, each a tar of its own: no path to resolve)
             counts, sizes, classes = manifest
             return cls(list(paths), [p[: -len(".tar")] + ".idx" if p.endswith(".tar") else os.path.splitext(p)[0]
                                      + ".idx" for p in paths], counts, classes, index_dir=index_dir,
-                       manifest_bytes=sizes)
+                       manifest_bytes=sizes, classes_from=MANIFEST_FILE)
+        classes_file = storage.join(storage.parent(paths[0]), CLASSES_FILE)
+        classes = parse_classes(storage.read(classes_file).decode(), classes_file) if storage.is_file(
+            classes_file) else None
         folders: dict[str, str] = {}  # (each folder resolved once: a path costs one lstat, not one per part)
         _refuse_twice(paths, lambda path: path if "://" in path else _resolved(path, folders))
         missing = [p for p in paths if not storage.is_file(p)]
@@ -121,15 +145,21 @@ class ShardSource:
             raise FileNotFoundError(f"shard not found: {missing[0]}{more}")
         index_paths = [_index_for(p, index_dir) for p in paths]
         counts = [read_index_count(p) for p in index_paths]
-        classes_file = storage.join(storage.parent(paths[0]), CLASSES_FILE)
-        classes = storage.read(classes_file).decode().splitlines() if storage.is_file(classes_file) else None
-        duplicates, cut = {}, {}
+        empty = [p for p, count in zip(paths, counts) if count == 0]
+        if empty:  # (nothing of them is lost; DALI is never handed a tar without a sample)
+            more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+            if len(empty) == len(paths):
+                raise ValueError(f"{empty[0]}{more}: no samples in any tar of the source")
+            warn_user(f"{empty[0]}{more}: no samples (an empty file or an empty tar): left out of the source")
+            keep = [k for k, count in enumerate(counts) if count]
+            paths, index_paths, counts = ([values[k] for k in keep] for values in (paths, index_paths, counts))
+        duplicates, cut, spaced = {}, {}, {}
         for tar, index in zip(paths, index_paths):
-            for suffix, found in ((DUPLICATES_SUFFIX, duplicates), (CUT_SUFFIX, cut)):
+            for suffix, found in ((DUPLICATES_SUFFIX, duplicates), (CUT_SUFFIX, cut), (SPACED_SUFFIX, spaced)):
                 listed = storage_for(index + suffix)
                 if listed.is_file(index + suffix):
-                    found[tar] = listed.read(index + suffix).decode().splitlines()
-        return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir)
+                    found[tar] = listed.read(index + suffix).decode().split("\n")[:-1]
+        return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir, spaced=spaced)
 
 
 @functools.lru_cache(maxsize=8)
@@ -159,9 +189,10 @@ def _resolved(path: str, folders: dict[str, str]) -> str:
     return os.path.join(folders[folder], name)
 
 
-def _manifest_for(paths: list[str]) -> tuple[list[int], list[int], list[str] | None] | None:
+def _manifest_for(paths: list[str], whole_folder: bool = False) -> tuple[list[int], list[int], list[str] | None] | None:
     """(counts, sizes, classes) of ``paths`` from the manifest beside them, when they all are in one
-    folder and it lists them all; else None."""
+    folder and it lists them all; else None. ``whole_folder``: ``paths`` are the folder's tars, so a tar
+    the manifest lists and the folder lacks is missing: an error naming it."""
     import json
 
     folder = paths[0].rpartition("/")[0]
@@ -176,6 +207,11 @@ def _manifest_for(paths: list[str]) -> tuple[list[int], list[int], list[str] | N
     if manifest.get("format") != MANIFEST_FORMAT:
         return None
     by_name = {entry["tar"]: (entry["samples"], entry["bytes"]) for entry in manifest.get("shards", [])}
+    gone = sorted(set(by_name) - {p.rpartition("/")[2] for p in paths}) if whole_folder else []
+    if gone:
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise FileNotFoundError(f"{storage.join(folder or '.', gone[0])}{more}: listed in {where} but not in the "
+                                f"folder; put it back, or rewrite the shards with `python -m dali_resizer.shards make`")
     try:
         found = [by_name[p.rpartition("/")[2]] for p in paths]
     except KeyError:  # (a tar it does not list)
@@ -198,6 +234,9 @@ def _index_for(tar_path: str, index_dir: Path) -> str:
     index_dir.mkdir(parents=True, exist_ok=True)
     cached = index_dir / f"{Path(tar_path).stem}-{digest}.idx"
     if not cached.is_file():
+        if stat.size == 0:  # (not a tar at all, but nothing in it is lost: an index of no samples)
+            write_atomic(cached, "v1.2 0\n")
+            return str(cached)
         try:
             build_index(tar_path, cached)
         except (tarfile.TarError, OSError) as e:
@@ -272,6 +311,9 @@ class ShardReader(Reader):
         self._known: dict[str, str] = {
             f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key and extension; "
             "this copy is left out of the index" for tar, members in source.duplicates.items() for member in members}
+        self._known |= {f"{tar} (member {member})": "its name holds whitespace, which a DALI index cannot hold: left "
+                        "out of the index (rename it and rewrite the tar)"
+                        for tar, members in source.spaced.items() for member in members}
         for tar, members in source.cut.items():
             for member in members:
                 if member.startswith("@"):
@@ -339,6 +381,8 @@ class ShardReader(Reader):
         size = storage_for(tar).stat(tar).size
         problem = (f"{source.manifest_bytes[i]} bytes in the manifest, {size} in the tar"
                    if size != source.manifest_bytes[i] else index_problem(tar, index))
+        if problem is None and read_index_count(index) != source.counts[i]:
+            problem = f"{source.counts[i]} samples in the manifest, {read_index_count(index)} in its index"
         if problem is not None:
             raise ValueError(f"{tar}: changed since {MANIFEST_FILE} was written ({problem}); rewrite the shards with "
                              f"`python -m dali_resizer.shards make`, or remove {MANIFEST_FILE} to read the indexes")
@@ -416,7 +460,7 @@ class ShardReader(Reader):
                 problem = problem_of(read_tar_member(tar, offset)[1], status=int(status[row]),
                                      max_pixels=self.plan.pipeline["max_pixels"])
             elif not bool(valid[row]) or not has_image or not has_label:
-                found = sample_problem(has_image, texts[row] if has_label else None, classes)
+                found = sample_problem(has_image, texts[row] if has_label else None, classes, self.source.classes_from)
                 if found is None:  # (the batch-wide parse and the rule disagree: a bug, said as one)
                     raise RuntimeError(f"{tar} (sample {key}): label {texts[row]!r} refused by the batch's parse "
                                        f"but not by the sample rule")

@@ -1,0 +1,222 @@
+"""Sets that are wrong as a whole (their listing, manifest, classes, indexes), each written by its test:
+every good sample read once with its label, or an error naming the file and the problem; never a
+silent loss, and ``shards verify`` says what the loader would meet."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from dali_resizer import PAD_LABEL, DALILoader
+from dali_resizer.shards import verify_shards, write_shards
+from tests.conftest import encode, random_image
+from tests.conftest import write_shards as write_test_shards
+
+
+@pytest.fixture
+def made(image_folder, tmp_path):
+    """``shards make`` of the 11-image folder: 3 tars (4, 4, 3), indexes, classes.txt, manifest.json."""
+    out = tmp_path / "out"
+    write_shards(image_folder, out, samples_per_shard=4, prefix="train")
+    return out
+
+
+def labels_of(loader) -> list[int]:
+    return sorted(int(y) for _, labels in loader for y in labels if int(y) != PAD_LABEL)
+
+
+# -- classes -----------------------------------------------------------------------------------------
+
+
+def test_a_class_name_is_a_line_whatever_it_holds(tmp_path):
+    write_test_shards(tmp_path, [3])
+    (tmp_path / "classes.txt").write_text("ant\u2028bee\ncow\nemu\n")  # U+2028: a character, not a line break
+    loader = DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx")
+    assert loader.classes == ["ant\u2028bee", "cow", "emu"]
+    (tmp_path / "classes.txt").write_text("ant\n\ncow\n")
+    with pytest.raises(ValueError, match=r"classes\.txt:2: a blank class name"):
+        DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx")
+    assert "bad classes.txt" in verify_shards(tmp_path)
+
+
+def test_manifest_classes_that_disagree_with_classes_txt_are_named(made):
+    """The loader reads the manifest alone at start-up (one object), so its classes are the manifest's,
+    and an out-of-range label says so; ``verify`` reports the disagreement."""
+    manifest = json.loads((made / "manifest.json").read_text())
+    manifest["classes"] = ["cat", "dog"]
+    (made / "manifest.json").write_text(json.dumps(manifest))
+    loader = DALILoader(made, batch_size=4, size=8)
+    assert loader.classes == ["cat", "dog"]
+    with pytest.raises(ValueError, match=r"label 2 is out of range for the 2 classes of manifest\.json"):
+        list(loader)
+    assert any("other classes" in item for item in verify_shards(made)["manifest does not match the shards"])
+
+
+# -- the manifest --------------------------------------------------------------------------------------
+
+
+def test_a_tar_the_manifest_lists_and_the_folder_lacks_is_named(made):
+    (made / "train-000001.tar").unlink()
+    (made / "train-000001.idx").unlink()
+    with pytest.raises(FileNotFoundError, match=r"train-000001\.tar: listed in .*manifest\.json but not in the folder"):
+        DALILoader(made, batch_size=4, size=8)
+    assert verify_shards(made)["manifest does not match the shards"] == [
+        f"{made / 'train-000001.tar'}: listed, but not in the folder"]
+
+
+@pytest.mark.parametrize("change", [-1, 1])
+def test_a_manifest_count_off_by_one_is_an_error_naming_the_tar(made, change):
+    manifest = json.loads((made / "manifest.json").read_text())
+    manifest["shards"][1]["samples"] += change
+    (made / "manifest.json").write_text(json.dumps(manifest))
+    loader = DALILoader(made, batch_size=4, size=8)
+    with pytest.raises(ValueError, match=rf"train-000001\.tar: changed since manifest\.json was written "
+                                         rf"\({4 + change} samples in the manifest, 4 in its index\)"):
+        list(loader)
+    assert any("samples listed" in item for item in verify_shards(made)["manifest does not match the shards"])
+
+
+# -- tars and indexes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_an_index_offset_off_by_a_block_is_an_error_naming_the_tar(tmp_path, on_error):
+    from dali_resizer.readers.wds_index import build_index
+
+    (tar,) = write_test_shards(tmp_path, [4], unique_labels=True)
+    index = tar.with_suffix(".idx")
+    build_index(tar, index)
+    lines = index.read_text().splitlines()
+    row = lines[2].split()  # (cls OFFSET SIZE NAME jpg OFFSET SIZE NAME)
+    jpg = row.index("jpg")
+    row[jpg + 1] = str(int(row[jpg + 1]) + 512)  # the image of the second sample, one tar block late
+    lines[2] = " ".join(row)
+    index.write_text("\n".join(lines) + "\n")
+    loader = DALILoader(tmp_path, batch_size=4, size=8, on_error=on_error)
+    with pytest.raises(ValueError, match=rf"{tar}: no tar member starts at byte \d+, where its index says one does"):
+        list(loader)
+    assert "stale index" in verify_shards(tmp_path)
+
+
+def test_an_index_cut_short_is_an_error_naming_it_with_dalis_words(tmp_path):
+    from dali_resizer.readers.wds_index import build_index
+
+    (tar,) = write_test_shards(tmp_path, [4], unique_labels=True)
+    index = tar.with_suffix(".idx")
+    build_index(tar, index)
+    index.write_text(index.read_text()[:-20])
+    loader = DALILoader(tmp_path, batch_size=4, size=8, on_error="skip")
+    with pytest.raises(ValueError, match=rf'Malformed index file at "{index}" line 4.*shards index TAR'):
+        list(loader)
+    assert loader.skipped == {}
+
+
+def test_an_empty_tar_among_good_ones_holds_nothing_to_lose(tmp_path):
+    write_test_shards(tmp_path, [3, 4], unique_labels=True)
+    (tmp_path / "train-000009.tar").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"train-000009\.tar: no samples"):
+        loader = DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx")
+    assert labels_of(loader) == list(range(7))
+
+
+def test_a_source_of_empty_tars_is_an_error(tmp_path):
+    (tmp_path / "a.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"a\.tar: no samples in any tar of the source"):
+        DALILoader(tmp_path, batch_size=2, size=8, index_dir=tmp_path / "idx")
+    empty = tmp_path / "e"
+    empty.mkdir()
+    import tarfile
+
+    with tarfile.open(empty / "only.tar", "w"):
+        pass  # a valid tar with no member
+    with pytest.raises(ValueError, match=r"only\.tar: no samples in any tar of the source"):
+        DALILoader(empty, batch_size=2, size=8, index_dir=tmp_path / "idx")
+
+
+def test_a_folder_of_compressed_tars_says_so(tmp_path):
+    (tmp_path / "train-000000.tar.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(ValueError, match=r"compressed tars \(train-000000\.tar\.gz\), which DALI does not read"):
+        DALILoader(tmp_path, batch_size=2)
+
+
+# -- bytes the loader names --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("head", "named"), [
+    (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00mif1", "AVIF image (DALI does not decode AVIF)"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC/HEIF image"),
+    (b"\xff\x0a\xfa\x7f", "JPEG XL image"),
+])
+def test_formats_dali_does_not_decode_are_named(tmp_path, head, named):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        random_image(np.random.default_rng(0), 16, 16).save(tmp_path / c / "good.jpg")
+    (tmp_path / "b" / "photo.jpg").write_bytes(head + bytes(200))
+    loader = DALILoader(tmp_path, batch_size=3, size=8, on_error="skip")
+    with pytest.warns(UserWarning, match="photo.jpg"):
+        list(loader)
+    assert named in loader.skipped[str(tmp_path / "b" / "photo.jpg")]
+
+
+def test_training_on_one_class_is_warned_about(tmp_path):
+    from dali_resizer.train import main
+
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    for i in range(4):
+        (tmp_path / "data" / "only" / f"{i}.jpg").write_bytes(encode(random_image(np.random.default_rng(i), 24, 24)))
+    with pytest.warns(UserWarning, match=r"one class \(only\): every prediction is right"):
+        main(["--data", str(tmp_path / "data"), "--epochs", "1", "--output", str(tmp_path / "run"), "--backbone",
+              "resnet18", "--size", "8", "--input-size", "16", "--batch-size", "2", "--num-threads", "1", "--quiet",
+              "--device", "cpu"])
+    shutil.rmtree(tmp_path / "run")
+
+
+def test_a_folder_whose_images_are_all_bad_is_an_error_naming_it(tmp_path):
+    from dali_resizer import BadSampleError
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            (tmp_path / c / f"{i}.jpg").write_bytes(b"<html>not found</html>")
+    loader = DALILoader(tmp_path, batch_size=2, size=8, shuffle=True, on_error="skip")
+    with pytest.warns(UserWarning, match="skipped 2 bad sample"):
+        labels = [y for _, lab in loader for y in lab.tolist()]
+    assert labels == [PAD_LABEL] * 6 and len(loader.skipped) == 6  # each named as it was met
+    with pytest.raises(BadSampleError, match=rf"{tmp_path}: every image of the source is bad \(6 skipped"):
+        list(loader)  # (the next epoch: nothing to stand in for them)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_member_name_with_whitespace_is_a_named_bad_sample(tmp_path, on_error, capsys):
+    """DALI's index holds a name without whitespace: such a member is left out of the index built for
+    the tar, and named (raised, or skipped with the rest of the tar read); verify and ``shards index``
+    say so too."""
+    import io
+    import tarfile
+
+    from dali_resizer import BadSampleError
+    from dali_resizer.shards import main as shards
+
+    tar = tmp_path / "s" / "train-000000.tar"
+    tar.parent.mkdir()
+    image = encode(random_image(np.random.default_rng(0), 16, 16))
+    with tarfile.open(tar, "w") as archive:
+        for key, label in (("a", b"0"), ("my photo", b"1"), ("c", b"2")):
+            for ext, data in (("jpg", image), ("cls", label)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    if on_error == "raise":
+        with pytest.raises(BadSampleError, match=r"train-000000\.tar \(member 'my photo\.jpg'\): its name holds "
+                                                 r"whitespace"):
+            DALILoader(tar.parent, batch_size=2, size=8, index_dir=tmp_path / "idx")
+    else:
+        with pytest.warns(UserWarning, match="whitespace"):
+            loader = DALILoader(tar.parent, batch_size=2, size=8, index_dir=tmp_path / "idx", on_error=on_error)
+        assert labels_of(loader) == [0, 2] and len(loader.skipped) == 2  # (its image and its label)
+    assert sorted(verify_shards(tar.parent)["member name with whitespace (left out of the index)"]) == [
+        f"{tar}: 'my photo.cls'", f"{tar}: 'my photo.jpg'"]
+    assert shards(["index", str(tar)]) == 1  # (no traceback: the index without them, and what was left out)
+    assert "2 member(s) whose names hold whitespace left out" in capsys.readouterr().out
+    assert "my photo" not in tar.with_suffix(".idx").read_text()
