@@ -25,6 +25,7 @@ from dali_resizer.readers.wds_index import (
     SPACED_SUFFIX,
     build_index,
     index_problem,
+    read_index_count,
     sample_problem,
     tar_samples,
 )
@@ -162,7 +163,10 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
         for tar in tars if listed is not None else []:
             entry = listed.get(tar.name)
             index = tar.with_suffix(".idx")
-            count = int(index.read_text().split(None, 2)[1]) if index.is_file() else None
+            try:
+                count = read_index_count(str(index)) if index.is_file() else None
+            except ValueError:  # (not an index at all: reported below, with the tar's other indexes)
+                count = None
             if entry is None:
                 problem = "not listed"
             elif entry.get("bytes") != tar.stat().st_size:

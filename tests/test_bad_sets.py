@@ -220,3 +220,19 @@ def test_a_member_name_with_whitespace_is_a_named_bad_sample(tmp_path, on_error,
     assert shards(["index", str(tar)]) == 1  # (no traceback: the index without them, and what was left out)
     assert "2 member(s) whose names hold whitespace left out" in capsys.readouterr().out
     assert "my photo" not in tar.with_suffix(".idx").read_text()
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff\xfe\x81" * 16, b"", b"v1.2 3\n", b"v1.2 four\n"])
+def test_verify_and_check_name_an_index_that_is_not_one(made, content, capsys):
+    """A binary, empty, header-only or unreadable index beside a tar: ``verify`` and ``check`` report it
+    as a stale index (no traceback); the loader builds its own and reads every sample."""
+    from dali_resizer.check import main as check
+
+    (made / "train-000001.idx").write_bytes(content)
+    problems = verify_shards(made)
+    assert [item.split(":")[0] for item in problems["stale index"]] == [str(made / "train-000001.idx")]
+    assert check([str(made)]) == 1 and "stale index: 1" in capsys.readouterr().out
+    (made / "manifest.json").unlink()  # (with it, the loader would refuse the changed tar's index outright)
+    with pytest.warns(UserWarning, match="train-000001.idx"):
+        loader = DALILoader(made, batch_size=4, size=8, index_dir=made / "cache")
+    assert len(labels_of(loader)) == 11
