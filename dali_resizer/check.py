@@ -21,8 +21,8 @@ from pathlib import Path
 
 from dali_resizer.progress import ProgressBar
 from dali_resizer.readers import FILE_LIST_HEADER
+from dali_resizer.readers.folder import list_folder
 from dali_resizer.samples import (
-    FOLDER_IMAGE_EXTENSIONS,
     MAX_PIXELS,
     SHARD_IMAGE_EXTENSIONS,
     image_size,
@@ -36,44 +36,39 @@ __all__ = ["check_folder", "check_shards", "main", "write_file_list"]
 
 
 def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[dict[str, list[str]], list[str]]:
-    """Returns ``(problems by kind, good image files)`` for an ImageFolder layout."""
-
-    root = Path(root)
+    """Returns ``(problems by kind, good image files)`` for an ImageFolder layout, local or under
+    ``s3://``, listed as the loader lists it (``readers.folder.list_folder``)."""
+    listing = list_folder(root)
+    root, storage, local = listing.root, listing.storage, "://" not in listing.root
     problems: dict[str, list[str]] = {}
 
     def note(kind: str, item: str) -> None:
         problems.setdefault(kind, []).append(item)
 
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
-    for entry in os.scandir(root):
-        if not entry.is_dir():
-            note("file beside the class folders (ignored)", entry.path)
-    candidates: list[str] = []
-    storage, loops, unlisted = storage_for(str(root)), [], set()
-    for name in classes:
-        before = len(candidates)
-        for path in storage.files(str(root / name), loops):
-            fname = os.path.basename(path)
-            if not fname.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
-                note("not an image extension (ignored)", path)
-                continue
-            if fname.startswith("."):
-                note("hidden image file (read as a sample)", path)
-            if os.path.islink(path) and not os.path.exists(path):
-                note("broken symbolic link", path)
-                continue
-            if not os.access(path, os.R_OK):
-                note("unreadable", path)
-                continue
-            if "\n" in path or "\r" in path:
-                note("line break in the file name (read by the loader; left out of --write-list, which holds "
-                     "a name a line)", repr(path))
-                unlisted.add(path)
-            candidates.append(path)
-        if len(candidates) == before:
-            note("empty class folder (the loader refuses it)", str(root / name))
-    for loop in loops:
+    for path in listing.beside:
+        note("file beside the class folders (ignored)", path)
+    for path in listing.ignored:
+        note("not an image extension (ignored)", path)
+    for name in listing.empty:
+        note("empty class folder (the loader refuses it)", storage.join(root, name))
+    for loop in listing.loops:
         note("symbolic link loop (its files are listed again at every level, as ImageFolder lists them)", loop)
+    candidates: list[str] = []
+    unlisted = set()
+    for path, _ in listing.images:
+        if path.rpartition("/")[2].startswith("."):
+            note("hidden image file (read as a sample)", path)
+        if local and os.path.islink(path) and not os.path.exists(path):
+            note("broken symbolic link", path)
+            continue
+        if local and not os.access(path, os.R_OK):
+            note("unreadable", path)
+            continue
+        if "\n" in path or "\r" in path:
+            note("line break in the file name (read by the loader; left out of --write-list, which holds "
+                 "a name a line)", repr(path))
+            unlisted.add(path)
+        candidates.append(path)
 
     from pipelines.probe import decode_samples
 
@@ -153,12 +148,16 @@ def _header_problem(name: str, head: bytes, size: int) -> tuple[str, str] | None
 
 def write_file_list(root: str | os.PathLike, files: list[str], path: str | os.PathLike) -> None:
     """Writes ``files`` (under ``root``) as a list that ``DALILoader`` reads as an image folder."""
-    root = Path(root).resolve()
     broken = next((f for f in files if "\n" in str(f) or "\r" in str(f)), None)
     if broken is not None:
         raise ValueError(f"{broken!r}: a file name with a line break cannot be written to a file list")
-    lines = [f"{FILE_LIST_HEADER}\n", f"# root: {root}\n"]
-    lines += [f"{Path(f).resolve().relative_to(root).as_posix()}\n" for f in files]
+    if "://" in str(root):  # (object storage: keys under the prefix, as listed)
+        root = str(root).rstrip("/")
+        relative = [str(f)[len(root) + 1:] for f in files]
+    else:
+        root = Path(root).resolve()
+        relative = [Path(f).resolve().relative_to(root).as_posix() for f in files]
+    lines = [f"{FILE_LIST_HEADER}\n", f"# root: {root}\n"] + [f"{name}\n" for name in relative]
     Path(path).write_text("".join(lines))
 
 
@@ -169,13 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-list", metavar="PATH", help="image folders: write the good images as a file list")
     args = p.parse_args(argv)
 
-    data = Path(args.data)
-    if not data.is_dir():
+    data = args.data
+    storage = storage_for(data)
+    if not storage.is_dir(data):
         print(f"error: {data} is not a folder", file=sys.stderr)
         return 2
     from dali_resizer.shards import report_problems
 
-    if any(data.glob("*.tar")):
+    if any(p.endswith(".tar") for p in storage.files_here(data)):
+        if "://" in data:
+            print(f"error: {data}: checking shards in object storage is not supported yet; check a local copy "
+                  f"(image folders in object storage are checked)", file=sys.stderr)
+            return 2
         problems, good = check_shards(data), None
     else:
         problems, good = check_folder(data, progress=True)

@@ -70,6 +70,24 @@ def test_a_bad_image_in_a_bucket_is_named_by_its_url(image_folder, s3_bucket):
     assert "HTML/XML text" in loader.skipped[f"{url}/dog/zz_bad.jpg"]
 
 
+def test_check_lists_an_image_folder_in_a_bucket_as_the_loader_does(image_folder, s3_bucket, tmp_path, capsys):
+    """``check`` on an ``s3://`` folder: the listing the loader uses (one), each problem named by its URL,
+    and ``--write-list`` a list of the good images that the loader reads from the bucket."""
+    from dali_resizer.check import main as check
+
+    client, bucket = s3_bucket
+    url = upload(client, bucket, image_folder, "data")
+    client.put_object(Bucket=bucket, Key="data/dog/zz_bad.jpg", Body=b"<html>404</html>")
+    listed = tmp_path / "good.txt"
+    assert check([url, "--write-list", str(listed)]) == 1
+    out = capsys.readouterr().out
+    assert f"{url}/dog/zz_bad.jpg: HTML/XML text, not an image" in out
+    assert f"{url}/cat/notes.txt" in out and f"{url}/README" in out  # (ignored files, named as the loader skips them)
+    loader = DALILoader(str(listed), batch_size=4, size=8, shuffle=False, return_index=True)
+    assert len(loader.dataset) == 11 and loader.classes == ["cat", "dog", "emu"]
+    assert len([i for _, _, idx in loader for i in idx.tolist()]) == 11
+
+
 def test_missing_objects_and_wrong_credentials_are_named(s3_bucket, monkeypatch):
     from dali_resizer import storage
 

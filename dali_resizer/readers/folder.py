@@ -21,7 +21,7 @@ from dali_resizer.samples import (
 )
 from dali_resizer.storage import Storage, read_each, storage_for
 
-__all__ = ["FILE_LIST_HEADER", "FolderReader", "ImageFolderSource"]
+__all__ = ["FILE_LIST_HEADER", "FolderListing", "FolderReader", "ImageFolderSource", "list_folder"]
 
 FILE_LIST_HEADER = "# dali_resizer file list v1"
 
@@ -65,36 +65,25 @@ class ImageFolderSource:
     @classmethod
     def scan(cls, root: str | os.PathLike) -> ImageFolderSource:
         """Lists ``root`` exactly as ``torchvision.datasets.ImageFolder`` does (same classes, same order)."""
-        root = os.fspath(root)
-        storage = storage_for(root)
-        classes = storage.subdirs(root)
-        if not classes:
+        listing = list_folder(root)
+        root = listing.root
+        if not listing.classes:
             raise ValueError(f"{root}: no class folders found; expected the layout {root}/<class>/<image>")
-        class_to_idx = {name: i for i, name in enumerate(classes)}
-        files: list[str] = []
-        labels: list[int] = []
-        empty: list[str] = []
-        loops: list[str] = []
-        for name in classes:
-            before = len(files)
-            for path in storage.files(storage.join(root, name), loops):
-                if path.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
-                    files.append(path)
-                    labels.append(class_to_idx[name])
-            if len(files) == before:
-                empty.append(name)
-        if empty:
-            shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        if listing.empty:
+            shown = ", ".join(listing.empty[:5]) + (" ..." if len(listing.empty) > 5 else "")
             raise ValueError(
-                f"{root}: {len(empty)} class folder(s) hold no image ({shown}); "
+                f"{root}: {len(listing.empty)} class folder(s) hold no image ({shown}); "
                 f"supported extensions: {', '.join(FOLDER_IMAGE_EXTENSIONS)}"
             )
+        loops, files = listing.loops, [path for path, _ in listing.images]
         if loops:
             warn_user(f"{root}: {len(loops)} symbolic link loop(s) ({loops[0]}"
                       + (" ..." if len(loops) > 1 else "") + f"): their files are listed again at every level, "
                       f"as torchvision's ImageFolder lists them ({len(files)} files in all); "
                       f"`python -m dali_resizer.check {root}` lists them")
-        return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage, loops)
+        labels = np.asarray([label for _, label in listing.images], dtype=np.int64)
+        class_to_idx = {name: i for i, name in enumerate(listing.classes)}
+        return cls(root, files, labels, listing.classes, class_to_idx, listing.storage, loops)
 
     @classmethod
     def from_dataset(cls, dataset) -> ImageFolderSource:
@@ -146,6 +135,45 @@ class ImageFolderSource:
         if not files:
             raise ValueError(f"{list_path}: lists no images")
         return cls(root, files, np.asarray(labels, dtype=np.int64), classes, class_to_idx, storage)
+
+
+@dataclass(frozen=True)
+class FolderListing:
+    """What an image folder holds, listed once through its storage (local or ``s3://``) for the loader and
+    for ``check``: the classes, the images as ``ImageFolder`` lists them (path, label), the class folders'
+    other files, the files beside the class folders, the class folders without an image, and the
+    symbolic link loops (``"<link> -> <target>"``)."""
+
+    root: str
+    classes: list[str]
+    images: list[tuple[str, int]]
+    ignored: list[str]
+    beside: list[str]
+    empty: list[str]
+    loops: list[str]
+    storage: Storage = field(repr=False, compare=False)
+
+
+def list_folder(root: str | os.PathLike) -> FolderListing:
+    """The one listing of an image folder: torchvision's ``ImageFolder`` rules (classes: the sorted
+    subfolders; images: their files, nested too, with an image extension)."""
+    root = os.fspath(root)
+    storage = storage_for(root)
+    classes = storage.subdirs(root)
+    images: list[tuple[str, int]] = []
+    ignored: list[str] = []
+    empty: list[str] = []
+    loops: list[str] = []
+    for label, name in enumerate(classes):
+        before = len(images)
+        for path in storage.files(storage.join(root, name), loops):
+            if path.lower().endswith(FOLDER_IMAGE_EXTENSIONS):
+                images.append((path, label))
+            else:
+                ignored.append(path)
+        if len(images) == before:
+            empty.append(name)
+    return FolderListing(root, classes, images, ignored, storage.files_here(root), empty, loops, storage)
 
 
 class FolderReader(Reader):
