@@ -62,6 +62,16 @@ def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
     return buf.getvalue()
 
 
+def write_jpeg_folder(root: Path, count: int, classes: int, seed: int = 0) -> Path:
+    """An image folder of ``count`` small JPEGs of odd sizes, image i in class folder ``c<i % classes>``."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        path = root / f"c{i % classes}" / f"{i:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        random_image(rng, 20 + i % 5, 26 + i % 7).save(path)
+    return root
+
+
 # 3 classes, 11 images in all (not a multiple of the batch sizes used), odd and non-square sizes,
 # a nested folder, an upper-case extension, a PNG, and files that are not images.
 FOLDER_LAYOUT = {

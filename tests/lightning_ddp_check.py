@@ -10,34 +10,26 @@ import lightning as L
 import torch
 import torch.distributed as dist
 
-from dali_resizer import PAD_LABEL, DALILoader
+from dali_resizer import DALILoader
+from tests.test_clients import Recorder
 
 
-class Recorder(L.LightningModule):
+class FromItsOwnLoader(Recorder):
+    """``tests.test_clients``'s recording module, making its loader in ``train_dataloader`` as DDP needs."""
+
     def __init__(self, folder: str) -> None:
         super().__init__()
         self.folder = folder
-        self.layer = torch.nn.Linear(3, 3)
-        self.seen: dict[int, list[int]] = {}
 
     def train_dataloader(self):
         return DALILoader(self.folder, batch_size=2, shuffle=True, size=8, seed=4, return_index=True, num_threads=1,
                           device="cpu")
 
-    def training_step(self, batch, batch_idx):
-        images, labels, indices = batch
-        self.seen.setdefault(self.current_epoch, []).extend(indices.tolist())
-        logits = self.layer(images.mean(dim=(2, 3)))
-        return torch.nn.functional.cross_entropy(logits, labels, ignore_index=PAD_LABEL)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
 
 def main() -> None:
     folder, out = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    model = Recorder(folder)
+    model = FromItsOwnLoader(folder)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dali_resizer import PAD_LABEL, DALILoader
-from tests.conftest import random_image
+from tests.conftest import write_jpeg_folder
 
 SCRIPTS = Path(__file__).parent
 
@@ -24,13 +24,7 @@ SCRIPTS = Path(__file__).parent
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """14 small JPEGs in 3 classes: 7 batches of 2 on one rank."""
-    root = tmp_path_factory.mktemp("clients")
-    rng = np.random.default_rng(8)
-    for i in range(14):
-        path = root / f"k{i % 3}" / f"{i:02d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        random_image(rng, 20 + i % 4, 26 + i % 5).save(path)
-    return root
+    return write_jpeg_folder(tmp_path_factory.mktemp("clients"), 14, 3, seed=8)
 
 
 def make_loader(folder, **kw):

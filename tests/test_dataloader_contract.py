@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, default_collate
 
 from dali_resizer import DALILoader
-from tests.conftest import random_image, write_shards
+from tests.conftest import write_jpeg_folder, write_shards
 
 
 def indices_of(loader_or_iterator) -> list[int]:
@@ -28,13 +28,7 @@ def epoch_of(make, epoch: int) -> list[int]:
 @pytest.fixture(scope="module")
 def forty(tmp_path_factory):
     """40 small JPEGs in 4 classes: 20 batches of 2, time enough to be interrupted anywhere."""
-    root = tmp_path_factory.mktemp("forty")
-    rng = np.random.default_rng(5)
-    for i in range(40):
-        path = root / f"c{i % 4}" / f"{i:02d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        random_image(rng, 24 + i % 5, 30 + i % 7).save(path)
-    return root
+    return write_jpeg_folder(tmp_path_factory.mktemp("forty"), 40, 4, seed=5)
 
 
 @pytest.fixture(scope="module")
