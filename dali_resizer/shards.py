@@ -11,8 +11,12 @@ import argparse
 import json
 import os
 import re
+import shutil
+import signal
 import sys
 import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,8 @@ from dali_resizer.storage import storage_for
 __all__ = ["NO_INDEX", "main", "report_problems", "verify_shards", "write_shards"]
 
 # a note, not a failure: the loader reads such a tar through an index it builds once into its cache
+# the folder `shards make` writes in (hidden: never listed as data), removed when it ends
+WORK_PREFIX = ".shards-make-"
 NO_INDEX = "no .idx beside the tar (note: the loader builds one into its cache; `shards index` writes it)"
 
 
@@ -67,8 +73,6 @@ def write_shards(
 
     Returns the shard paths (or URLs).
     """
-    import tempfile
-
     import webdataset as wds
 
     if samples_per_shard < 1:
@@ -82,50 +86,77 @@ def write_shards(
     storage = storage_for(out)
     if "://" not in out:
         os.makedirs(out, exist_ok=True)
-    pattern = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.(tar|idx)")
-    existing = [p for p in (storage.files_here(out) if storage.is_dir(out) else []) if
-                pattern.fullmatch(p.rsplit("/", 1)[-1])]
+    here = [p.rsplit("/", 1)[-1] for p in (storage.files_here(out) if storage.is_dir(out) else [])]
+    ours = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.(tar|idx)")
+    others = sorted(name for name in here if name.endswith((".tar", ".idx")) and not ours.fullmatch(name))
+    if others:  # (one set a folder: its manifest and classes.txt describe every tar in it)
+        raise FileExistsError(f"{storage.join(out, others[0])}: {out} holds another set's shards; write each set "
+                              f"into a folder of its own (e.g. shards/train, shards/val)")
+    existing = [storage.join(out, name) for name in here if ours.fullmatch(name)]
+    unfinished = _unfinished(storage, out)
     if existing and not overwrite:
-        raise FileExistsError(f"{out} already holds {prefix}-*.tar shards ({existing[0].rsplit('/', 1)[-1]} ...); "
-                              "pass overwrite=True (--overwrite) to replace them")
+        why = (f"an earlier `shards make` into it did not finish ({unfinished})" if unfinished else
+               f"it already holds {prefix}-*.tar shards ({existing[0].rsplit('/', 1)[-1]} ...)")
+        raise FileExistsError(f"{out}: {why}; pass overwrite=True (--overwrite) to replace them")
     bar = ProgressBar(len(source), f"writing {out}", unit="img") if progress else None
     order = np.random.default_rng(seed).permutation(len(source)) if shuffle else np.arange(len(source))
     paths, entries = [], []
-    work = tempfile.TemporaryDirectory(prefix="shards-", dir=None if "://" in out else out)
-    for shard, start in enumerate(range(0, len(order), samples_per_shard)):
-        name = f"{prefix}-{shard:06d}"
-        tmp = Path(work.name) / f"{name}.tar"
-        with wds.TarWriter(str(tmp)) as sink:
-            for i in order[start : start + samples_per_shard]:
-                file = source.files[i]
-                sink.write({
-                    "__key__": f"{i:09d}",
-                    Path(file).suffix.lower().lstrip("."): source.storage.read(file),
-                    "cls": str(int(source.labels[i])).encode(),
-                })
-                if bar is not None:
-                    bar.update(1)
-        count = build_index(tmp, tmp.with_suffix(".idx"))
-        tar, index = storage.join(out, f"{name}.tar"), storage.join(out, f"{name}.idx")
-        storage.put(tmp, tar)
-        storage.put(tmp.with_suffix(".idx"), index)  # (after its tar: an index never points past one)
-        entries.append({"tar": f"{name}.tar", "samples": count, "bytes": tmp.stat().st_size})
-        tmp.unlink()
-        tmp.with_suffix(".idx").unlink()
-        paths.append(Path(tar) if "://" not in out else tar)
-    written = {str(p) for p in paths} | {str(p)[: -len(".tar")] + ".idx" for p in paths}
-    for stale in sorted(set(existing) - written):
-        storage.delete(stale)
-    for name, text in ((CLASSES_FILE, "".join(f"{c}\n" for c in source.classes)),
-                       (MANIFEST_FILE, json.dumps({"format": MANIFEST_FORMAT, "classes": source.classes,
-                                                   "shards": entries}, indent=1) + "\n")):
-        local = Path(work.name) / name
-        local.write_text(text)
-        storage.put(local, storage.join(out, name))
-    work.cleanup()
+    if "://" not in out:  # (what a killed run left: never read, since it is hidden and not a tar)
+        for left in Path(out).glob(f"{WORK_PREFIX}*"):
+            shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=WORK_PREFIX, dir=None if "://" in out else out) as work:
+        # first, a manifest that says the set is being written: until the last step replaces it, the
+        # loader and `verify` refuse the folder, whatever stops this run (SIGKILL included)
+        _put_text(storage, work, out, MANIFEST_FILE, json.dumps({
+            "format": MANIFEST_FORMAT, "unfinished": f"`shards make {os.fspath(folder)} {out}` started at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}"}) + "\n")
+        for shard, start in enumerate(range(0, len(order), samples_per_shard)):
+            name = f"{prefix}-{shard:06d}"
+            tmp = Path(work) / f"{name}.tar"
+            with wds.TarWriter(str(tmp)) as sink:
+                for i in order[start : start + samples_per_shard]:
+                    file = source.files[i]
+                    sink.write({
+                        "__key__": f"{i:09d}",
+                        Path(file).suffix.lower().lstrip("."): source.storage.read(file),
+                        "cls": str(int(source.labels[i])).encode(),
+                    })
+                    if bar is not None:
+                        bar.update(1)
+            count = build_index(tmp, tmp.with_suffix(".idx"))
+            tar, index = storage.join(out, f"{name}.tar"), storage.join(out, f"{name}.idx")
+            storage.put(tmp, tar)
+            storage.put(tmp.with_suffix(".idx"), index)  # (after its tar: an index never points past one)
+            entries.append({"tar": f"{name}.tar", "samples": count, "bytes": tmp.stat().st_size})
+            tmp.unlink()
+            tmp.with_suffix(".idx").unlink()
+            paths.append(Path(tar) if "://" not in out else tar)
+        written = {str(p) for p in paths} | {str(p)[: -len(".tar")] + ".idx" for p in paths}
+        for stale in sorted(set(existing) - written):
+            storage.delete(stale)
+        _put_text(storage, work, out, CLASSES_FILE, "".join(f"{c}\n" for c in source.classes))
+        _put_text(storage, work, out, MANIFEST_FILE, json.dumps({  # (last: the set is whole)
+            "format": MANIFEST_FORMAT, "classes": source.classes, "shards": entries}, indent=1) + "\n")
     if bar is not None:
         bar.close()
     return paths
+
+
+def _put_text(storage, work: str, out: str, name: str, text: str) -> None:
+    """Publishes ``text`` as ``out/name`` whole (through a file in ``work``)."""
+    local = Path(work) / name
+    local.write_text(text)
+    storage.put(local, storage.join(out, name))
+    local.unlink()
+
+
+def _unfinished(storage, folder: str) -> str | None:
+    """What the manifest of ``folder`` says of a ``shards make`` that has not finished, else None."""
+    where = storage.join(folder, MANIFEST_FILE)
+    try:
+        return json.loads(storage.read(where)).get("unfinished")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
@@ -150,7 +181,10 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     if manifest_file.is_file():
         try:
             manifest = json.loads(manifest_file.read_text())
-            listed = {e["tar"]: e for e in manifest["shards"]}
+            if "unfinished" in manifest:
+                problems.setdefault("unfinished set", []).append(
+                    f"{manifest_file}: {manifest['unfinished']} and did not finish; run it again with --overwrite")
+            listed = None if "unfinished" in manifest else {e["tar"]: e for e in manifest["shards"]}
         except (ValueError, KeyError, TypeError) as e:
             listed = None
             problems.setdefault("manifest does not match the shards", []).append(f"{manifest_file}: unreadable ({e})")
@@ -246,12 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.command == "make":
+        signal.signal(signal.SIGTERM, _interrupt)  # (as Ctrl-C: the run's temporary files are removed)
         try:
             paths = write_shards(args.src, args.out, samples_per_shard=args.samples_per_shard, prefix=args.prefix,
                                  shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, progress=True)
         except (OSError, ValueError) as e:  # (FileExistsError, a missing folder, storage failures)
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            print(f"interrupted: {args.out} holds a partial set, which the loader refuses; run the same command "
+                  f"with --overwrite", file=sys.stderr)
+            return 130
         print(f"{len(paths)} shard(s) in {args.out}")
         return 0
     if args.command == "index":
@@ -269,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             status = status or (1 if said else 0)
         return status
     return report_problems(verify_shards(args.dir))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def report_problems(problems: dict[str, list[str]], shown: int = 10) -> int:

@@ -3,7 +3,12 @@ every good sample read once with its label, or an error naming the file and the 
 silent loss, and ``shards verify`` says what the loader would meet."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -75,6 +80,79 @@ def test_a_manifest_count_off_by_one_is_an_error_naming_the_tar(made, change):
                                          rf"\({4 + change} samples in the manifest, 4 in its index\)"):
         list(loader)
     assert any("samples listed" in item for item in verify_shards(made)["manifest does not match the shards"])
+
+
+# -- how `shards make` writes a set --------------------------------------------------------------------
+
+
+def test_a_second_set_is_refused_in_a_folder_that_holds_one(made, image_folder, tmp_path, capsys):
+    """One set a folder: its manifest and classes.txt describe every tar in it."""
+    from dali_resizer.shards import main
+
+    with pytest.raises(FileExistsError, match=r"train-000000\.idx: .* holds another set's shards"):
+        write_shards(image_folder, made, samples_per_shard=4, prefix="val")
+    with pytest.raises(FileExistsError, match="holds another set's shards"):  # --overwrite replaces its own set only
+        write_shards(image_folder, made, samples_per_shard=4, prefix="val", overwrite=True)
+    assert main(["make", str(image_folder), str(made), "--prefix", "val"]) == 2
+    assert "holds another set's shards" in capsys.readouterr().err
+    assert labels_of(DALILoader(made, batch_size=4, size=8)) == sorted([0] * 4 + [1] * 3 + [2] * 4)
+
+
+def test_a_folder_holding_tars_its_manifest_does_not_list_is_refused(made, tmp_path):
+    """A folder holding two sets (or a tar added by hand) is not read as the set its manifest describes."""
+    other = tmp_path / "other"
+    other.mkdir()
+    write_test_shards(other, [3], prefix="val")
+    shutil.copy(other / "val-000000.tar", made)
+    with pytest.raises(ValueError, match=r"val-000000\.tar: in the folder but not in .*manifest\.json"):
+        DALILoader(made, batch_size=4, size=8)
+    loader = DALILoader(sorted(str(p) for p in made.glob("train-*.tar")), batch_size=4, size=8)  # the set itself
+    assert len(loader.dataset) == 11
+    assert verify_shards(made)["manifest does not match the shards"] == [f"{made / 'val-000000.tar'}: not listed"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_an_interrupted_make_leaves_a_set_that_nothing_reads_as_whole(image_folder, tmp_path, signum):
+    """``shards make`` stopped half-way (here: blocked reading a FIFO, the 12th image, while 11 shards are
+    published) leaves a manifest that says so: the loader and ``verify`` refuse the folder, a rerun asks
+    for --overwrite, and one with it writes the whole set. Ctrl-C and SIGTERM remove the run's temporary
+    folder; what SIGKILL leaves is removed by the next run."""
+    source = tmp_path / "src"
+    shutil.copytree(image_folder, source)
+    fifo = source / "zoo" / "last.jpg"  # (the last class: read after every other image)
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    make = [sys.executable, "-m", "dali_resizer.shards", "make", str(source), str(out), "--samples-per-shard", "1",
+            "--no-shuffle", "--prefix", "train"]
+    process = subprocess.Popen(make, stderr=subprocess.PIPE, text=True)
+    writer, deadline = None, time.monotonic() + 120
+    while writer is None:  # (opens once the run reads the FIFO: every earlier shard is published by then)
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # (ENXIO: no reader yet)
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+            time.sleep(0.01)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    os.close(writer)
+    assert len(list(out.glob("train-*.tar"))) == 11
+    if signum == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL and len(list(out.glob(".shards-make-*"))) == 1
+    else:
+        assert process.returncode == 130 and "holds a partial set" in err
+        assert list(out.glob(".shards-make-*")) == []
+    with pytest.raises(ValueError, match=r"manifest\.json: `shards make .*` started at .* and did not finish"):
+        DALILoader(out, batch_size=4, size=8)
+    assert "unfinished set" in verify_shards(out)
+    fifo.unlink()
+    fifo.write_bytes(encode(random_image(np.random.default_rng(0), 20, 30)))
+    with pytest.raises(FileExistsError, match="an earlier `shards make` into it did not finish"):
+        write_shards(source, out, samples_per_shard=4, prefix="train")
+    write_shards(source, out, samples_per_shard=4, prefix="train", overwrite=True)
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".tar") == [f"train-00000{i}.tar" for i in range(3)]
+    assert list(out.glob(".shards-make-*")) == [] and verify_shards(out) == {}
+    assert labels_of(DALILoader(out, batch_size=4, size=8)) == sorted([0] * 4 + [1] * 3 + [2] * 4 + [3])
 
 
 # -- tars and indexes ---------------------------------------------------------------------------------

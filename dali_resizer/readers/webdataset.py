@@ -204,14 +204,24 @@ def _manifest_for(paths: list[str], whole_folder: bool = False) -> tuple[list[in
         manifest = json.loads(storage.read(where))
     except (FileNotFoundError, ValueError):
         return None
-    if manifest.get("format") != MANIFEST_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         return None
+    if "unfinished" in manifest:  # (written first by `shards make`, replaced by its last step)
+        raise ValueError(f"{where}: {manifest['unfinished']} and did not finish (interrupted?): the shards beside it "
+                         f"are a partial set; run it again with --overwrite")
     by_name = {entry["tar"]: (entry["samples"], entry["bytes"]) for entry in manifest.get("shards", [])}
-    gone = sorted(set(by_name) - {p.rpartition("/")[2] for p in paths}) if whole_folder else []
+    names = {p.rpartition("/")[2] for p in paths}
+    gone = sorted(set(by_name) - names) if whole_folder else []
     if gone:
         more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
         raise FileNotFoundError(f"{storage.join(folder or '.', gone[0])}{more}: listed in {where} but not in the "
                                 f"folder; put it back, or rewrite the shards with `python -m dali_resizer.shards make`")
+    unlisted = sorted(names - set(by_name)) if whole_folder else []
+    if unlisted:  # (another set written into the same folder, or a tar added by hand: not read as this set)
+        more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+        raise ValueError(f"{storage.join(folder or '.', unlisted[0])}{more}: in the folder but not in {where}, "
+                         f"which describes the set; keep each set of shards in a folder of its own, or pass the "
+                         f"tars themselves")
     try:
         found = [by_name[p.rpartition("/")[2]] for p in paths]
     except KeyError:  # (a tar it does not list)
