@@ -172,20 +172,66 @@ def test_an_index_offset_off_by_a_block_is_an_error_naming_the_tar(tmp_path, on_
     lines[2] = " ".join(row)
     index.write_text("\n".join(lines) + "\n")
     loader = DALILoader(tmp_path, batch_size=4, size=8, on_error=on_error)
-    with pytest.raises(ValueError, match=rf"{tar}: no tar member starts at byte \d+, where its index says one does"):
+    with pytest.raises(ValueError, match=rf"{index}: does not match its tar {tar} \(line 3: sample-00001\.jpg "
+                                         rf"\(\d+ bytes\) at byte \d+, where the tar holds no member\)"):
         list(loader)
     assert "stale index" in verify_shards(tmp_path)
 
 
-def test_an_index_cut_short_is_an_error_naming_it_with_dalis_words(tmp_path):
+def _index_lines(tmp_path):
     from dali_resizer.readers.wds_index import build_index
 
     (tar,) = write_test_shards(tmp_path, [4], unique_labels=True)
     index = tar.with_suffix(".idx")
     build_index(tar, index)
+    return tar, index, index.read_text().splitlines()
+
+
+@pytest.mark.parametrize("fields", ["offsets", "members"])
+def test_an_index_whose_rows_swap_members_is_refused_before_a_label_is_read(tmp_path, fields):
+    """Rows that swapped their labels' offsets (names kept), or their label members whole, would read
+    each sample with the other's label: every row is checked against the tar's headers at its first read."""
+    tar, index, lines = _index_lines(tmp_path)
+    first, second = lines[1].split(), lines[2].split()
+    i, j = first.index("cls"), second.index("cls")
+    for k in (1, 2) if fields == "offsets" else (0, 1, 2, 3):  # (ext, offset, size, name)
+        first[i + k], second[j + k] = second[j + k], first[i + k]
+    index.write_text("\n".join([lines[0], " ".join(first), " ".join(second), *lines[3:]]) + "\n")
+    reason = (r"line \d: sample-0000\d\.cls \(1 bytes\) at byte \d+, where the tar holds sample-0000\d\.cls"
+              if fields == "offsets" else r"line 2 holds members of 2 samples \(sample-00000, sample-00001\)")
+    with pytest.raises(ValueError, match=rf"{index}: does not match its tar .*\({reason}"):
+        list(DALILoader(tmp_path, batch_size=4, size=8, on_error="skip"))
+    assert "stale index" in verify_shards(tmp_path)
+
+
+def test_an_index_with_a_row_dropped_is_refused_instead_of_losing_the_sample(tmp_path):
+    tar, index, lines = _index_lines(tmp_path)
+    index.write_text("\n".join(["v1.2 3", *lines[1:3], *lines[4:]]) + "\n")  # (sample 2 gone, count lowered)
+    with pytest.raises(ValueError, match=rf"{index}: does not match its tar .*\(the tar's member sample-00002\.\w+ "
+                                         rf"is not in the index\)"):
+        list(DALILoader(tmp_path, batch_size=4, size=8))
+    assert "stale index" in verify_shards(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_an_index_cut_short_is_an_error_naming_it_and_its_line(tmp_path, where, request):
+    """A local tar's index is checked row by row at its first read; in object storage (where that
+    would cost a request a member) DALI's own words name the index and its line."""
+    from dali_resizer.readers.wds_index import build_index
+    from tests.conftest import upload
+
+    (tar,) = write_test_shards(tmp_path, [4], unique_labels=True)
+    index = tar.with_suffix(".idx")
+    build_index(tar, index)
     index.write_text(index.read_text()[:-20])
-    loader = DALILoader(tmp_path, batch_size=4, size=8, on_error="skip")
-    with pytest.raises(ValueError, match=rf'Malformed index file at "{index}" line 4.*shards index TAR'):
+    data, named = tmp_path, index
+    if where == "s3":
+        client, bucket = request.getfixturevalue("s3_bucket")
+        data = upload(client, bucket, tmp_path, "shards")
+        named = f"{data}/{index.name}"
+    loader = DALILoader(data, batch_size=4, size=8, on_error="skip")
+    said = rf"{named}: .*line 5 is not a sample" if where == "local" else rf'Malformed index file at "{named}" line 4'
+    with pytest.raises(ValueError, match=rf"{said}.*shards index"):
         list(loader)
     assert loader.skipped == {}
 

@@ -18,6 +18,7 @@ from dali_resizer.readers.wds_index import (
     DUPLICATES_SUFFIX,
     SPACED_SUFFIX,
     build_index,
+    index_mismatch,
     index_problem,
     read_index_count,
     read_index_rows,
@@ -316,7 +317,7 @@ class ShardReader(Reader):
         self._keys: dict[int, dict[str, int]] = {}  # tar -> its samples' keys -> position (tars read so far)
         self._tar_number: dict[str, int] = {}  # tar -> its number in the source (the tars this shard has read)
         self._first: list[int] | None = None
-        self._checked: set[int] = set()  # tars checked against the manifest
+        self._checked: set[int] = set()  # tars checked at their first read (_check_tar)
         self._pending: dict[str, tuple[str, str]] = {}  # reported bad samples -> (tar, key), until skipped
         self._known: dict[str, str] = {
             f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key and extension; "
@@ -360,7 +361,7 @@ class ShardReader(Reader):
         source = self.source
         paths, index_paths = [], []
         for i, start, stop in self.epoch_pieces(epoch):
-            self._check_against_manifest(i)
+            self._check_tar(i)
             index = source.index_paths[i]
             rows = self.piece_rows(epoch, i, start, stop)
             if len(rows) != source.counts[i]:  # part of a tar: through an index of that part
@@ -381,21 +382,31 @@ class ShardReader(Reader):
         paths = [self.source.paths[i] for i, _, _ in self.epoch_pieces(epoch)]
         return [p for p in paths if not storage_for(p).is_file(p)]
 
-    def _check_against_manifest(self, i: int) -> None:
-        """A tar taken from the manifest is checked when this shard first reads it (its size, and that
-        its index is current): a rank pays for its own tars only."""
+    def _check_tar(self, i: int) -> None:
+        """Tar ``i`` is checked when this shard first reads it (a rank pays for its own tars only): one taken
+        from the manifest against its size, count, and that its index is current; an index beside a local
+        tar (not one the loader built from it) row by row against the tar's headers, so that no row reads
+        another sample's member or is left out (``index_mismatch``: milliseconds a thousand samples)."""
         source = self.source
-        if source.manifest_bytes is None or i in self._checked:
+        if i in self._checked:
             return
         tar, index = source.paths[i], source.index_paths[i]
-        size = storage_for(tar).stat(tar).size
-        problem = (f"{source.manifest_bytes[i]} bytes in the manifest, {size} in the tar"
-                   if size != source.manifest_bytes[i] else index_problem(tar, index))
-        if problem is None and read_index_count(index) != source.counts[i]:
-            problem = f"{source.counts[i]} samples in the manifest, {read_index_count(index)} in its index"
-        if problem is not None:
-            raise ValueError(f"{tar}: changed since {MANIFEST_FILE} was written ({problem}); rewrite the shards with "
-                             f"`python -m dali_resizer.shards make`, or remove {MANIFEST_FILE} to read the indexes")
+        problem = None
+        if source.manifest_bytes is not None:
+            size = storage_for(tar).stat(tar).size
+            problem = (f"{source.manifest_bytes[i]} bytes in the manifest, {size} in the tar"
+                       if size != source.manifest_bytes[i] else index_problem(tar, index))
+            if problem is None and read_index_count(index) != source.counts[i]:
+                problem = f"{source.counts[i]} samples in the manifest, {read_index_count(index)} in its index"
+            if problem is not None:
+                raise ValueError(f"{tar}: changed since {MANIFEST_FILE} was written ({problem}); rewrite the shards "
+                                 f"with `python -m dali_resizer.shards make`, or remove {MANIFEST_FILE} to read the "
+                                 f"indexes")
+        if "://" not in tar and not Path(index).is_relative_to(source.index_dir):
+            problem = index_mismatch(tar, index)
+            if problem is not None:
+                raise ValueError(f"{index}: does not match its tar {tar} ({problem}); `python -m dali_resizer.shards "
+                                 f"index {tar}` rewrites it")
         self._checked.add(i)
 
     def epoch_pieces(self, epoch: Epoch) -> list[tuple[int, int, int]]:
