@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dali_resizer.sampler import Epoch, ids_of, runs_of, union_of_runs
-from dali_resizer.samples import DaliFailure, classify_failure
+from dali_resizer.samples import BadSampleError, DaliFailure, classify_failure
 
 if TYPE_CHECKING:
     from dali_resizer.loader import DALILoader
@@ -103,6 +103,9 @@ class DALILoaderIter:
         """Claims the sampler's epoch (and a loaded state's position in it). Each step leaves a state that
         resumes correctly: the sampler moves on only after the loader knows this iterator."""
         loader = self._loader
+        nothing = self._reader.nothing_left()
+        if nothing is not None:
+            raise BadSampleError(nothing)
         epoch, resume = loader.sampler.due(), loader.sampler.resume
         self._length = epoch.batches(loader.batch_size)
         if resume is not None:

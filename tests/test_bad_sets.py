@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
 
-from dali_resizer import PAD_LABEL, DALILoader
+from dali_resizer import PAD_LABEL, BadSampleError, DALILoader
 from dali_resizer.shards import verify_shards, write_shards
 from tests.conftest import encode, random_image
 from tests.conftest import write_shards as write_test_shards
@@ -309,6 +310,39 @@ def test_a_folder_whose_images_are_all_bad_is_an_error_naming_it(tmp_path):
     assert labels == [PAD_LABEL] * 6 and len(loader.skipped) == 6  # each named as it was met
     with pytest.raises(BadSampleError, match=rf"{tmp_path}: every image of the source is bad \(6 skipped"):
         list(loader)  # (the next epoch: nothing to stand in for them)
+
+
+def test_a_shard_whose_samples_are_all_bad_is_read_as_padding_in_later_epochs(tmp_path):
+    """No image of the tar can stand in for its bad samples: they read a stand-in tar's image, as
+    padding, so every later epoch reads the good tars whole with the same batch count."""
+    import webdataset as wds
+
+    write_test_shards(tmp_path, [5], unique_labels=True)
+    with wds.TarWriter(str(tmp_path / "train-000001.tar")) as sink:
+        for i in range(3):
+            sink.write({"__key__": f"bad-{i}", "jpg": b"<html>not found</html>", "cls": b"1"})
+    loader = DALILoader(tmp_path, batch_size=2, size=8, shuffle=True, on_error="skip", return_index=True)
+    for epoch in range(3):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            seen = [(int(y), int(i)) for _, labels, indices in loader for y, i in zip(labels, indices)]
+        assert sorted(y for y, _ in seen if y != PAD_LABEL) == [0, 1, 2, 3, 4], epoch
+        assert len(seen) == 8 and sorted(i for _, i in seen if i >= 0) == [0, 1, 2, 3, 4]
+        assert bool(said) == (epoch == 0)  # (named once, as they were met)
+    assert sorted(loader.skipped) == [f"{tmp_path / 'train-000001.tar'} (sample bad-{i})" for i in range(3)]
+
+
+def test_shards_whose_samples_are_all_bad_are_an_error_naming_them(tmp_path):
+    import webdataset as wds
+
+    with wds.TarWriter(str(tmp_path / "train-000000.tar")) as sink:
+        for i in range(3):
+            sink.write({"__key__": f"bad-{i}", "jpg": b"<html>not found</html>", "cls": b"1"})
+    loader = DALILoader(tmp_path, batch_size=2, size=8, on_error="skip")
+    with pytest.warns(UserWarning, match="bad sample"):
+        assert [y for _, labels in loader for y in labels.tolist()] == [PAD_LABEL] * 3
+    with pytest.raises(BadSampleError, match=r"train-000000\.tar \.\.\.: every sample of the source is bad \(3"):
+        list(loader)
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])

@@ -105,6 +105,11 @@ class Reader(abc.ABC):
         """Bad samples known before any is read (from the indexes): name -> problem."""
         return {}
 
+    def nothing_left(self) -> str | None:
+        """Why no sample of the source is left to read (each one skipped as bad), else None: the loader
+        raises it at an epoch's start."""
+        return None
+
     def skip(self, names) -> None:  # noqa: B027 (a reader whose skipped samples the ledger alone records)
         """The loader's policy skips these samples, which :meth:`labels` or :meth:`recover` reported:
         from now on their places are padding."""

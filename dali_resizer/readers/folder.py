@@ -192,6 +192,12 @@ class FolderReader(Reader):
     def describe(self) -> str:
         return "ImageFolder"
 
+    def nothing_left(self) -> str | None:
+        if not len(self.ledger) or any(f not in self.ledger for f in self.source.files):
+            return None
+        return (f"{self.source.root}: every image of the source is bad ({len(self.ledger)} skipped: loader.skipped "
+                f"names them); nothing is left to read")
+
     def epoch_samples(self, epoch: Epoch) -> tuple[list[str], np.ndarray]:
         """This rank's files and sample ids for ``epoch``, skipped files replaced by stand-ins."""
         total = len(self.source)
@@ -206,8 +212,7 @@ class FolderReader(Reader):
             good = next((f for f in files if f not in self.ledger), None) or next(
                 (f for f in self.source.files if f not in self.ledger), None)
             if good is None:
-                raise BadSampleError(f"{self.source.root}: every image of the source is bad ({len(self.ledger)} "
-                                     f"skipped: loader.skipped names them); nothing is left to read")
+                raise BadSampleError(self.nothing_left())
             for k, path in enumerate(files):
                 if path in self.ledger:
                     files[k], mine[k] = good, mine[k] + total  # ids >= total read as padding

@@ -194,19 +194,19 @@ def read_tar_member(tar_path: str, offset: int) -> tuple[str, bytes]:
     return info.name, storage.read(tar_path, offset, info.size)
 
 
-def standin_index(index_path: str, keys: set[str], out_dir: str | os.PathLike) -> str:
+def standin_index(index_path: str, tar_path: str, keys: set[str], out_dir: str | os.PathLike) -> tuple[str, str]:
     """A copy of a DALI index in which the samples ``keys`` read the image of another sample of the same
-    tar, under their own names; returns its path (written once into ``out_dir``).
+    tar, under their own names; returns ``(index, tar)`` to read (written once into ``out_dir``).
 
     The loader reads it instead of the original once those samples are known to be bad: the reader
     still counts them (so positions, checkpoints and batch counts do not move), nothing fails on them,
-    and their rows are recognised by name and marked as padding.
+    and their rows are recognised by name and marked as padding. Where no good image is left in the
+    index, every sample reads the one image of a small stand-in tar written beside it (``tar`` is then
+    that tar).
     """
     storage = storage_for(index_path)
     digest = hashlib.sha1("\n".join([absolute(index_path), *sorted(keys)]).encode()).hexdigest()[:16]
     out = Path(out_dir) / f"{Path(index_path).stem}-standin-{digest}.idx"
-    if out.is_file() and out.stat().st_mtime_ns >= storage.stat(index_path).mtime_ns:
-        return str(out)
     lines = storage.read(index_path).decode().splitlines()
     rows = [line.split() for line in lines[1:]]
 
@@ -214,20 +214,47 @@ def standin_index(index_path: str, keys: set[str], out_dir: str | os.PathLike) -
         return next((i for i in range(0, len(row), 4) if row[i].lower() in SHARD_IMAGE_EXTENSIONS), None)
 
     donor = next((row for row in rows if sample_key(row[3]) not in keys and image(row) is not None), None)
-    if donor is None:
-        raise ValueError(f"{index_path}: no good image is left in this shard to stand in for its bad samples")
-    i = image(donor)
-    for row in rows:
-        key = sample_key(row[3])
-        if key in keys:
-            j = image(row)
-            if j is None:  # a sample without an image gets one (the donor's), named after it
-                row += [donor[i], donor[i + 1], donor[i + 2], f"{key}.{donor[i]}"]
-            else:
-                row[j + 1 : j + 3] = donor[i + 1 : i + 3]
+    tar = tar_path if donor is not None else str(out.with_suffix(".tar"))
+    if out.is_file() and out.stat().st_mtime_ns >= storage.stat(index_path).mtime_ns and (
+            tar == tar_path or Path(tar).is_file()):
+        return str(out), tar
     out.parent.mkdir(parents=True, exist_ok=True)
+    if donor is None:  # (the samples left are all bad: each reads the stand-in tar's image)
+        (jpg, jpg_size), (cls, cls_size) = _write_standin_tar(tar)
+        rows = [["jpg", str(jpg), str(jpg_size), f"{sample_key(row[3])}.jpg", "cls", str(cls), str(cls_size),
+                 f"{sample_key(row[3])}.cls"] for row in rows]
+    else:
+        i = image(donor)
+        for row in rows:
+            key = sample_key(row[3])
+            if key in keys:
+                j = image(row)
+                if j is None:  # a sample without an image gets one (the donor's), named after it
+                    row += [donor[i], donor[i + 1], donor[i + 2], f"{key}.{donor[i]}"]
+                else:
+                    row[j + 1 : j + 3] = donor[i + 1 : i + 3]
     write_atomic(out, lines[0] + "\n" + "".join(" ".join(row) + "\n" for row in rows))
-    return str(out)
+    return str(out), tar
+
+
+def _write_standin_tar(path: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A tar of one small grey JPEG and a label, for samples no good image of their tar can stand in
+    for; returns the (offset, size) of each."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (124, 116, 104)).save(buffer, format="JPEG")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in (("standin.jpg", buffer.getvalue()), ("standin.cls", b"0")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, path)
+    with tarfile.open(path) as tar:
+        return tuple((m.offset_data, m.size) for m in tar.getmembers())
 
 
 def sub_index(index_path: str, rows: range | Sequence[int], out_dir: str | os.PathLike) -> str:

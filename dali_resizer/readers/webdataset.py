@@ -319,6 +319,7 @@ class ShardReader(Reader):
         self._first: list[int] | None = None
         self._checked: set[int] = set()  # tars checked at their first read (_check_tar)
         self._pending: dict[str, tuple[str, str]] = {}  # reported bad samples -> (tar, key), until skipped
+        self._standin_for: dict[str, str] = {}  # the tar read -> the source's tar (they differ for a stand-in tar)
         self._known: dict[str, str] = {
             f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key and extension; "
             "this copy is left out of the index" for tar, members in source.duplicates.items() for member in members}
@@ -344,6 +345,12 @@ class ShardReader(Reader):
                 tar, key = self._pending.pop(name)
                 self.bad_keys.setdefault(tar, set()).add(key)
 
+    def nothing_left(self) -> str | None:
+        if sum(len(keys) for keys in self.bad_keys.values()) < len(self.source):
+            return None
+        return (f"{self.source.paths[0]} ...: every sample of the source is bad ({len(self.source)} skipped: "
+                f"loader.skipped names them); nothing is left to read")
+
     def describe(self) -> str:
         return f"{len(self.source.paths)} shards"
 
@@ -359,6 +366,8 @@ class ShardReader(Reader):
         import pipelines
 
         source = self.source
+        if self.nothing_left() is not None:
+            raise BadSampleError(self.nothing_left())
         paths, index_paths = [], []
         for i, start, stop in self.epoch_pieces(epoch):
             self._check_tar(i)
@@ -366,9 +375,12 @@ class ShardReader(Reader):
             rows = self.piece_rows(epoch, i, start, stop)
             if len(rows) != source.counts[i]:  # part of a tar: through an index of that part
                 index = sub_index(index, rows, source.index_dir / "parts")
+            tar = source.paths[i]
             if self.bad_keys.get(source.paths[i]):
-                index = standin_index(index, self.bad_keys[source.paths[i]], source.index_dir / "standin")
-            paths.append(source.paths[i])
+                index, tar = standin_index(index, source.paths[i], self.bad_keys[source.paths[i]],
+                                           source.index_dir / "standin")
+                self._standin_for[tar] = source.paths[i]  # (a stand-in tar, where none of its images is good)
+            paths.append(tar)
             index_paths.append(index)
             self._tar_number[source.paths[i]] = i
         # this shard's tars only: its pipeline parses only their indexes (DALI's own split would read all)
@@ -457,7 +469,7 @@ class ShardReader(Reader):
         ids = np.full(len(image_names), -1, dtype=np.int64)
         for row, (image_name, label_name) in enumerate(zip(image_names, label_names)):
             if image_name or label_name:
-                tar, _, member = _split_source_name(image_name or label_name)
+                tar, _, member = self._split(image_name or label_name)
                 ids[row] = self._sample_id(tar, sample_key(member))
         if bool(valid.all()) and not bool(status.any()) and not self.bad_keys:
             # (a sample with neither an image nor a label has no name: see _nameless)
@@ -472,7 +484,7 @@ class ShardReader(Reader):
                 bad.update(self._nameless())
                 padding[row] = True
                 continue
-            tar, offset, member = _split_source_name(image_name or label_name)
+            tar, offset, member = self._split(image_name or label_name)
             key = sample_key(member)
             if key in self.bad_keys.get(tar, ()):
                 padding[row] = True  # a stand-in for a sample skipped before
@@ -497,6 +509,12 @@ class ShardReader(Reader):
         indices = torch.from_numpy(ids.copy())
         indices[padding] = -1
         return labels, indices, ids[ids >= 0], bad
+
+    def _split(self, name: str) -> tuple[str, int, str]:
+        """(tar, offset, member) of DALI's source name, the tar named as the source names it (the tar a
+        stand-in tar stands in for)."""
+        tar, offset, member = _split_source_name(name)
+        return self._standin_for.get(tar, tar), offset, member
 
     def _sample_id(self, tar: str, key: str) -> int:
         """A sample's id (its index in the source: the tars in the order given, each in its index's
@@ -549,7 +567,7 @@ class ShardReader(Reader):
             problems = self.probe((name, data) for name, (_, data) in members.items())
         bad, keys = {}, []
         for name, problem in problems.items():
-            tar, _, member = _split_source_name(name)
+            tar, _, member = self._split(name)
             key = sample_key(member)
             if key in self.bad_keys.get(tar, ()):  # a stand-in's image: the donor sample is bad
                 key = sample_key(members[name][0])
