@@ -31,7 +31,11 @@ from dali_resizer.samples import (
 )
 from dali_resizer.storage import read_each, storage_for
 
-__all__ = ["check_folder", "check_shards", "main", "write_file_list"]
+__all__ = ["DAMAGED", "check_folder", "check_shards", "main", "write_file_list"]
+
+# An image that decodes while its decoder warns of corrupt data (a garbled or grey stretch): the loader
+# reads it as decoded, as PIL (and so torchvision) does, and check names it without failing.
+DAMAGED = "decodes with a warning of corrupt data (note: the loader reads it as decoded, as PIL does)"
 
 
 
@@ -51,6 +55,14 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
         note("not an image extension (ignored)", path)
     for name in listing.empty:
         note("empty class folder (the loader refuses it)", storage.join(root, name))
+    if local:  # (a class folder that is a link to another class's folder: its images, under two labels)
+        real = {name: os.path.realpath(os.path.join(root, name)) for name in listing.classes}
+        for name in listing.classes:
+            twin = next((other for other in listing.classes if other != name and real[other] == real[name]
+                         and not os.path.islink(os.path.join(root, other))), None)
+            if os.path.islink(os.path.join(root, name)) and twin is not None:
+                note("class folder that is a link to another class folder (its images are read twice, under both "
+                     "labels, as ImageFolder reads them)", f"{os.path.join(root, name)} -> {os.path.join(root, twin)}")
     for loop in listing.loops:
         note("symbolic link loop (its files are listed again at every level, as ImageFolder lists them)", loop)
     candidates: list[str] = []
@@ -87,11 +99,14 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
                 continue
             yield path, data
 
-    bad.update(decode_samples(images()))
+    damaged: dict[str, str] = {}
+    bad.update(decode_samples(images(), damaged=damaged))
     if bar is not None:
         bar.close()
     for path, problem in bad.items():
         note("cannot be decoded", f"{path}: {problem}")
+    for path, problem in damaged.items():
+        note(DAMAGED, f"{path}: {problem}")
     good = [p for p in candidates if p not in bad and p not in unlisted and p not in flagged]
     return problems, good
 
@@ -124,12 +139,15 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                     yield name, data
 
     for tar in sorted(Path(shard_dir).glob("*.tar")):
+        damaged: dict[str, str] = {}
         try:
-            bad = decode_samples(images(tar))
+            bad = decode_samples(images(tar), damaged=damaged)
         except (tarfile.TarError, OSError):
             continue  # reported by verify_shards as an unreadable tar
         for name, problem in bad.items():
             problems.setdefault("cannot be decoded", []).append(f"{name}: {problem}")
+        for name, problem in damaged.items():
+            problems.setdefault(DAMAGED, []).append(f"{name}: {problem}")
     return problems
 
 

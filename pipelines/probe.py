@@ -15,7 +15,7 @@ from nvidia.dali import fn, pipeline_def, types
 from dali_resizer.samples import classify_failure, describe_bytes
 from pipelines.stages import decoder_device, mixed_decoder_options
 
-__all__ = ["decode_samples", "probe_bytes", "probe_samples"]
+__all__ = ["decode_samples", "decoder_words", "probe_bytes", "probe_samples"]
 
 
 @pipeline_def(batch_size=1, num_threads=1, device_id=None)
@@ -58,13 +58,13 @@ def _decoder_said(lines: list[str]) -> str:
     return f" (decoder: {_LEVEL.sub('', lines[-1])})"
 
 
-def probe_samples(samples: Iterable[tuple[str, bytes]], *, damage: bool = False, device_id: int | None = None,
-                  decoder_options: dict | None = None) -> dict[str, str]:
+def probe_samples(samples: Iterable[tuple[str, bytes]], *, damaged: dict[str, str] | None = None,
+                  device_id: int | None = None, decoder_options: dict | None = None) -> dict[str, str]:
     """Reads the header and decodes each ``(name, bytes)`` alone with the loader's decoder (on the
     CPU, or with nvJPEG on GPU ``device_id``, with its ``decoder_options``), as the loader would;
     returns ``{name: problem}`` for those that fail, the problem naming what the bytes are, what DALI
-    said and what the decoder printed (which is kept off the terminal). ``damage=True``: a sample that
-    decodes while the decoder warns of corrupt data is a problem too. One pipeline serves every
+    said and what the decoder printed (which is kept off the terminal). ``damaged``: where a sample that
+    decodes while the decoder warns of corrupt data is recorded (the loader reads it). One pipeline serves every
     sample until one fails (a failed pipeline is rebuilt). A failure of the GPU itself (its memory
     ran out) is raised, never reported as a sample's problem."""
     problems = {}
@@ -87,9 +87,28 @@ def probe_samples(samples: Iterable[tuple[str, bytes]], *, damage: bool = False,
             pipe = None
             continue
         warned = [line for line in lines if line.startswith(_DAMAGE)]
-        if damage and warned:
-            problems[name] = f"{describe_bytes(data)}, damaged: decoded with the decoder's warning \"{warned[0]}\""
+        if damaged is not None and warned:
+            damaged[name] = f"{describe_bytes(data)}, decoded with the decoder's warning \"{warned[0]}\""
     return problems
+
+
+def decoder_words(data: bytes, *, device_id: int | None = None, decoder_options: dict | None = None) -> str:
+    """What the decoder prints about ``data`` decoded alone (as :func:`probe_samples` decodes it):
+    ``" (decoder: <its last line>)"``, or ``""`` when it prints nothing. DALI's error about a sample
+    says only that it failed; the decoder's reason (``libpng error: ...``, ``Bogus Huffman table
+    definition``) is printed on stderr by the decoding library, and this reads it back."""
+    pipe = _one_sample(decoder=decoder_device(device_id), decoder_options=decoder_options, device_id=device_id,
+                       prefetch_queue_depth=1)
+    pipe.build()
+    pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
+    lines: list[str] = []
+    try:
+        with _stderr_into(lines):
+            pipe.run()
+    except RuntimeError as e:
+        if classify_failure(e).kind == "device":
+            raise
+    return _decoder_said(lines)
 
 
 @pipeline_def(num_threads=2, device_id=None)
@@ -98,10 +117,12 @@ def _sample_batch():
     return fn.decoders.image(encoded, device="cpu", output_type=types.RGB)
 
 
-def decode_samples(samples: Iterable[tuple[str, bytes]], batch_size: int = 64) -> dict[str, str]:
+def decode_samples(samples: Iterable[tuple[str, bytes]], batch_size: int = 64,
+                   damaged: dict[str, str] | None = None) -> dict[str, str]:
     """Decodes ``(name, bytes)`` pairs with DALI on the CPU, a batch at a time, as the loader would;
     a batch that fails, or whose decoder warns of corrupt data, is probed sample by sample
-    (:func:`probe_samples` with ``damage=True``). Returns ``{name: problem}``."""
+    (:func:`probe_samples`). Returns ``{name: problem}`` of those that fail; those that decode with a
+    warning of corrupt data go into ``damaged``."""
     problems: dict[str, str] = {}
     pipe, chunk = None, []
 
@@ -119,7 +140,7 @@ def decode_samples(samples: Iterable[tuple[str, bytes]], batch_size: int = 64) -
             pipe = None  # (a failed pipeline is rebuilt)
             lines.append("failed")
         if lines:
-            problems.update(probe_samples(chunk, damage=True))
+            problems.update(probe_samples(chunk, damaged=damaged))
 
     for sample in samples:
         chunk.append(sample)

@@ -2,6 +2,7 @@
 
 import os
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -581,9 +582,10 @@ def test_shard_skip_warnings_point_at_the_loop_that_met_the_sample(tmp_path, kin
 
 def test_check_names_what_decodes_wrongly_or_not_at_all_in_dali(tmp_path, capsys):
     """Images PIL reads and DALI does not (12-bit JPEG, 1-bit TIFF), a JPEG whose header promises a
-    huge image its data does not hold, a JPEG cut short, and one that libjpeg-turbo decodes with a
-    warning of corrupt data (reported as damage). What the decoders print stays off the terminal."""
-    from dali_resizer.check import check_folder
+    huge image its data does not hold, and a JPEG cut short; one that libjpeg-turbo decodes with a
+    warning of corrupt data is named as a note and listed as good, since the loader reads it (as PIL
+    does). What the decoders print stays off the terminal."""
+    from dali_resizer.check import DAMAGED, check_folder
 
     root = make_folder(tmp_path / "data")
     for kind in ("declares 12000x12000", "12-bit jpeg", "1-bit tiff"):
@@ -598,9 +600,17 @@ def test_check_names_what_decodes_wrongly_or_not_at_all_in_dali(tmp_path, capsys
         assert f"{kind.replace(' ', '_')}.jpg: {EXPECT[kind]}" in bad
     assert ("cut.jpg: truncated JPEG (no end-of-image marker); DALI: " in bad
             and "(decoder: [libjpeg_turbo_decoder] Could not decode jpeg code stream - Premature end" in bad)
-    assert "extra.jpg: JPEG image, damaged: decoded with the decoder's warning \"Corrupt JPEG data: " in bad
-    assert len(problems["cannot be decoded"]) == 5 and len(good) == 10
+    assert len(problems["cannot be decoded"]) == 4 and len(good) == 11
+    (damaged,) = problems[DAMAGED]
+    assert damaged.startswith(f"{root / 'b' / 'extra.jpg'}: JPEG image, decoded with the decoder's warning "
+                              f"\"Corrupt JPEG data: ")
+    assert str(root / "b" / "extra.jpg") in good
     assert "[ERROR]" not in capsys.readouterr().err  # the codec's own lines stay off the terminal
+    for bad_file in ("declares_12000x12000", "12-bit_jpeg", "1-bit_tiff"):
+        (root / "a" / f"{bad_file}.jpg").unlink()
+    (root / "b" / "cut.jpg").unlink()
+    loader = DALILoader(root, batch_size=4, size=8, return_index=True)  # what check calls good, the loader reads
+    assert sorted(int(i) for _, _, indices in loader for i in indices) == list(range(11))
 
 
 def test_symbolic_link_loops_are_listed_as_imagefolder_lists_them_and_said(tmp_path, capsys):
@@ -616,6 +626,20 @@ def test_symbolic_link_loops_are_listed_as_imagefolder_lists_them_and_said(tmp_p
     problems, _ = check_folder(root)
     assert problems["symbolic link loop (its files are listed again at every level, as ImageFolder lists them)"] == [
         f"{root / 'a' / 'up'} -> {root}"]
+
+
+def test_a_class_folder_linked_to_another_is_read_as_imagefolder_reads_it_and_check_says_so(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    from dali_resizer.check import check_folder
+
+    root = make_folder(tmp_path / "data", per_class=2)
+    (root / "c").symlink_to(root / "a")
+    loader = DALILoader(root, batch_size=4, return_index=True)
+    assert loader.dataset.samples == ImageFolder(str(root)).samples  # a's images twice, under labels 0 and 2
+    problems, _ = check_folder(root)
+    (kind,) = [k for k in problems if k.startswith("class folder that is a link")]
+    assert problems[kind] == [f"{root / 'c'} -> {root / 'a'}"]
 
 
 def test_a_line_break_in_a_file_name_is_kept_out_of_the_list(tmp_path, capsys):
@@ -664,3 +688,35 @@ def test_the_loader_and_check_name_a_file_with_one_diagnosis(tmp_path, kind):
     problems, _ = check_folder(root)
     assert f"{path}: {loader.skipped[path]}" in problems["cannot be decoded"]
     assert EXPECT[kind] in loader.skipped[path]
+
+
+def _png_with_a_broken_stream() -> bytes:
+    data = bytearray(encode(random_image(np.random.default_rng(5), 20, 30), "PNG"))
+    data[data.find(b"IDAT") + 10] ^= 0xFF  # (inside the zlib stream: libpng refuses it)
+    return bytes(data)
+
+
+def _jpeg_with_a_bogus_huffman_table() -> bytes:
+    data = bytearray(good_jpeg(h=64, w=64))
+    at = data.find(b"\xff\xc4")
+    data[at + 5 : at + 21] = b"\xff" * 16
+    return bytes(data)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_the_decoders_own_reason_is_in_the_error_that_names_the_file(tmp_path, on_error):
+    """DALI says only "Failed to decode sample #1"; the decoding library prints its reason on stderr.
+    The loader's error (or skip warning) carries that reason beside the file's name."""
+    root = make_folder(tmp_path / "data", "2_bad.png", _png_with_a_broken_stream())
+    (root / "a" / "9_bad.jpg").write_bytes(_jpeg_with_a_bogus_huffman_table())
+    loader = DALILoader(root, batch_size=4, size=16, on_error=on_error)
+    if on_error == "raise":
+        with pytest.raises(BadSampleError, match=r"9_bad\.jpg: JPEG image; DALI: .*\(decoder: Bogus Huffman table "
+                                                 r"definition\)"):
+            list(loader)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        list(loader)
+    assert loader.skipped[str(root / "a" / "9_bad.jpg")].endswith("(decoder: Bogus Huffman table definition)")
+    assert "(decoder: libpng error: " in loader.skipped[str(root / "b" / "2_bad.png")]

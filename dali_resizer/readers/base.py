@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dali_resizer.sampler import Epoch
-from dali_resizer.samples import BadSampleError, BadSamples, DaliFailure
+from dali_resizer.samples import BadSampleError, BadSamples, DaliFailure, describe_bytes
 
 __all__ = ["ReadPlan", "Reader", "Restart"]
 
@@ -139,6 +139,16 @@ class Reader(abc.ABC):
         if problems or device_id is None:
             return problems
         return probe_samples(samples, device_id=device_id, decoder_options=self.plan.pipeline.get("decoder_options"))
+
+    def named(self, data: bytes, failure: DaliFailure) -> str:
+        """The problem of the sample DALI's error named (``failure.sample``, whose bytes are ``data``): what
+        the bytes are, DALI's words, and the decoder's own reason, which the decoding library prints on
+        stderr (read back by decoding the sample alone with the loader's decoder)."""
+        from pipelines.probe import decoder_words
+
+        said = decoder_words(data, device_id=self.plan.pipeline.get("device_id"),
+                             decoder_options=self.plan.pipeline.get("decoder_options"))
+        return f"{describe_bytes(data)}; DALI: {failure.reason}{said}"
 
     def report(self, bad: dict[str, str], repeated: list[str], failure: DaliFailure, where: str,
                error: RuntimeError) -> dict[str, str]:

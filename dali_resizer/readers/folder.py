@@ -15,7 +15,6 @@ from dali_resizer.samples import (
     FOLDER_IMAGE_EXTENSIONS,
     PAD_LABEL,
     BadSampleError,
-    describe_bytes,
     problem_of,
     warn_user,
 )
@@ -264,7 +263,7 @@ class FolderReader(Reader):
     def recover(self, failure, error, epoch, done, checkpoint):
         storage = self.source.storage
         if failure.sample and storage.is_file(failure.sample):
-            bad = {failure.sample: f"{describe_bytes(storage.read(failure.sample))}; DALI: {failure.reason}"}
+            bad = {failure.sample: self.named(storage.read(failure.sample), failure)}
         else:
             bad = {}
             bad.update(self.probe(read_each((f for f in self._window(epoch, done) if f not in self.ledger), bad)))

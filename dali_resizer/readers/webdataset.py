@@ -36,7 +36,6 @@ from dali_resizer.samples import (
     SHARD_LABEL_EXTENSION,
     STATUS_OK,
     BadSampleError,
-    describe_bytes,
     problem_of,
     warn_user,
 )
@@ -562,7 +561,7 @@ class ShardReader(Reader):
             tar, offset, _ = _split_source_name(name)
             members[name] = read_tar_member(tar, offset)
         if failure.sample:
-            problems = {name: f"{describe_bytes(data)}; DALI: {failure.reason}" for name, (_, data) in members.items()}
+            problems = {name: self.named(data, failure) for name, (_, data) in members.items()}
         else:
             problems = self.probe((name, data) for name, (_, data) in members.items())
         bad, keys = {}, []
