@@ -309,8 +309,9 @@ def index_mismatch(tar_path: str, index_path: str) -> str | None:
     """Every row of a local tar's index against the tar's headers: ``None`` when each member the index
     names starts where it says, with its size, each row holds one sample's members, and every sample
     member of the tar is in the index (but the duplicates, and names with whitespace, that
-    :func:`build_index` leaves out); else the first difference. Reads one header a member (a few
-    milliseconds for a thousand samples), against a second for a rebuilt index."""
+    :func:`build_index` leaves out); else the first difference. Reads one header a member with a plain
+    parse (tarfile reads only long-name records and the gaps between indexed members), several times
+    faster than rebuilding the index."""
     rows = read_index_rows(index_path)
     parts, indexed = [], set()
     for line, row in enumerate(rows, start=2):

@@ -397,7 +397,7 @@ class ShardReader(Reader):
         """Tar ``i`` is checked when this shard first reads it (a rank pays for its own tars only): one taken
         from the manifest against its size, count, and that its index is current; an index beside a local
         tar (not one the loader built from it) row by row against the tar's headers, so that no row reads
-        another sample's member or is left out (``index_mismatch``: milliseconds a thousand samples)."""
+        another sample's member or is left out (``index_mismatch``: one header read a member)."""
         source = self.source
         if i in self._checked:
             return
