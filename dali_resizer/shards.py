@@ -33,8 +33,14 @@ from dali_resizer.readers.wds_index import (
     sample_problem,
     tar_samples,
 )
-from dali_resizer.readers.webdataset import CLASSES_FILE, MANIFEST_FILE, MANIFEST_FORMAT, parse_classes
-from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS, SHARD_LABEL_EXTENSION
+from dali_resizer.readers.webdataset import (
+    CLASSES_FILE,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    SOURCES_SUFFIX,
+    parse_classes,
+)
+from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS, SHARD_LABEL_EXTENSION, problem_of
 from dali_resizer.storage import storage_for
 
 __all__ = ["NO_INDEX", "main", "report_problems", "verify_shards", "write_shards"]
@@ -54,6 +60,8 @@ def write_shards(
     shuffle: bool = True,
     seed: int = 0,
     overwrite: bool = False,
+    skip_bad: bool = False,
+    decode: bool = False,
     progress: bool = False,
 ) -> list[Path]:
     """Writes ``folder`` (an ImageFolder) as ``<out_dir>/<prefix>-NNNNNN.tar`` shards plus, beside each,
@@ -71,9 +79,17 @@ def write_shards(
     with ``overwrite=True`` (and those a smaller new set does not reach are removed, so no stale shard
     is read with the new ones).
 
+    Each image is checked as the loader checks it (``samples.problem_of``: its format, size and
+    whether a JPEG is cut short, from the bytes read anyway; ``decode=True``: decoded by DALI too, one
+    decode an image). A bad image is an error naming it, or with ``skip_bad=True`` left out and listed
+    in the manifest (``left_out``: file -> problem). Beside each tar, ``<name>.sources.json`` records
+    each sample's source file, so that the loader's error about a sample names the file it came from.
+
     Returns the shard paths (or URLs).
     """
     import webdataset as wds
+
+    from pipelines.probe import decode_samples
 
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be positive, got {samples_per_shard}")
@@ -87,7 +103,7 @@ def write_shards(
     if "://" not in out:
         os.makedirs(out, exist_ok=True)
     here = [p.rsplit("/", 1)[-1] for p in (storage.files_here(out) if storage.is_dir(out) else [])]
-    ours = re.compile(rf"{re.escape(prefix)}-\d{{6}}\.(tar|idx)")
+    ours = re.compile(rf"{re.escape(prefix)}-\d{{6}}(\.tar|\.idx|{re.escape(SOURCES_SUFFIX)})")
     others = sorted(name for name in here if name.endswith((".tar", ".idx")) and not ours.fullmatch(name))
     if others:  # (one set a folder: its manifest and classes.txt describe every tar in it)
         raise FileExistsError(f"{storage.join(out, others[0])}: {out} holds another set's shards; write each set "
@@ -100,7 +116,7 @@ def write_shards(
         raise FileExistsError(f"{out}: {why}; pass overwrite=True (--overwrite) to replace them")
     bar = ProgressBar(len(source), f"writing {out}", unit="img") if progress else None
     order = np.random.default_rng(seed).permutation(len(source)) if shuffle else np.arange(len(source))
-    paths, entries = [], []
+    paths, entries, left_out = [], [], {}
     if "://" not in out:  # (what a killed run left: never read, since it is hidden and not a tar)
         for left in Path(out).glob(f"{WORK_PREFIX}*"):
             shutil.rmtree(left, ignore_errors=True)
@@ -110,36 +126,62 @@ def write_shards(
         _put_text(storage, work, out, MANIFEST_FILE, json.dumps({
             "format": MANIFEST_FORMAT, "unfinished": f"`shards make {os.fspath(folder)} {out}` started at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')}"}) + "\n")
-        for shard, start in enumerate(range(0, len(order), samples_per_shard)):
-            name = f"{prefix}-{shard:06d}"
+        root = source.root if "://" in source.root else os.path.abspath(source.root)
+        for start in range(0, len(order), samples_per_shard):
+            items = []  # (key, file, bytes) of this shard's good images
+            for i in order[start : start + samples_per_shard]:
+                file = source.files[i]
+                data = source.storage.read(file)
+                problem = problem_of(data)  # (the loader's diagnosis, from the bytes read anyway)
+                if problem is None:
+                    items.append((int(i), file, data))
+                else:
+                    left_out[file] = problem
+            if decode:  # (every image decoded by DALI as the loader decodes it: costs a decode each)
+                failed = decode_samples((file, data) for _, file, data in items)
+                left_out.update(failed)
+                items = [item for item in items if item[1] not in failed]
+            if left_out and not skip_bad:
+                file, problem = next(iter(left_out.items()))
+                raise ValueError(f"{file}: {problem}; the shards would hold a bad image (pass skip_bad=True, "
+                                 f"--skip-bad, to leave bad images out and list them in {MANIFEST_FILE}; "
+                                 f"`python -m dali_resizer.check {os.fspath(folder)}` lists them all)")
+            if bar is not None:
+                bar.update(min(samples_per_shard, len(order) - start))
+            if not items:
+                continue
+            name = f"{prefix}-{len(paths):06d}"
             tmp = Path(work) / f"{name}.tar"
             with wds.TarWriter(str(tmp)) as sink:
-                for i in order[start : start + samples_per_shard]:
-                    file = source.files[i]
-                    sink.write({
-                        "__key__": f"{i:09d}",
-                        Path(file).suffix.lower().lstrip("."): source.storage.read(file),
-                        "cls": str(int(source.labels[i])).encode(),
-                    })
-                    if bar is not None:
-                        bar.update(1)
+                for i, file, data in items:
+                    sink.write({"__key__": f"{i:09d}", Path(file).suffix.lower().lstrip("."): data,
+                                "cls": str(int(source.labels[i])).encode()})
             count = build_index(tmp, tmp.with_suffix(".idx"))
             tar, index = storage.join(out, f"{name}.tar"), storage.join(out, f"{name}.idx")
             storage.put(tmp, tar)
             storage.put(tmp.with_suffix(".idx"), index)  # (after its tar: an index never points past one)
+            _put_text(storage, work, out, f"{name}{SOURCES_SUFFIX}", json.dumps({  # each sample's source file
+                "root": root, "files": {f"{i:09d}": _relative(file, source.root) for i, file, _ in items}}) + "\n")
             entries.append({"tar": f"{name}.tar", "samples": count, "bytes": tmp.stat().st_size})
             tmp.unlink()
             tmp.with_suffix(".idx").unlink()
             paths.append(Path(tar) if "://" not in out else tar)
-        written = {str(p) for p in paths} | {str(p)[: -len(".tar")] + ".idx" for p in paths}
+        if not paths:
+            raise ValueError(f"{os.fspath(folder)}: no good image to write ({len(left_out)} bad)")
+        written = {f"{str(p)[: -len('.tar')]}{suffix}" for p in paths for suffix in (".tar", ".idx", SOURCES_SUFFIX)}
         for stale in sorted(set(existing) - written):
             storage.delete(stale)
         _put_text(storage, work, out, CLASSES_FILE, "".join(f"{c}\n" for c in source.classes))
         _put_text(storage, work, out, MANIFEST_FILE, json.dumps({  # (last: the set is whole)
-            "format": MANIFEST_FORMAT, "classes": source.classes, "shards": entries}, indent=1) + "\n")
+            "format": MANIFEST_FORMAT, "classes": source.classes, "shards": entries,
+            **({"left_out": left_out} if left_out else {})}, indent=1) + "\n")
     if bar is not None:
         bar.close()
     return paths
+
+
+def _relative(file: str, root: str) -> str:
+    return file[len(root.rstrip("/")) + 1:] if "://" in root else os.path.relpath(file, root)
 
 
 def _put_text(storage, work: str, out: str, name: str, text: str) -> None:
@@ -273,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="keep the folder's order (default: a seeded random order, since readers shuffle locally)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--overwrite", action="store_true", help="replace existing PREFIX-*.tar shards in OUT")
+    make.add_argument("--skip-bad", action="store_true",
+                      help="leave bad images out (listed in manifest.json) instead of stopping at the first")
+    make.add_argument("--decode", action="store_true",
+                      help="decode every image with DALI before writing it (default: check the bytes only)")
     verify = sub.add_parser("verify", help="check shards against their indexes, keys and labels")
     verify.add_argument("dir")
     index = sub.add_parser("index", help="(re)write the DALI index beside each tar")
@@ -283,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # (as Ctrl-C: the run's temporary files are removed)
         try:
             paths = write_shards(args.src, args.out, samples_per_shard=args.samples_per_shard, prefix=args.prefix,
-                                 shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite, progress=True)
+                                 shuffle=args.shuffle, seed=args.seed, overwrite=args.overwrite,
+                                 skip_bad=args.skip_bad, decode=args.decode, progress=True)
         except (OSError, ValueError) as e:  # (FileExistsError, a missing folder, storage failures)
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -291,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"interrupted: {args.out} holds a partial set, which the loader refuses; run the same command "
                   f"with --overwrite", file=sys.stderr)
             return 130
-        print(f"{len(paths)} shard(s) in {args.out}")
+        left_out = json.loads(storage_for(args.out).read(storage_for(args.out).join(args.out, MANIFEST_FILE))).get(
+            "left_out", {})
+        for file, problem in list(left_out.items())[:10]:
+            print(f"left out: {file}: {problem}", file=sys.stderr)
+        print(f"{len(paths)} shard(s) in {args.out}" + (f"; {len(left_out)} bad image(s) left out, listed in "
+                                                        f"{MANIFEST_FILE}" if left_out else ""))
         return 0
     if args.command == "index":
         status = 0

@@ -394,3 +394,41 @@ def test_verify_and_check_name_an_index_that_is_not_one(made, content, capsys):
     with pytest.warns(UserWarning, match="train-000001.idx"):
         loader = DALILoader(made, batch_size=4, size=8, index_dir=made / "cache")
     assert len(labels_of(loader)) == 11
+
+
+# -- what `shards make` checks, and records ------------------------------------------------------------
+
+
+def _folder_with(tmp_path, image_folder, name: str, data: bytes):
+    source = tmp_path / "src"
+    shutil.copytree(image_folder, source)
+    (source / "dog" / name).write_bytes(data)
+    return source
+
+
+def test_make_names_a_bad_image_or_leaves_it_out_listed(image_folder, tmp_path, capsys):
+    from dali_resizer.shards import main
+
+    source = _folder_with(tmp_path, image_folder, "x.jpg", b"<html>404 Not Found</html>")
+    with pytest.raises(ValueError, match=rf"{source / 'dog' / 'x.jpg'}: HTML/XML text, not an image .*--skip-bad"):
+        write_shards(source, tmp_path / "out", samples_per_shard=4)
+    assert main(["make", str(source), str(tmp_path / "kept"), "--samples-per-shard", "4", "--skip-bad"]) == 0
+    said = capsys.readouterr()
+    assert f"left out: {source / 'dog' / 'x.jpg'}: HTML/XML text" in said.err and "1 bad image(s) left out" in said.out
+    manifest = json.loads((tmp_path / "kept" / "manifest.json").read_text())
+    assert list(manifest["left_out"]) == [str(source / "dog" / "x.jpg")] and verify_shards(tmp_path / "kept") == {}
+    assert labels_of(DALILoader(tmp_path / "kept", batch_size=4, size=8)) == sorted([0] * 4 + [1] * 3 + [2] * 4)
+
+
+def test_a_bad_sample_of_made_shards_is_named_with_the_file_it_came_from(image_folder, tmp_path):
+    """An image whose bytes look right but do not decode: ``--decode`` finds it at make time; without
+    it, the loader's error names the shard's sample and the file it was made from."""
+    from tests.test_robustness import _jpeg_with_a_bogus_huffman_table
+
+    source = _folder_with(tmp_path, image_folder, "x.jpg", _jpeg_with_a_bogus_huffman_table())
+    with pytest.raises(ValueError, match=rf"{source / 'dog' / 'x.jpg'}: JPEG image; DALI: .*Bogus Huffman"):
+        write_shards(source, tmp_path / "checked", samples_per_shard=4, decode=True)
+    write_shards(source, tmp_path / "out", samples_per_shard=4)
+    with pytest.raises(BadSampleError, match=rf"shard-\d+\.tar \(sample \d+\): JPEG image; .*Bogus Huffman table "
+                                             rf"definition\) \(made from {source / 'dog' / 'x.jpg'}\)"):
+        list(DALILoader(tmp_path / "out", batch_size=4, size=8))

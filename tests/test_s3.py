@@ -188,9 +188,8 @@ def test_shards_make_writes_into_a_bucket(image_folder, s3_bucket, tmp_path):
     url = f"s3://{bucket}/shards/train"
     assert main(["make", str(image_folder), url, "--samples-per-shard", "4", "--prefix", "train"]) == 0
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
-    assert keys == [f"shards/train/{name}" for name in ["classes.txt", "manifest.json", "train-000000.idx",
-                                                        "train-000000.tar", "train-000001.idx", "train-000001.tar",
-                                                        "train-000002.idx", "train-000002.tar"]]
+    assert keys == [f"shards/train/{name}" for name in ["classes.txt", "manifest.json"] + [
+        f"train-00000{i}.{ext}" for i in range(3) for ext in ("idx", "sources.json", "tar")]]
     loader = DALILoader(url, batch_size=4, size=8, shuffle=False, return_index=True, index_dir=tmp_path / "cache")
     assert loader.classes == ["cat", "dog", "emu"] and not (tmp_path / "cache").exists()  # (read in the bucket)
     assert sorted(i for _, _, idx in loader for i in idx.tolist()) == list(range(11))

@@ -58,8 +58,9 @@ def test_cli_make_verify_and_rerun(image_folder, tmp_path, capsys):
     assert main(["make", str(image_folder), str(out), "--samples-per-shard", "6", "--prefix", "train",
                  "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "manifest.json", "train-000000.idx",
-                                                     "train-000000.tar",
-                                                     "train-000001.idx", "train-000001.tar"]
+                                                     "train-000000.sources.json", "train-000000.tar",
+                                                     "train-000001.idx", "train-000001.sources.json",
+                                                     "train-000001.tar"]
     assert len(DALILoader(out, batch_size=4, size=8).dataset) == 11
 
 

@@ -41,14 +41,16 @@ from dali_resizer.samples import (
 )
 from dali_resizer.storage import absolute, storage_for
 
-__all__ = ["CLASSES_FILE", "MANIFEST_FILE", "MANIFEST_FORMAT", "ShardReader", "ShardSource", "default_cache_dir",
-           "default_index_dir", "parse_ascii_labels", "parse_classes"]
+__all__ = ["CLASSES_FILE", "MANIFEST_FILE", "MANIFEST_FORMAT", "SOURCES_SUFFIX", "ShardReader", "ShardSource",
+           "default_cache_dir", "default_index_dir", "parse_ascii_labels", "parse_classes"]
 
 CLASSES_FILE = "classes.txt"
 # Written by `shards make` beside the shards: each tar's sample count and size, and the classes. A loader
 # over many shards reads this one object at start-up instead of every index header.
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "dali_resizer shards v1"
+# Beside each tar `shards make` writes: {"root": the image folder, "files": {key: its file under root}}
+SOURCES_SUFFIX = ".sources.json"
 
 
 def parse_classes(text: str, where: str) -> list[str]:
@@ -318,6 +320,7 @@ class ShardReader(Reader):
         self._first: list[int] | None = None
         self._checked: set[int] = set()  # tars checked at their first read (_check_tar)
         self._pending: dict[str, tuple[str, str]] = {}  # reported bad samples -> (tar, key), until skipped
+        self._sources: dict[str, tuple[str, dict[str, str]] | None] = {}  # tar -> its samples' source files
         self._standin_for: dict[str, str] = {}  # the tar read -> the source's tar (they differ for a stand-in tar)
         self._known: dict[str, str] = {
             f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key and extension; "
@@ -499,7 +502,7 @@ class ShardReader(Reader):
                 problem = found[1]
             else:
                 continue
-            bad[f"{tar} (sample {key})"] = problem
+            bad[f"{tar} (sample {key})"] = problem + self._made_from(tar, key)
             self._pending[f"{tar} (sample {key})"] = (tar, key)
             padding[row] = True
         labels[padding] = PAD_LABEL
@@ -508,6 +511,24 @@ class ShardReader(Reader):
         indices = torch.from_numpy(ids.copy())
         indices[padding] = -1
         return labels, indices, ids[ids >= 0], bad
+
+    def _made_from(self, tar: str, key: str) -> str:
+        """``" (made from <file>)"``: the image file a sample was made from, as ``shards make`` recorded it
+        beside the tar (read once a tar, when one of its samples is bad); else ``""``."""
+        if tar not in self._sources:
+            import json
+
+            where = tar[: -len(".tar")] + SOURCES_SUFFIX if tar.endswith(".tar") else None
+            storage = storage_for(tar)
+            try:
+                record = json.loads(storage.read(where)) if where and storage.is_file(where) else {}
+                self._sources[tar] = (record["root"], record["files"]) if record else None
+            except (OSError, ValueError, KeyError, TypeError):
+                self._sources[tar] = None  # (a record that is not one names nothing)
+        if self._sources[tar] is None or key not in self._sources[tar][1]:
+            return ""
+        root, files = self._sources[tar]
+        return f" (made from {storage_for(root).join(root, files[key])})"
 
     def _split(self, name: str) -> tuple[str, int, str]:
         """(tar, offset, member) of DALI's source name, the tar named as the source names it (the tar a
@@ -570,7 +591,7 @@ class ShardReader(Reader):
             key = sample_key(member)
             if key in self.bad_keys.get(tar, ()):  # a stand-in's image: the donor sample is bad
                 key = sample_key(members[name][0])
-            bad[f"{tar} (sample {key})"] = problem
+            bad[f"{tar} (sample {key})"] = problem + self._made_from(tar, key)
             keys.append((tar, key))
         repeated = [name for name, (tar, key) in zip(bad, keys) if key in self.bad_keys.get(tar, ())]
         bad = self.report(bad, repeated, failure, self.source.paths[0], error)
