@@ -112,20 +112,23 @@ def check_folder(root: str | os.PathLike, *, progress: bool = False) -> tuple[di
 
 
 def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """Problems by kind for a folder of shards: ``shards verify``, images over the loader's
-    ``max_pixels`` (read from their headers), and a DALI decode of every other image, as the loader
-    decodes them."""
+    """Problems by kind for a folder of shards (local, or an ``s3://`` prefix whose tars are read whole,
+    one at a time): ``shards verify``, images over the loader's ``max_pixels`` (read from their
+    headers), and a DALI decode of every other image, as the loader decodes them."""
     import tarfile
+    import tempfile
 
     from dali_resizer.readers.wds_index import tar_samples
     from dali_resizer.shards import verify_shards
     from pipelines.probe import decode_samples
 
     problems = verify_shards(shard_dir)
+    shard_dir = os.fspath(shard_dir)
+    storage = storage_for(shard_dir)
 
-    def images(tar):  # the samples as the loader groups them (tar_samples), each image read once
-        samples, _, _ = tar_samples(tar)
-        with open(tar, "rb") as f:
+    def images(tar, local):  # the samples as the loader groups them (tar_samples), each image read once
+        samples, _, _ = tar_samples(local)
+        with open(local, "rb") as f:
             for sample in samples:
                 for ext, member in sample.members.items():
                     if ext.lower() not in SHARD_IMAGE_EXTENSIONS:
@@ -138,16 +141,21 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
                         continue
                     yield name, data
 
-    for tar in sorted(Path(shard_dir).glob("*.tar")):
-        damaged: dict[str, str] = {}
-        try:
-            bad = decode_samples(images(tar), damaged=damaged)
-        except (tarfile.TarError, OSError):
-            continue  # reported by verify_shards as an unreadable tar
-        for name, problem in bad.items():
-            problems.setdefault("cannot be decoded", []).append(f"{name}: {problem}")
-        for name, problem in damaged.items():
-            problems.setdefault(DAMAGED, []).append(f"{name}: {problem}")
+    with tempfile.TemporaryDirectory(prefix="check-") as work:
+        for tar in (p for p in storage.files_here(shard_dir) if p.endswith(".tar")):
+            damaged: dict[str, str] = {}
+            local = storage.local_copy(tar, work)
+            try:
+                bad = decode_samples(images(tar, local), damaged=damaged)
+            except (tarfile.TarError, OSError):
+                continue  # reported by verify_shards as an unreadable tar
+            finally:
+                if local != tar:
+                    os.unlink(local)
+            for name, problem in bad.items():
+                problems.setdefault("cannot be decoded", []).append(f"{name}: {problem}")
+            for name, problem in damaged.items():
+                problems.setdefault(DAMAGED, []).append(f"{name}: {problem}")
     return problems
 
 
@@ -194,10 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     from dali_resizer.shards import report_problems
 
     if any(p.endswith(".tar") for p in storage.files_here(data)):
-        if "://" in data:
-            print(f"error: {data}: checking shards in object storage is not supported yet; check a local copy "
-                  f"(image folders in object storage are checked)", file=sys.stderr)
-            return 2
         problems, good = check_shards(data), None
     else:
         problems, good = check_folder(data, progress=True)

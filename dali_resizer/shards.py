@@ -202,104 +202,120 @@ def _unfinished(storage, folder: str) -> str | None:
 
 
 def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """Checks every ``*.tar`` in ``shard_dir`` against its index and the sample rules; returns the
+    """Checks every ``*.tar`` in ``shard_dir`` (a folder, or an ``s3://`` prefix, whose tars are read
+    whole, one at a time, into a temporary folder) against its index and the sample rules; returns the
     problems found, by kind (an empty dict when all is well)."""
     problems: dict[str, list[str]] = {}
-    shard_dir = Path(shard_dir)
-    tars = sorted(shard_dir.glob("*.tar"))
+
+    def say(kind: str, item: str) -> None:
+        problems.setdefault(kind, []).append(item)
+
+    shard_dir = os.fspath(shard_dir)
+    storage = storage_for(shard_dir)
+    tars = [p for p in storage.files_here(shard_dir) if p.endswith(".tar")] if storage.is_dir(shard_dir) else []
     if not tars:
-        return {"no shards": [str(shard_dir)]}
-    classes_file = shard_dir / CLASSES_FILE
+        return {"no shards": [shard_dir]}
+    name_of = {tar: tar.rsplit("/", 1)[-1] for tar in tars}
+    classes_file = storage.join(shard_dir, CLASSES_FILE)
     classes = None
-    if classes_file.is_file():
+    if storage.is_file(classes_file):
         try:
-            classes = parse_classes(classes_file.read_text(), str(classes_file))
+            classes = parse_classes(storage.read(classes_file).decode(), classes_file)
         except ValueError as e:
-            problems.setdefault("bad classes.txt", []).append(str(e))
+            say("bad classes.txt", str(e))
     num_classes = len(classes) if classes is not None else None
     if num_classes is None:
-        problems.setdefault("no classes.txt", []).append(str(shard_dir))
-    manifest_file = shard_dir / MANIFEST_FILE
-    if manifest_file.is_file():
+        say("no classes.txt", shard_dir)
+    manifest_file = storage.join(shard_dir, MANIFEST_FILE)
+    if storage.is_file(manifest_file):
+        mismatch = "manifest does not match the shards"
         try:
-            manifest = json.loads(manifest_file.read_text())
+            manifest = json.loads(storage.read(manifest_file))
             if "unfinished" in manifest:
-                problems.setdefault("unfinished set", []).append(
-                    f"{manifest_file}: {manifest['unfinished']} and did not finish; run it again with --overwrite")
+                say("unfinished set", f"{manifest_file}: {manifest['unfinished']} and did not finish; run it again "
+                                      f"with --overwrite")
             listed = None if "unfinished" in manifest else {e["tar"]: e for e in manifest["shards"]}
         except (ValueError, KeyError, TypeError) as e:
             listed = None
-            problems.setdefault("manifest does not match the shards", []).append(f"{manifest_file}: unreadable ({e})")
-        for name in sorted(set(listed or ()) - {tar.name for tar in tars}):
-            problems.setdefault("manifest does not match the shards", []).append(
-                f"{shard_dir / name}: listed, but not in the folder")
+            say(mismatch, f"{manifest_file}: unreadable ({e})")
+        for name in sorted(set(listed or ()) - set(name_of.values())):
+            say(mismatch, f"{storage.join(shard_dir, name)}: listed, but not in the folder")
         if listed is not None and classes is not None and manifest.get("classes") not in (None, classes):
-            problems.setdefault("manifest does not match the shards", []).append(
-                f"{manifest_file}: other classes than {classes_file} ({len(manifest['classes'])} and {len(classes)})")
+            say(mismatch, f"{manifest_file}: other classes than {classes_file} ({len(manifest['classes'])} and "
+                          f"{len(classes)})")
         for tar in tars if listed is not None else []:
-            entry = listed.get(tar.name)
-            index = tar.with_suffix(".idx")
+            entry = listed.get(name_of[tar])
+            index = tar[: -len(".tar")] + ".idx"
+            size = storage.stat(tar).size
             try:
-                count = read_index_count(str(index)) if index.is_file() else None
+                count = read_index_count(index) if storage.is_file(index) else None
             except ValueError:  # (not an index at all: reported below, with the tar's other indexes)
                 count = None
             if entry is None:
                 problem = "not listed"
-            elif entry.get("bytes") != tar.stat().st_size:
-                problem = f"{entry.get('bytes')} bytes listed, {tar.stat().st_size} in the tar"
+            elif entry.get("bytes") != size:
+                problem = f"{entry.get('bytes')} bytes listed, {size} in the tar"
             elif count is not None and entry.get("samples") != count:
                 problem = f"{entry.get('samples')} samples listed, {count} in its index"
             else:
                 continue
-            problems.setdefault("manifest does not match the shards", []).append(f"{tar}: {problem}")
-    for tar in tars:
-        index = tar.with_suffix(".idx")
-        if not index.is_file():
-            problems.setdefault(NO_INDEX, []).append(str(index))
-        else:
-            problem = index_problem(tar, index)
-            if problem is None:
-                expected = index.with_name(index.name + ".verify")
-                try:
-                    build_index(tar, expected)
-                    if expected.read_bytes() != index.read_bytes():
-                        problem = "differs from the tar's contents"
-                finally:
-                    expected.unlink(missing_ok=True)
-                    Path(f"{expected}{DUPLICATES_SUFFIX}").unlink(missing_ok=True)
-                    Path(f"{expected}{CUT_SUFFIX}").unlink(missing_ok=True)
-                    Path(f"{expected}{SPACED_SUFFIX}").unlink(missing_ok=True)
-            if problem is not None:
-                problems.setdefault("stale index", []).append(f"{index}: {problem}")
-        try:
-            samples, duplicates, cut = tar_samples(tar)
-        except (tarfile.TarError, OSError) as e:
-            problems.setdefault("unreadable tar", []).append(f"{tar}: {e}")
-            continue
-        for name in cut:
-            where = f"at byte {name[1:]}: whatever came after is lost" if name.startswith("@") else f"inside {name}"
-            problems.setdefault("tar cut short", []).append(f"{tar}: {where}")
-        for member in duplicates:
-            problems.setdefault("duplicate key", []).append(f"{tar}: {member.name}")
-        for sample in samples:
-            for member in sample.members.values():
-                if any(c.isspace() for c in member.name):
-                    problems.setdefault("member name with whitespace (left out of the index)", []).append(
-                        f"{tar}: {member.name!r}")
-        with open(tar, "rb") as f:
-            for sample in samples:
-                label = sample.member(SHARD_LABEL_EXTENSION)
-                if label is not None:
-                    f.seek(label.offset_data)
-                    label = f.read(label.size)
-                found = sample_problem(sample.has_image, label, num_classes)
-                if found is None:
-                    continue
-                kind, reason = found
-                item = (f"{sample.key} ({label.strip()[:20]!r})" if kind == "non-integer label"
-                        else f"{sample.key} ({reason})" if kind == "label out of range" else sample.key)
-                problems.setdefault(kind, []).append(f"{tar}: {item}")
+            say(mismatch, f"{tar}: {problem}")
+    with tempfile.TemporaryDirectory(prefix="shards-verify-") as work:
+        for tar in tars:
+            local = storage.local_copy(tar, work)
+            try:
+                _verify_tar(tar, local, storage, work, num_classes, say)
+            finally:
+                if local != tar:
+                    os.unlink(local)
     return problems
+
+
+def _verify_tar(tar: str, local: str, storage, work: str, num_classes: int | None, say) -> None:
+    """The checks of one tar (``tar``: its name, ``local``: a local file of its bytes)."""
+    index = tar[: -len(".tar")] + ".idx"
+    if not storage.is_file(index):
+        say(NO_INDEX, index)
+    else:
+        problem = index_problem(tar, index)
+        if problem is None:
+            expected = os.path.join(work, "expected.idx")
+            try:
+                build_index(local, expected)
+                if Path(expected).read_bytes() != storage.read(index):
+                    problem = "differs from the tar's contents"
+            finally:
+                for suffix in ("", DUPLICATES_SUFFIX, CUT_SUFFIX, SPACED_SUFFIX):
+                    Path(f"{expected}{suffix}").unlink(missing_ok=True)
+        if problem is not None:
+            say("stale index", f"{index}: {problem}")
+    try:
+        samples, duplicates, cut = tar_samples(local)
+    except (tarfile.TarError, OSError) as e:
+        say("unreadable tar", f"{tar}: {e}")
+        return
+    for name in cut:
+        say("tar cut short", f"{tar}: " + (f"at byte {name[1:]}: whatever came after is lost"
+                                           if name.startswith("@") else f"inside {name}"))
+    for member in duplicates:
+        say("duplicate key", f"{tar}: {member.name}")
+    for sample in samples:
+        for member in sample.members.values():
+            if any(c.isspace() for c in member.name):
+                say("member name with whitespace (left out of the index)", f"{tar}: {member.name!r}")
+    with open(local, "rb") as f:
+        for sample in samples:
+            label = sample.member(SHARD_LABEL_EXTENSION)
+            if label is not None:
+                f.seek(label.offset_data)
+                label = f.read(label.size)
+            found = sample_problem(sample.has_image, label, num_classes)
+            if found is None:
+                continue
+            kind, reason = found
+            item = (f"{sample.key} ({label.strip()[:20]!r})" if kind == "non-integer label"
+                    else f"{sample.key} ({reason})" if kind == "label out of range" else sample.key)
+            say(kind, f"{tar}: {item}")
 
 
 def main(argv: list[str] | None = None) -> int:

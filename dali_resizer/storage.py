@@ -81,6 +81,11 @@ class Storage:
     def delete(self, path: str) -> None:
         raise NotImplementedError
 
+    def local_copy(self, path: str, folder: str | os.PathLike) -> str:
+        """A local file holding ``path``'s bytes, written into ``folder`` where it is not local already:
+        the offline tools read a tar through it, whole, instead of a request a member."""
+        raise NotImplementedError
+
 
 class LocalStorage(Storage):
     """A local (or mounted) file system."""
@@ -143,6 +148,9 @@ class LocalStorage(Storage):
             os.remove(path)
         except FileNotFoundError:
             pass
+
+    def local_copy(self, path: str, folder: str | os.PathLike) -> str:
+        return path
 
 
 class S3Storage(Storage):
@@ -290,6 +298,16 @@ class S3Storage(Storage):
     def delete(self, path: str) -> None:
         bucket, key = self.split(path)
         self._call(path, "delete_object", Bucket=bucket, Key=key)
+
+    def local_copy(self, path: str, folder: str | os.PathLike) -> str:
+        bucket, key = self.split(path)
+        local = os.path.join(os.fspath(folder), key.rsplit("/", 1)[-1])
+        self.stat(path)  # (a missing object: FileNotFoundError naming it)
+        try:
+            self.client.download_file(bucket, key, local)
+        except Exception as e:  # boto3's transfer errors wrap the client's
+            raise OSError(f"{path}: download failed: {e}") from None
+        return local
 
 
 class _RangedObject(io.RawIOBase):

@@ -1,12 +1,13 @@
 """Sources in object storage: a real S3 protocol server (moto) on 127.0.0.1, read by DALI's own S3
 client and by the project's listing and ranged reads (boto3), with the standard AWS configuration."""
 
+import numpy as np
 import pytest
 import torch
 
 from dali_resizer import DALILoader
 from dali_resizer.readers.wds_index import build_index
-from tests.conftest import upload, write_shards
+from tests.conftest import encode, random_image, upload, write_shards
 
 
 def one_pass(loader):
@@ -86,6 +87,35 @@ def test_check_lists_an_image_folder_in_a_bucket_as_the_loader_does(image_folder
     loader = DALILoader(str(listed), batch_size=4, size=8, shuffle=False, return_index=True)
     assert len(loader.dataset) == 11 and loader.classes == ["cat", "dog", "emu"]
     assert len([i for _, _, idx in loader for i in idx.tolist()]) == 11
+
+
+def test_verify_and_check_read_shards_in_a_bucket_as_the_loader_does(image_folder, s3_bucket, tmp_path, capsys):
+    """``shards verify`` and ``check`` on an ``s3://`` prefix of shards: each tar read whole (not a request a
+    member), each problem named by its URL."""
+    from dali_resizer.check import main as check
+    from dali_resizer.shards import main as shards
+    from tests.test_robustness import _jpeg_with_a_bogus_huffman_table
+
+    client, bucket = s3_bucket
+    url = f"s3://{bucket}/shards/train"
+    assert shards(["make", str(image_folder), url, "--samples-per-shard", "4", "--prefix", "train"]) == 0
+    assert shards(["verify", url]) == 0 and check([url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "ok"
+    import webdataset as wds
+
+    local = tmp_path / "train-000000.tar"  # (a tar replaced behind the manifest's back)
+    with wds.TarWriter(str(local)) as sink:
+        sink.write({"__key__": "good", "jpg": encode(random_image(np.random.default_rng(0), 20, 20)), "cls": b"1"})
+        sink.write({"__key__": "bogus", "jpg": _jpeg_with_a_bogus_huffman_table(), "cls": b"7"})
+    client.upload_file(str(local), bucket, "shards/train/train-000000.tar")
+    assert shards(["verify", url]) == 1
+    out = capsys.readouterr().out
+    size = client.head_object(Bucket=bucket, Key="shards/train/train-000000.tar")["ContentLength"]
+    assert f"bytes listed, {size} in the tar" in out and f"stale index: 1\n  {url}/train-000000.idx: " in out
+    assert f"{url}/train-000000.tar: bogus (label 7 is out of range for the 3 classes of classes.txt)" in out
+    assert check([url]) == 1
+    out = capsys.readouterr().out
+    assert f"{url}/train-000000.tar: bogus.jpg: JPEG image; DALI: " in out and "Bogus Huffman table" in out
 
 
 def test_missing_objects_and_wrong_credentials_are_named(s3_bucket, monkeypatch):
