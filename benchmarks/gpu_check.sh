@@ -30,8 +30,12 @@ work=$(mktemp -d)
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" DALI_RESIZER_CACHE="$work/cache"
 python=${PYTHON:-python3}
 
+# The limits are the GPU run's plan. The dry run checks the script, not the plan: its limits are 5 times
+# longer (GPU_CHECK_LIMIT_SCALE), so that a busy CPU does not stop its steps.
+scale=${GPU_CHECK_LIMIT_SCALE:-$((dry ? 5 : 1))}
+
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output into the log
-  local name=$1 limit=$2
+  local name=$1 limit=$(($2 * scale))
   shift 2
   local start=$SECONDS
   echo "== $name: $*" | tee -a "$log"

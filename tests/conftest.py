@@ -232,14 +232,17 @@ class S3Server:
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         env={**os.environ, **self.env})
-        for _ in range(300):
+        deadline = time.monotonic() + 300  # (until it answers, or exits: a loaded machine only slows its start)
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=5)
                 return
             except OSError:
                 time.sleep(0.1)
+        code = self.process.poll()
         self.stop()
-        pytest.fail("the moto S3 server did not start")
+        pytest.fail(f"the moto S3 server did not start (exit {code})" if code is not None else
+                    "the moto S3 server did not answer in 300 s")
 
     def stop(self) -> None:
         if self.process is not None:

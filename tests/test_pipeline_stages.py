@@ -5,7 +5,6 @@ def test_every_stage_is_measured(image_folder):
     rates = load_benchmark("pipeline_stages").main(["--data", str(image_folder), "--batch-size", "4",
                                                     "--batches", "2", "--repeats", "1", "--threads", "1"])
     assert list(rates) == ["decode", "crop-decode", "+ resize", "+ resize, no antialias", "+ normalize"]
-    assert all(rate > 0 for rate in rates.values())
 
 
 def test_the_roi_decode_benchmark_decodes_fewer_pixels_in_windows(image_folder):
@@ -13,7 +12,6 @@ def test_the_roi_decode_benchmark_decodes_fewer_pixels_in_windows(image_folder):
                                                 "--batches", "1", "--repeats", "1", "--threads", "1"])
     rows = report["rows"]
     assert set(rows) == {"eval-whole", "eval-window", "train-whole", "train-window"}
-    assert all(r["images_per_s"] > 0 for r in rows.values())
     # 11-60 x 17-80 images cropped to cover 8 / 0.875: the window leaves out part of most of them
     for kind in ("eval", "train"):
         window, whole = rows[f"{kind}-window"]["decoded_mpx_per_image"], rows[f"{kind}-whole"]["decoded_mpx_per_image"]
@@ -24,4 +22,4 @@ def test_the_shard_labels_benchmark_times_a_real_batch(image_folder):
     report = load_benchmark("shard_labels").main(["--data", str(image_folder), "--batch-size", "4", "--size", "8",
                                                   "--calls", "2", "--repeats", "1", "--threads", "1"])
     assert report["samples"] == 11 and report["batch_size"] == 4  # (every image of the folder, in shards)
-    assert report["labels_ms_per_batch"] > 0 and report["loader_ms_per_batch"] > 0
+    assert report["fraction_of_batch"] == report["labels_ms_per_batch"] / report["loader_ms_per_batch"]

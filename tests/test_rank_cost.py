@@ -14,4 +14,4 @@ def test_one_rank_parses_its_share_of_the_indexes(tmp_path):
         assert row["all_tars"]["tars"] == row["shards"]
         assert row["by_tar"]["tars"] == row["shards"] // 4  # whole tars: shards divisible by the world
         assert row["index_bytes_ratio"] == 4.0  # a quarter of the index bytes, whatever the shard count
-        assert row["by_tar"]["seconds"] > 0 and row["all_tars"]["seconds"] > 0
+        assert row["seconds_ratio"] == row["all_tars"]["seconds"] / row["by_tar"]["seconds"]  # (8, 12 tars: both start)

@@ -80,15 +80,20 @@ def test_the_preemption_block_saves_on_sigterm_and_resumes_exactly(tmp_path, mon
         assert code.count(old) == 1, f"README's preemption block no longer contains {old!r}"
         code = code.replace(old, new)
     record = tmp_path / "trained.txt"
+    # the first run holds after its 8th batch (in its second epoch) until README's SIGTERM handler has set
+    # `preempted`: the signal lands mid-epoch however slow the machine is
+    assert "    preempted = True\n" in code
     preamble = (f"import time\n\ndef record(epoch, indices):\n    with open({str(record)!r}, 'a') as f:\n"
-                f"        f.write(f'{{epoch}} {{indices.tolist()}}\\n')\n    time.sleep(0.05)\n\n")
+                f"        f.write(f'{{epoch}} {{indices.tolist()}}\\n')\n"
+                f"    if len(open({str(record)!r}).read().splitlines()) == 8:\n"
+                f"        while not preempted:\n            time.sleep(0.01)\n\n")
     script = tmp_path / "train.py"
     script.write_text(preamble + code)
     env = {**os.environ, "DALI_RESIZER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    for _ in range(1200):  # until it has trained into its second epoch
-        if record.exists() and len(record.read_text().splitlines()) >= 8:
-            break
+    deadline = time.monotonic() + 600
+    while not (record.exists() and len(record.read_text().splitlines()) >= 8):
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-2000:]
         time.sleep(0.05)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == 124, first.stderr.read()[-2000:]
@@ -106,4 +111,4 @@ def test_the_preemption_block_saves_on_sigterm_and_resumes_exactly(tmp_path, mon
         loader.set_epoch(epoch)
         expected += [f"{epoch} {idx.tolist()}" for _, _, idx in loader]
     trained = record.read_text().splitlines()
-    assert 8 <= stopped_after < len(expected) and trained == expected
+    assert stopped_after == 8 and trained == expected

@@ -75,7 +75,6 @@ def test_verify_and_loader_catch_a_stale_index(image_folder, tmp_path):
     from tests.conftest import encode, random_image
 
     (tar,) = write_shards(image_folder, tmp_path, samples_per_shard=100)
-    time.sleep(0.01)
     with wds.TarWriter(str(tar)) as sink:  # the tar is rewritten with other samples; its index is not
         image = encode(random_image(np.random.default_rng(0), 20, 20))
         for i in range(3):
