@@ -45,9 +45,9 @@ from dali_resizer.storage import storage_for
 
 __all__ = ["NO_INDEX", "main", "report_problems", "verify_shards", "write_shards"]
 
-# a note, not a failure: the loader reads such a tar through an index it builds once into its cache
 # the folder `shards make` writes in (hidden: never listed as data), removed when it ends
 WORK_PREFIX = ".shards-make-"
+# a note, not a failure: the loader reads such a tar through an index it builds once into its cache
 NO_INDEX = "no .idx beside the tar (note: the loader builds one into its cache; `shards index` writes it)"
 
 
@@ -143,9 +143,10 @@ def write_shards(
                 items = [item for item in items if item[1] not in failed]
             if left_out and not skip_bad:
                 file, problem = next(iter(left_out.items()))
-                raise ValueError(f"{file}: {problem}; the shards would hold a bad image (pass skip_bad=True, "
-                                 f"--skip-bad, to leave bad images out and list them in {MANIFEST_FILE}; "
-                                 f"`python -m dali_resizer.check {os.fspath(folder)}` lists them all)")
+                raise ValueError(f"{file}: {problem}; the shards would hold a bad image, and {out} is left an "
+                                 f"unfinished set (pass skip_bad=True, --skip-bad, with --overwrite, to leave bad "
+                                 f"images out and list them in {MANIFEST_FILE}; `python -m dali_resizer.check "
+                                 f"{os.fspath(folder)}` lists them all)")
             if bar is not None:
                 bar.update(min(samples_per_shard, len(order) - start))
             if not items:
