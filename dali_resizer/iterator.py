@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import signal
 import threading
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -152,6 +153,9 @@ class DALILoaderIter:
                 if failure.kind == "other":
                     raise
                 self._raise_unless_a_sample(failure, error, position)
+                # DALI's frames in the error's traceback hold the failed pipeline: let it go before the
+                # probes and the rebuild make others (the traceback stays, without their locals)
+                traceback.clear_frames(error.__traceback__)
                 try:
                     with signals_deferred():  # (its probes build pipelines)
                         restart = self._reader.recover(failure, error, epoch, done, position.checkpoint)
