@@ -23,3 +23,10 @@ def test_the_shard_labels_benchmark_times_a_real_batch(image_folder):
                                                   "--calls", "2", "--repeats", "1", "--threads", "1"])
     assert report["samples"] == 11 and report["batch_size"] == 4  # (every image of the folder, in shards)
     assert report["fraction_of_batch"] == report["labels_ms_per_batch"] / report["loader_ms_per_batch"]
+
+
+def test_the_index_check_benchmark_times_the_check_against_a_rebuild(tmp_path):
+    report = load_benchmark("index_check").main(["--samples", "20", "--image-bytes", "3000", "--repeats", "1",
+                                                 "--json", str(tmp_path / "i.json")])
+    assert report["samples"] == 20 and set(report["rows"]) == {"index_mismatch", "build_index", "read_whole_tar"}
+    assert report["rows"]["index_mismatch"]["vs_index_mismatch"] == 1.0
