@@ -26,9 +26,10 @@ Contenders (images/s of finished batches at the backbone's input size, on --devi
                          v2 RandomResizedCrop/flip/normalize per image on the device: the GPU alternative
     dali-learned-<backbone>-train  with --backbone: resizer + backbone forward/backward and an SGD step
 
-With an ``s3://`` source the DALI contenders run twice, over the object store and over a local copy
-of the same objects (downloaded once into the cache), and the table adds the ratio S3 / local; the
-torch contenders run on the local copy only.
+With an ``s3://`` source the DALI contenders run twice, over the object store (read in place by DALI,
+``cache=False``) and over a local copy of the same objects (downloaded once), and the table adds the
+ratio S3 / local; the torch contenders run on the local copy only. ``benchmarks/object_storage.py``
+measures the loader's shard cache, which is the default for ``s3://`` shards.
 
 Each pass's first batch is taken before its clock starts (the pipeline's build, worker start-up, the first
 decode). The resizer contenders run channels_last, under bf16 autocast on CUDA, as README trains it.
@@ -228,7 +229,8 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
     channels_last = stage is not None
     loader = DALILoader(data, batch_size=cfg.batch_size, shuffle=True, size=cfg.input_size if stage else cfg.size,
                         num_threads=threads, device=device,
-                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+                        cache=False)  # (objects read in place: benchmarks/object_storage.py measures the cache)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     step: Callable[[torch.Tensor, torch.Tensor], None] | None = None
     if stage == "forward":

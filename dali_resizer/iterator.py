@@ -158,7 +158,8 @@ class DALILoaderIter:
                 traceback.clear_frames(error.__traceback__)
                 try:
                     with signals_deferred():  # (its probes build pipelines)
-                        restart = self._reader.recover(failure, error, epoch, done, position.checkpoint)
+                        restart = self._reader.recover(failure, error, epoch, done, position.checkpoint,
+                                                       position.base)
                 except RuntimeError as again:  # (DALI may lose the reason: then the replay's build says it)
                     said = classify_failure(again)
                     if said.kind != "storage":
@@ -187,7 +188,12 @@ class DALILoaderIter:
                 self._drop_pipeline()
                 raise
             break
-        self._position = Position(epoch, done + 1, position.base, checkpoint, (*position.delivered, ids))
+        end = self._reader.span_end(epoch, position.base)
+        if end is not None and done + 1 == end < self._real_batches:  # its pipeline's span of the epoch ends here
+            self._drop_pipeline()  # (the next call builds the next span's, from this batch)
+            self._position = Position(epoch, done + 1, done + 1, None, (*position.delivered, ids))
+        else:
+            self._position = Position(epoch, done + 1, position.base, checkpoint, (*position.delivered, ids))
         return batch
 
     def _end(self) -> None:

@@ -41,6 +41,19 @@ _DEFAULTS = {"batch_sampler": None, "worker_init_fn": None, "multiprocessing_con
              "timeout": 0, "pin_memory_device": "", "in_order": True}
 
 
+def _shard_cache(source, cache: bool | str | os.PathLike, limit: int | str | None):
+    """The node-local cache for shards in object storage (``cache``: True, or its folder), else None."""
+    from dali_resizer.readers import ShardSource, default_cache_dir
+
+    if cache is False or not isinstance(source, ShardSource) or "://" not in source.paths[0]:
+        return None
+    from dali_resizer.cache import ShardCache, default_cache_limit, parse_bytes
+
+    folder = default_cache_dir() / "shards" if cache is True else cache
+    largest = max(source.manifest_bytes) if source.manifest_bytes else 0
+    return ShardCache(folder, parse_bytes(limit) if limit is not None else default_cache_limit(folder, largest))
+
+
 def distributed_rank_and_world() -> tuple[int, int]:
     """(global rank, world size) from an initialised ``torch.distributed``, else from torchrun's
     ``RANK`` / ``WORLD_SIZE``, else (0, 1)."""
@@ -163,6 +176,12 @@ class DALILoader:
         prefetch_queue_depth: Batches DALI prepares ahead (default 2); ``prefetch_factor`` is torch's name.
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
+        cache: Shards in object storage (``s3://``) are read from whole local copies in a cache shared
+            by the node's processes (``$DALI_RESIZER_CACHE/shards``, or the folder given here), downloaded a
+            span of the epoch ahead (see ``dali_resizer.cache``); ``False`` reads them in place (about
+            four requests a sample).
+        cache_limit: Bytes of copies the cache keeps (an int, or ``"100GB"``); default
+            ``$DALI_RESIZER_CACHE_LIMIT``, else 80% of the free disk.
         on_error: ``"raise"``: a sample that cannot be read, decoded or labelled stops the iteration
             with a :class:`BadSampleError` naming the file (or the shard and the sample's key) and the
             problem. ``"skip"``: it is recorded in ``loader.skipped`` (name -> problem), a warning names
@@ -257,6 +276,8 @@ class DALILoader:
         host_memory_padding: int | None = None,
         set_affinity: bool = False,
         roi_decode: bool | None = None,
+        cache: bool | str | os.PathLike = True,
+        cache_limit: int | str | None = None,
     ) -> None:
         if is_image_dataset(source) and source.transform is not None:  # its transform decides the graph's work
             from dali_resizer.transforms import settings_from_transform
@@ -393,6 +414,7 @@ class DALILoader:
         self.dataset = LoaderDataset(open_source(source, index_dir), self)
         if len(self.dataset) == 0:
             raise ValueError(f"{self.dataset_location()}: the source holds no samples")
+        self.cache = _shard_cache(self.dataset.source, cache, cache_limit)
         if order["length"] is not None and order["length"] != len(self.dataset):
             raise ValueError(f"sampler={sampler!r} covers {order['length']} samples, the source has "
                              f"{len(self.dataset)}: build it over the same dataset")
@@ -426,7 +448,7 @@ class DALILoader:
             enable_checkpointing=True,
         )
         return ReadPlan(batch_size=self.batch_size, prefetch_queue_depth=self.prefetch_queue_depth, pipeline=settings,
-                        sample_indices=self.return_index)
+                        sample_indices=self.return_index, cache=self.cache)
 
     # -- DataLoader surface -------------------------------------------------------------------------
 
@@ -578,9 +600,10 @@ class DALILoader:
     def _pipeline_identity(self) -> dict:
         """What a saved position and DALI checkpoint depend on besides the data and the shard: the
         batch size (positions count batches) and the pipeline's graph (training or evaluation, the
-        form of decoding: its random draws differ)."""
+        form of decoding: its random draws differ; reading through the shard cache, which reads an
+        epoch in spans)."""
         return {"batch_size": self.batch_size, "train": self.train, "shuffle": self.shuffle,
-                "drop_last": self.drop_last, "roi_decode": self.roi_decode}
+                "drop_last": self.drop_last, "roi_decode": self.roi_decode, "cached": self.cache is not None}
 
     def __repr__(self) -> str:
         return (

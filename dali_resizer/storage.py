@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -80,6 +81,12 @@ class Storage:
 
     def delete(self, path: str) -> None:
         raise NotImplementedError
+
+    def download(self, path: str, out: BinaryIO, version: str | None = None) -> None:
+        """Writes ``path``'s bytes into ``out``; ``version``: the :class:`Stat` version the bytes must be
+        (an object changed since is a ``ConnectionError``, to be read again)."""
+        with self.open(path) as f:
+            shutil.copyfileobj(f, out, 8 << 20)
 
     def local_copy(self, path: str, folder: str | os.PathLike) -> str:
         """A local file holding ``path``'s bytes, written into ``folder`` where it is not local already:
@@ -298,6 +305,23 @@ class S3Storage(Storage):
     def delete(self, path: str) -> None:
         bucket, key = self.split(path)
         self._call(path, "delete_object", Bucket=bucket, Key=key)
+
+    def download(self, path: str, out: BinaryIO, version: str | None = None) -> None:
+        from botocore.exceptions import BotoCoreError
+
+        bucket, key = self.split(path)
+        extra = {"IfMatch": f'"{version}"'} if version else {}
+        try:
+            body = self._call(path, "get_object", Bucket=bucket, Key=key, **extra)["Body"]
+        except OSError as e:
+            if "PreconditionFailed" in str(e) or "412" in str(e):
+                raise ConnectionError(f"{path}: changed while it was being read (its ETag is not {version})") from None
+            raise
+        try:
+            for chunk in body.iter_chunks(8 << 20):
+                out.write(chunk)
+        except BotoCoreError as e:  # (the connection dropped mid-object)
+            raise ConnectionError(f"{path}: the download stopped ({e})") from None
 
     def local_copy(self, path: str, folder: str | os.PathLike) -> str:
         bucket, key = self.split(path)

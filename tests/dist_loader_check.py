@@ -45,6 +45,8 @@ def main() -> None:
     resumed = make()
     resumed.load_state_dict(state)
     record["resumed"] = head + [ids(b, by_label) for b in resumed]
+    if loader.cache is not None:  # (shards in object storage: what this rank downloaded into the node's cache)
+        record["downloads"] = sum(x.cache.downloads for x in (loader, first, resumed))
 
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, record)

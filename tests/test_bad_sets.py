@@ -214,10 +214,11 @@ def test_an_index_with_a_row_dropped_is_refused_instead_of_losing_the_sample(tmp
     assert "stale index" in verify_shards(tmp_path)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
+@pytest.mark.parametrize("where", ["local", "s3", "s3 in place"])
 def test_an_index_cut_short_is_an_error_naming_it_and_its_line(tmp_path, where, request):
-    """A local tar's index is checked row by row at its first read; in object storage (where that
-    would cost a request a member) DALI's own words name the index and its line."""
+    """A local tar's index, or the local copy of one in object storage, is checked row by row at the tar's
+    first read; read in place in object storage (``cache=False``, where that check would cost a request a
+    member), DALI's own words name the index and its line."""
     from dali_resizer.readers.wds_index import build_index
     from tests.conftest import upload
 
@@ -225,13 +226,15 @@ def test_an_index_cut_short_is_an_error_naming_it_and_its_line(tmp_path, where, 
     index = tar.with_suffix(".idx")
     build_index(tar, index)
     index.write_text(index.read_text()[:-20])
-    data, named = tmp_path, index
-    if where == "s3":
+    data, named, kw = tmp_path, index, {}
+    if where != "local":
         client, bucket = request.getfixturevalue("s3_bucket")
         data = upload(client, bucket, tmp_path, "shards")
         named = f"{data}/{index.name}"
-    loader = DALILoader(data, batch_size=4, size=8, on_error="skip")
-    said = rf"{named}: .*line 5 is not a sample" if where == "local" else rf'Malformed index file at "{named}" line 4'
+        kw = {"cache": tmp_path / "cache"} if where == "s3" else {"cache": False}
+    loader = DALILoader(data, batch_size=4, size=8, on_error="skip", **kw)
+    said = rf"{named}: .*line 5 is not a sample" if where != "s3 in place" else (
+        rf'Malformed index file at "{named}" line 4')
     with pytest.raises(ValueError, match=rf"{said}.*shards index"):
         list(loader)
     assert loader.skipped == {}

@@ -27,6 +27,7 @@ class ReadPlan:
     prefetch_queue_depth: int
     pipeline: dict[str, Any] = field(default_factory=dict)
     sample_indices: bool = False  # labels() also gives each sample's index in the source
+    cache: Any = None  # a ShardCache: tars in object storage are read from local copies (dali_resizer.cache)
 
     def pipeline_settings(self, epoch: Epoch, on_cpu: bool = False) -> dict[str, Any]:
         """``pipeline`` in DALI's terms for ``epoch``: its seed, the decoder for the device, DALI's dtype;
@@ -96,14 +97,19 @@ class Reader(abc.ABC):
 
     @abc.abstractmethod
     def recover(self, failure: DaliFailure, error: RuntimeError, epoch: Epoch, done: int,
-                checkpoint: bytes | None) -> Restart:
+                checkpoint: bytes | None, base: int = 0) -> Restart:
         """DALI stopped on a batch after ``done`` delivered ones (``failure``: its reading of the error;
-        ``checkpoint``: the pipeline's at that point): names the bad sample(s) and says where to rebuild
-        the pipeline once the loader's policy has skipped them."""
+        ``checkpoint``: the pipeline's at that point, built from the epoch's batch ``base``): names the bad
+        sample(s) and says where to rebuild the pipeline once the loader's policy has skipped them."""
 
     def known_bad(self) -> dict[str, str]:
         """Bad samples known before any is read (from the indexes): name -> problem."""
         return {}
+
+    def span_end(self, epoch: Epoch, base: int) -> int | None:
+        """The batch at which a pipeline built from the epoch's batch ``base`` ends (the loader then builds
+        the next one from there); None: it reads the rest of the epoch."""
+        return None
 
     def nothing_left(self) -> str | None:
         """Why no sample of the source is left to read (each one skipped as bad), else None: the loader

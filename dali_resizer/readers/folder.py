@@ -260,7 +260,7 @@ class FolderReader(Reader):
     def missing(self, epoch: Epoch, done: int) -> list[str]:
         return [f for f in self._window(epoch, done) if not self.source.storage.is_file(f)]
 
-    def recover(self, failure, error, epoch, done, checkpoint):
+    def recover(self, failure, error, epoch, done, checkpoint, base=0):
         storage = self.source.storage
         if failure.sample and storage.is_file(failure.sample):
             bad = {failure.sample: self.named(storage.read(failure.sample), failure)}

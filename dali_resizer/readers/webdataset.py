@@ -45,6 +45,7 @@ __all__ = ["CLASSES_FILE", "MANIFEST_FILE", "MANIFEST_FORMAT", "SOURCES_SUFFIX",
            "default_cache_dir", "default_index_dir", "parse_ascii_labels", "parse_classes"]
 
 CLASSES_FILE = "classes.txt"
+MAX_SPAN_TARS = 8  # through the shard cache: the most tars' worth of samples one pipeline reads
 # Written by `shards make` beside the shards: each tar's sample count and size, and the classes. A loader
 # over many shards reads this one object at start-up instead of every index header.
 MANIFEST_FILE = "manifest.json"
@@ -162,6 +163,12 @@ class ShardSource:
                 if listed.is_file(index + suffix):
                     found[tar] = listed.read(index + suffix).decode().split("\n")[:-1]
         return cls(list(paths), index_paths, counts, classes, duplicates, cut, index_dir, spaced=spaced)
+
+
+def _local_index(cache, index: str) -> str:
+    """The index DALI reads through the cache: the local copy of one in object storage (one built into
+    the index cache is local already)."""
+    return cache.local(index) if "://" in index else index
 
 
 @functools.lru_cache(maxsize=8)
@@ -321,7 +328,9 @@ class ShardReader(Reader):
         self._checked: set[int] = set()  # tars checked at their first read (_check_tar)
         self._pending: dict[str, tuple[str, str]] = {}  # reported bad samples -> (tar, key), until skipped
         self._sources: dict[str, tuple[str, dict[str, str]] | None] = {}  # tar -> its samples' source files
-        self._standin_for: dict[str, str] = {}  # the tar read -> the source's tar (they differ for a stand-in tar)
+        self._whole_index: dict[int, str] = {}  # tar -> the index read for it (a local copy through the cache)
+        self._read_as: dict[str, str] = {}  # the file DALI reads -> the source's tar (a local copy, a stand-in tar)
+        self._bounds_of: tuple = (None, [])  # (the epoch, its spans' bounds in batches), through the cache
         self._known: dict[str, str] = {
             f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key and extension; "
             "this copy is left out of the index" for tar, members in source.duplicates.items() for member in members}
@@ -367,24 +376,35 @@ class ShardReader(Reader):
                  on_cpu: bool = False):
         import pipelines
 
-        source = self.source
+        source, cache = self.source, self.plan.cache
         if self.nothing_left() is not None:
             raise BadSampleError(self.nothing_left())
+        pieces = self.epoch_pieces(epoch)
+        if cache is not None:  # this span of the epoch, its tars local (the next span's on their way)
+            end = self.span_end(epoch, base)
+            after = self._cut(pieces, end * self.plan.batch_size, self.span_end(epoch, end) * self.plan.batch_size)
+            pieces = self._cut(pieces, base * self.plan.batch_size, end * self.plan.batch_size)
+            wanted = [path for i, _, _ in pieces + after for path in (source.index_paths[i], source.paths[i])
+                      if "://" in path]
+            cache.unpin(keep=wanted)  # (the spans before this one are read: their copies may go)
+            cache.prefetch(wanted)
         paths, index_paths = [], []
-        for i, start, stop in self.epoch_pieces(epoch):
-            self._check_tar(i)
+        for i, start, stop in pieces:
+            tar = source.paths[i]
             index = source.index_paths[i]
+            read, index = (tar, index) if cache is None else (cache.local(tar), _local_index(cache, index))
+            self._check_tar(i, read, index)  # (DALI reads these files)
+            self._whole_index[i] = index
             rows = self.piece_rows(epoch, i, start, stop)
             if len(rows) != source.counts[i]:  # part of a tar: through an index of that part
                 index = sub_index(index, rows, source.index_dir / "parts")
-            tar = source.paths[i]
-            if self.bad_keys.get(source.paths[i]):
-                index, tar = standin_index(index, source.paths[i], self.bad_keys[source.paths[i]],
-                                           source.index_dir / "standin")
-                self._standin_for[tar] = source.paths[i]  # (a stand-in tar, where none of its images is good)
-            paths.append(tar)
+            if self.bad_keys.get(tar):
+                index, standin = standin_index(index, tar, self.bad_keys[tar], source.index_dir / "standin")
+                read = read if standin == tar else standin  # (a stand-in tar, where none of its images is good)
+            paths.append(read)
             index_paths.append(index)
-            self._tar_number[source.paths[i]] = i
+            self._read_as[read] = tar
+            self._tar_number[tar] = i
         # this shard's tars only: its pipeline parses only their indexes (DALI's own split would read all)
         pipe = pipelines.webdataset_pipeline(
             paths, index_paths, shard_id=0, num_shards=1, random_shuffle=epoch.shuffle,
@@ -392,15 +412,57 @@ class ShardReader(Reader):
         pipe.build()
         return pipe
 
+    def span_end(self, epoch: Epoch, base: int) -> int | None:
+        """Through the cache, an epoch is read in spans, each a pipeline of its own whose tars are local
+        when it is built: the first span is the first tar's worth of batches (reading starts once one tar
+        has arrived), each next one twice the last, up to ``MAX_SPAN_TARS`` tars' worth (a pipeline's
+        build is amortised over thousands of samples). Without the cache, one pipeline reads the epoch."""
+        if self.plan.cache is None:
+            return None
+        bounds = self._span_bounds(epoch)
+        return next((bound for bound in bounds if bound > base), bounds[-1])
+
+    def _span_bounds(self, epoch: Epoch) -> list[int]:
+        key = (epoch.number, epoch.rank, epoch.num_replicas, epoch.carried is not None and epoch.carried.runs.tobytes())
+        if self._bounds_of[0] != key:
+            pieces, b = self.epoch_pieces(epoch), self.plan.batch_size
+            ends = np.cumsum([stop - start for _, start, stop in pieces]).tolist()
+            total = ends[-1] if ends else 0
+            last = total // b if epoch.drop_last else -(-total // b)
+            # a span and the next are pinned in the cache at once: together they fit its limit
+            cache = self.plan.cache
+            largest = max((cache.size(self.source.paths[i]) for i, _, _ in pieces), default=1)
+            widest = max(1, min(MAX_SPAN_TARS, (cache.limit or 0) // (2 * largest) if cache.limit else MAX_SPAN_TARS))
+            bounds, k, width = [], 0, 1
+            while k < len(ends):
+                k = min(k + width, len(ends))
+                bounds.append(min(-(-ends[k - 1] // b), last))
+                width = min(2 * width, widest)
+            bounds = sorted({bound for bound in bounds if bound > 0} | {last})
+            self._bounds_of = (key, bounds)
+        return self._bounds_of[1]
+
+    @staticmethod
+    def _cut(pieces: list[tuple[int, int, int]], low: int, high: int) -> list[tuple[int, int, int]]:
+        """The part of ``pieces`` (a run of samples) from its sample ``low`` to ``high``."""
+        out, at = [], 0
+        for i, start, stop in pieces:
+            lo, hi = max(start, start + low - at), min(stop, start + high - at)
+            if lo < hi:
+                out.append((i, lo, hi))
+            at += stop - start
+        return out
+
     def missing(self, epoch: Epoch, done: int) -> list[str]:
         paths = [self.source.paths[i] for i, _, _ in self.epoch_pieces(epoch)]
         return [p for p in paths if not storage_for(p).is_file(p)]
 
-    def _check_tar(self, i: int) -> None:
+    def _check_tar(self, i: int, read: str, read_index: str) -> None:
         """Tar ``i`` is checked when this shard first reads it (a rank pays for its own tars only): one taken
         from the manifest against its size, count, and that its index is current; an index beside a local
         tar (not one the loader built from it) row by row against the tar's headers, so that no row reads
-        another sample's member or is left out (``index_mismatch``: one header read a member)."""
+        another sample's member or is left out (``index_mismatch``: one header read a member). ``read`` and
+        ``read_index``: the files DALI reads (the local copies of a tar and index in object storage)."""
         source = self.source
         if i in self._checked:
             return
@@ -410,14 +472,14 @@ class ShardReader(Reader):
             size = storage_for(tar).stat(tar).size
             problem = (f"{source.manifest_bytes[i]} bytes in the manifest, {size} in the tar"
                        if size != source.manifest_bytes[i] else index_problem(tar, index))
-            if problem is None and read_index_count(index) != source.counts[i]:
-                problem = f"{source.counts[i]} samples in the manifest, {read_index_count(index)} in its index"
+            if problem is None and read_index_count(read_index) != source.counts[i]:
+                problem = f"{source.counts[i]} samples in the manifest, {read_index_count(read_index)} in its index"
             if problem is not None:
                 raise ValueError(f"{tar}: changed since {MANIFEST_FILE} was written ({problem}); rewrite the shards "
                                  f"with `python -m dali_resizer.shards make`, or remove {MANIFEST_FILE} to read the "
                                  f"indexes")
-        if "://" not in tar and not Path(index).is_relative_to(source.index_dir):
-            problem = index_mismatch(tar, index)
+        if "://" not in read and not Path(index).is_relative_to(source.index_dir):
+            problem = index_mismatch(read, read_index)
             if problem is not None:
                 raise ValueError(f"{index}: does not match its tar {tar} ({problem}); `python -m dali_resizer.shards "
                                  f"index {tar}` rewrites it")
@@ -531,17 +593,17 @@ class ShardReader(Reader):
         return f" (made from {storage_for(root).join(root, files[key])})"
 
     def _split(self, name: str) -> tuple[str, int, str]:
-        """(tar, offset, member) of DALI's source name, the tar named as the source names it (the tar a
-        stand-in tar stands in for)."""
+        """(tar, offset, member) of DALI's source name, the tar named as the source names it (not its local
+        copy, nor a stand-in tar)."""
         tar, offset, member = _split_source_name(name)
-        return self._standin_for.get(tar, tar), offset, member
+        return self._read_as.get(tar, tar), offset, member
 
     def _sample_id(self, tar: str, key: str) -> int:
         """A sample's id (its index in the source: the tars in the order given, each in its index's
         order), from its tar and key; -1 for a key the index does not hold."""
         i = self._tar_number[tar]
         if i not in self._keys:  # (the tar's index, read once: a shard reads only its own tars')
-            self._keys[i] = {sample_key(row[3]): n for n, row in enumerate(read_index_rows(self.source.index_paths[i]))}
+            self._keys[i] = {sample_key(row[3]): n for n, row in enumerate(read_index_rows(self._whole_index[i]))}
         position = self._keys[i].get(key)
         return -1 if position is None else self._first_ids()[i] + position
 
@@ -569,12 +631,12 @@ class ShardReader(Reader):
         self._nameless_found = found
         return found
 
-    def recover(self, failure, error, epoch, done, checkpoint):
+    def recover(self, failure, error, epoch, done, checkpoint, base=0):
         if failure.sample:
             candidates = [failure.sample]
         elif checkpoint is not None:
-            remaining = epoch.batches(self.plan.batch_size) - done
-            candidates = self._replay(epoch, checkpoint, min(self.plan.prefetch_queue_depth + 2, remaining))
+            remaining = (self.span_end(epoch, base) or epoch.batches(self.plan.batch_size)) - done
+            candidates = self._replay(epoch, checkpoint, base, min(self.plan.prefetch_queue_depth + 2, remaining))
         else:
             candidates = []
         members = {}  # source name -> (the tar header's member name, bytes)
@@ -598,14 +660,14 @@ class ShardReader(Reader):
         self._pending.update(zip(bad, keys))
         return Restart(bad, checkpoint=checkpoint)
 
-    def _replay(self, epoch: Epoch, checkpoint: bytes, count: int) -> list[str]:
+    def _replay(self, epoch: Epoch, checkpoint: bytes, base: int, count: int) -> list[str]:
         """The names of the samples in the next ``count`` batches after ``checkpoint``, read again by a
         pipeline that decodes nothing: on the CPU, where DALI restores the checkpoint there (no GPU
         memory for it), else on the loader's device."""
         try:
-            pipe = self.pipeline(epoch, checkpoint, replay=True, on_cpu=True)
+            pipe = self.pipeline(epoch, checkpoint, base, replay=True, on_cpu=True)
         except RuntimeError:  # (a GPU graph's checkpoint may name operators its CPU twin lacks)
-            pipe = self.pipeline(epoch, checkpoint, replay=True)
+            pipe = self.pipeline(epoch, checkpoint, base, replay=True)
         names = []
         for _ in range(max(count, 1)):
             image_names = pipe.run()[self.output_names.index("image_name")]

@@ -1,0 +1,184 @@
+"""The node-local shard cache (``dali_resizer.cache``) under the loader, against the loopback S3 server:
+what it reads, what it keeps, what it shares, and what it does when things fail."""
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from dali_resizer import PAD_LABEL, DALILoader
+from dali_resizer.cache import ShardCache, parse_bytes
+from tests.conftest import upload, write_shards
+
+COUNTS = [5, 4, 6, 5, 3, 5]  # 28 samples in 6 tars of odd sizes
+
+
+@pytest.fixture
+def bucket_shards(s3_bucket, tmp_path):
+    """Six tars (labels i = sample i) with indexes and classes.txt in a bucket; their local twins."""
+    client, bucket = s3_bucket
+    local = tmp_path / "local"
+    local.mkdir()
+    write_shards(local, COUNTS, unique_labels=True)
+    (local / "classes.txt").write_text("".join(f"c{i}\n" for i in range(sum(COUNTS))))
+    from dali_resizer.readers.wds_index import build_index
+
+    for tar in sorted(local.glob("*.tar")):
+        build_index(tar, tar.with_suffix(".idx"))
+    return client, bucket, upload(client, bucket, local, "shards"), local
+
+
+def epoch_of(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(int(y), int(i)) for _, labels, indices in loader for y, i in zip(labels, indices)]
+
+
+def test_shards_in_a_bucket_are_read_from_local_copies_downloaded_once(bucket_shards, tmp_path):
+    """Every sample once, with its label, in spans whose tars are local; a later epoch downloads nothing;
+    the order is the same from one run to the next, and the copies are the objects' bytes."""
+    client, bucket, url, local = bucket_shards
+    make = dict(batch_size=3, size=8, shuffle=True, return_index=True, index_dir=tmp_path / "idx")
+    loader = DALILoader(url, cache=tmp_path / "cache", **make)
+    first = epoch_of(loader, 0)
+    real = [(y, i) for y, i in first if y != PAD_LABEL]
+    assert sorted(i for _, i in real) == list(range(sum(COUNTS))) and all(y == i for y, i in real)
+    downloads = loader.cache.downloads
+    assert downloads == 2 * len(COUNTS)  # (each tar and its index, once)
+    copies = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.suffix in (".tar", ".idx"))
+    assert len(copies) == 2 * len(COUNTS) and not list((tmp_path / "cache").glob("*.part.*"))
+    for tar in local.glob("*.tar"):
+        (copy,) = [p for p in (tmp_path / "cache").iterdir() if p.name.endswith(f"-{tar.name}")]
+        assert copy.read_bytes() == tar.read_bytes()
+    second = epoch_of(loader, 1)
+    assert loader.cache.downloads == downloads  # (all cached: no request for a tar or an index)
+    assert sorted(i for y, i in second if y != PAD_LABEL) == list(range(sum(COUNTS))) and second != first
+    again = DALILoader(url, cache=tmp_path / "cache", **make)
+    assert epoch_of(again, 0) == first and again.cache.downloads == 0  # (another process: the node's copies)
+
+
+def test_a_mid_epoch_resume_through_the_cache_is_exact(bucket_shards, tmp_path):
+    """The epoch is read in spans (a pipeline each); a state saved inside a span or at a span's end
+    resumes with the batches an uninterrupted run yields."""
+    _, _, url, _ = bucket_shards
+    make = dict(batch_size=2, size=8, shuffle=True, return_index=True, cache=tmp_path / "cache")
+    whole = epoch_of(DALILoader(url, **make), 3)
+    for stop in (1, 3, 6, 9):
+        loader = DALILoader(url, **make)
+        loader.set_epoch(3)
+        it = iter(loader)
+        head = [(int(y), int(i)) for _ in range(stop) for y, i in zip(*next(it)[1:])]
+        state = loader.state_dict()
+        resumed = DALILoader(url, **make)
+        resumed.load_state_dict(state)
+        rest = [(int(y), int(i)) for _, labels, indices in resumed for y, i in zip(labels, indices)]
+        assert head + rest == whole, stop
+
+
+def test_the_cache_keeps_to_its_limit_and_never_evicts_what_is_pinned(bucket_shards, tmp_path):
+    client, bucket, url, local = bucket_shards
+    largest = max(p.stat().st_size for p in local.glob("*.tar"))
+    loader = DALILoader(url, batch_size=3, size=8, shuffle=True, return_index=True, cache=tmp_path / "cache",
+                        cache_limit=3 * largest)
+    for epoch in range(2):
+        seen = epoch_of(loader, epoch)
+        assert sorted(i for y, i in seen if y != PAD_LABEL) == list(range(sum(COUNTS)))
+        held = sum(p.stat().st_size for p in (tmp_path / "cache").iterdir() if p.suffix in (".tar", ".idx"))
+        assert held <= 3 * largest
+    assert loader.cache.downloads > 2 * len(COUNTS)  # (evicted copies were downloaded again)
+
+
+def test_a_changed_object_is_a_new_copy_and_a_removed_folder_is_refilled(bucket_shards, tmp_path):
+    client, bucket, url, local = bucket_shards
+    cache = ShardCache(tmp_path / "cache")
+    tar = f"{url}/train-000000.tar"
+    first = cache.local(tar)
+    write_shards(local / "new", [5], unique_labels=False) if (local / "new").mkdir() is None else None
+    client.upload_file(str(local / "new" / "train-000000.tar"), bucket, "shards/train-000000.tar")
+    fresh = ShardCache(tmp_path / "cache")  # (a new process: it asks the store for the object's ETag)
+    second = fresh.local(tar)
+    assert second != first and Path(second).read_bytes() == (local / "new" / "train-000000.tar").read_bytes()
+    cache.unpin()
+    fresh.unpin()
+    import shutil
+
+    shutil.rmtree(tmp_path / "cache")
+    again = ShardCache(tmp_path / "cache")
+    assert Path(again.local(tar)).read_bytes() == (local / "new" / "train-000000.tar").read_bytes()
+
+
+def test_two_processes_download_a_shared_tar_once(bucket_shards, tmp_path):
+    """Two caches on one folder (as two ranks of a node): each tar is downloaded by one of them."""
+    _, _, url, _ = bucket_shards
+    tars = [f"{url}/train-{k:06d}.tar" for k in range(len(COUNTS))]
+    caches = [ShardCache(tmp_path / "cache") for _ in range(2)]
+    barrier = threading.Barrier(2)
+
+    def read(cache):
+        barrier.wait()
+        cache.prefetch(tars)
+        return [cache.local(t) for t in tars]
+
+    results = [None, None]
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, read(caches[k]))) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results[0] == results[1] and sum(c.downloads for c in caches) == len(tars)
+
+
+def test_a_failed_download_is_a_named_connection_error_and_the_state_resumes(bucket_shards, tmp_path, monkeypatch):
+    client, bucket, url, _ = bucket_shards
+    make = dict(batch_size=3, size=8, shuffle=True, return_index=True, cache=tmp_path / "cache")
+    whole = epoch_of(DALILoader(url, **{**make, "cache": tmp_path / "other"}), 0)
+    loader = DALILoader(url, **make)
+    loader.set_epoch(0)
+    it = iter(loader)
+    head = [(int(y), int(i)) for y, i in zip(*next(it)[1:])]
+    loader.cache.retries = 2
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there: the store is gone
+    monkeypatch.setenv("DALI_RESIZER_S3_RETRIES", "1")
+    from dali_resizer import storage
+
+    monkeypatch.setattr(storage._S3, "_client", None)
+    with pytest.raises(ConnectionError, match=r"s3://.*\.(tar|idx): (download failed after 2 tries|cannot reach)"):
+        for batch in it:
+            head += [(int(y), int(i)) for y, i in zip(*batch[1:])]
+    state = loader.state_dict()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the store is back
+    monkeypatch.setattr(storage._S3, "_client", None)
+    resumed = DALILoader(url, **make)
+    resumed.load_state_dict(state)
+    rest = [(int(y), int(i)) for _, labels, indices in resumed for y, i in zip(labels, indices)]
+    assert head + rest == whole
+
+
+def test_a_full_disk_is_named_and_leaves_nothing_half_written(bucket_shards, tmp_path):
+    """The download's writes fail as on a full disk (a file-size limit, in a child process): the error
+    names the cache folder and the object, and no copy or part file is left."""
+    import subprocess
+    import sys
+
+    _, _, url, _ = bucket_shards
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from dali_resizer.cache import ShardCache\n"
+        "try:\n    ShardCache(sys.argv[1]).local(sys.argv[2])\n    print('no error')\n"
+        "except OSError as e:\n    print(f'{type(e).__name__}: {e}')\n")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cache"), f"{url}/train-000002.tar"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=repo)
+    assert done.stdout.startswith(f"OSError: [Errno 27] {tmp_path / 'cache'}: no room for {url}/train-000002.tar"), (
+        done.stdout + done.stderr[-2000:])
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith((".dl", ".lock"))] == []
+
+
+def test_byte_counts_read_as_people_write_them():
+    assert parse_bytes("100GB") == 100 * 10**9 and parse_bytes("1.5 GiB") == 3 * 2**29 and parse_bytes(7) == 7
+    with pytest.raises(ValueError, match="not a byte count"):
+        parse_bytes("lots")
