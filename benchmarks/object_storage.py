@@ -4,9 +4,9 @@ node-local shard cache (``dali_resizer.cache``), in one run on a loopback S3 ser
     python benchmarks/object_storage.py                                   # the embedded synthetic set
     python benchmarks/object_storage.py --data ../shared/data/imagenet-sample --latency-ms 0 20
 
-A moto S3 server runs on 127.0.0.1, behind a small proxy (written here) that counts the requests and
-adds ``--latency-ms`` to each, as a distant store would. The folder is written as shards (``shards
-make``), once on local disk and once into the bucket. For each latency, each contender reads
+A moto S3 server runs on 127.0.0.1 in a process of its own, behind a WSGI layer (written here) that
+counts the requests and holds each one ``--latency-ms``, as a distant store would. The folder is
+written as shards (``shards make``), once on local disk and once into the bucket. For each latency, each contender reads
 ``--epochs`` epochs with the same loader settings:
 
 - ``local``: the shards on local disk (the baseline of each ratio);
@@ -18,14 +18,12 @@ make``), once on local disk and once into the bucket. For each latency, each con
   DALI reads a file at a time (the same ratio's baseline: the local shards).
 
 Printed per contender and epoch: images/s, the ratio to ``local`` in the same epoch, and requests per
-sample seen by the proxy.
+sample seen by the store.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.server
 import json
 import os
 import shutil
@@ -33,7 +31,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -41,50 +38,61 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
-class DelayingProxy:
-    """An HTTP proxy on 127.0.0.1 in front of ``upstream`` that sleeps ``delay`` seconds before each
-    request it forwards, and counts them."""
+# The store: moto's S3 app behind a WSGI layer that holds each request `delay` seconds and counts them;
+# `/_bench/delay?ms=N` sets the delay, `/_bench/requests` says the count (neither is counted).
+SERVER = """
+import sys, threading, time
+from urllib.parse import parse_qs
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import run_simple
 
-    def __init__(self, upstream_port: int) -> None:
-        self.delay, self.requests, self._lock = 0.0, 0, threading.Lock()
-        proxy = self
+app, state, lock = DomainDispatcherApplication(create_backend_app), {"delay": 0.0, "requests": 0}, threading.Lock()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+def store(environ, start_response):
+    if environ["PATH_INFO"].startswith("/_bench/"):
+        if environ["PATH_INFO"] == "/_bench/delay":
+            state["delay"] = float(parse_qs(environ["QUERY_STRING"])["ms"][0]) / 1e3
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(state["requests"]).encode()]
+    with lock:
+        state["requests"] += 1
+    time.sleep(state["delay"])
+    return app(environ, start_response)
 
-            def log_message(self, *args):
-                pass
+run_simple("127.0.0.1", int(sys.argv[1]), store, threaded=True)
+"""
 
-            def _forward(self):
-                with proxy._lock:
-                    proxy.requests += 1
-                time.sleep(proxy.delay)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                self.send_response(response.status, response.reason)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                upstream.close()
 
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+class Store:
+    """The loopback S3 server of the benchmark (see ``SERVER``), in its own process."""
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-c", SERVER, str(self.port)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                self._ask("requests")
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the S3 server did not start")
+
+    def _ask(self, path: str) -> str:
+        with urllib.request.urlopen(f"{self.endpoint}/_bench/{path}", timeout=10) as response:
+            return response.read().decode()
+
+    @property
+    def requests(self) -> int:
+        return int(self._ask("requests"))
+
+    def set_latency(self, ms: float) -> None:
+        self._ask(f"delay?ms={ms}")
 
     def close(self) -> None:
-        self.server.shutdown()
+        self.process.terminate()
+        self.process.wait(timeout=30)
 
 
 def free_port() -> int:
@@ -112,21 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
     from dali_resizer.shards import write_shards
 
     work = Path(tempfile.mkdtemp(prefix="object-storage-"))
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proxy = None
+    store = Store()
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        proxy = DelayingProxy(port)
-        os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "AWS_ACCESS_KEY_ID": "bench",
+        os.environ.update({"AWS_ENDPOINT_URL": store.endpoint, "AWS_ACCESS_KEY_ID": "bench",
                            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1",
-                           "AWS_EC2_METADATA_DISABLED": "true", "DALI_RESIZER_CACHE": str(work / "user-cache")})
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+                           "DALI_RESIZER_CACHE": str(work / "user-cache")})
         import boto3
 
         boto3.client("s3").create_bucket(Bucket="bench")
@@ -146,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"size {a.size}, {a.threads} threads, CPU decode")
         rows = []
         for latency in a.latency_ms:
-            proxy.delay = latency / 1e3
+            store.set_latency(latency)
             contenders = {"local": dict(source=local), "s3-direct": dict(source=url, cache=False),
                           "s3-cache": dict(source=url, cache=work / f"cache-{latency:g}ms")}
             if a.folders:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
                 limit = a.direct_batches if name in ("s3-direct", "folder-s3") and latency > 0 else None
                 for epoch in range(a.epochs):
                     loader.set_epoch(epoch)
-                    before, count, start = proxy.requests, 0, time.perf_counter()
+                    before, count, start = store.requests, 0, time.perf_counter()
                     for k, (images, _) in enumerate(loader):
                         count += images.shape[0]
                         if limit is not None and k + 1 >= limit:
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                         baseline[epoch] = rate
                     row = {"latency_ms": latency, "contender": name, "epoch": epoch + 1, "images": count,
                            "images_per_s": rate, "vs_local": rate / baseline[epoch],
-                           "requests_per_sample": (proxy.requests - before) / count}
+                           "requests_per_sample": (store.requests - before) / count}
                     rows.append(row)
                     print(f"  {latency:5.0f} ms  {name:<10} epoch {epoch + 1}  {rate:8.1f} img/s  "
                           f"{row['vs_local']:5.2f}x local  {row['requests_per_sample']:6.2f} requests/sample"
@@ -183,10 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
             Path(a.json).write_text(json.dumps(report, indent=1) + "\n")
         return report
     finally:
-        if proxy is not None:
-            proxy.close()
-        server.terminate()
-        server.wait(timeout=30)
+        store.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

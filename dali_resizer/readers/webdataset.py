@@ -331,6 +331,7 @@ class ShardReader(Reader):
         self._whole_index: dict[int, str] = {}  # tar -> the index read for it (a local copy through the cache)
         self._read_as: dict[str, str] = {}  # the file DALI reads -> the source's tar (a local copy, a stand-in tar)
         self._bounds_of: tuple = (None, [])  # (the epoch, its spans' bounds in batches), through the cache
+        self._saved_spans: dict | None = None  # the spans of a loaded state's epoch
         self._known: dict[str, str] = {
             f"{tar} (member {member})": "duplicate key: an earlier member of the tar has the same key and extension; "
             "this copy is left out of the index" for tar, members in source.duplicates.items() for member in members}
@@ -366,11 +367,18 @@ class ShardReader(Reader):
         return f"{len(self.source.paths)} shards"
 
     def state_dict(self) -> dict:
-        return {"bad_keys": {tar: sorted(keys) for tar, keys in self.bad_keys.items()}}
+        state = {"bad_keys": {tar: sorted(keys) for tar, keys in self.bad_keys.items()}}
+        if self._bounds_of[0] is not None:  # (the spans of the epoch read last: a resume cuts it alike)
+            number, rank, replicas, _ = self._bounds_of[0]
+            state["spans"] = {"epoch": number, "rank": rank, "replicas": replicas, "bounds": self._bounds_of[1]}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for tar, keys in state.get("bad_keys", {}).items():
             self.bad_keys.setdefault(tar, set()).update(keys)
+        spans = state.get("spans")
+        if isinstance(spans, dict) and isinstance(spans.get("bounds"), list):
+            self._saved_spans = spans
 
     def pipeline(self, epoch: Epoch, checkpoint: bytes | None = None, base: int = 0, replay: bool = False,
                  on_cpu: bool = False):
@@ -425,22 +433,32 @@ class ShardReader(Reader):
     def _span_bounds(self, epoch: Epoch) -> list[int]:
         key = (epoch.number, epoch.rank, epoch.num_replicas, epoch.carried is not None and epoch.carried.runs.tobytes())
         if self._bounds_of[0] != key:
-            pieces, b = self.epoch_pieces(epoch), self.plan.batch_size
-            ends = np.cumsum([stop - start for _, start, stop in pieces]).tolist()
-            total = ends[-1] if ends else 0
-            last = total // b if epoch.drop_last else -(-total // b)
-            # a span and the next are pinned in the cache at once: together they fit its limit
-            cache = self.plan.cache
-            largest = max((cache.size(self.source.paths[i]) for i, _, _ in pieces), default=1)
-            widest = max(1, min(MAX_SPAN_TARS, (cache.limit or 0) // (2 * largest) if cache.limit else MAX_SPAN_TARS))
-            bounds, k, width = [], 0, 1
-            while k < len(ends):
-                k = min(k + width, len(ends))
-                bounds.append(min(-(-ends[k - 1] // b), last))
-                width = min(2 * width, widest)
-            bounds = sorted({bound for bound in bounds if bound > 0} | {last})
-            self._bounds_of = (key, bounds)
+            self._bounds_of = (key, self._layout(epoch))
         return self._bounds_of[1]
+
+    def _layout(self, epoch: Epoch) -> list[int]:
+        """The spans' bounds of ``epoch``: growing spans, as wide as the cache's limit lets two of them be.
+        The same for every run with the same limit and tars, whatever the cache holds (so the batches of
+        ``(seed, epoch)`` are too); saved in the state, so that a resume cuts the epoch alike under
+        another limit."""
+        saved = self._saved_spans
+        if saved is not None and epoch.carried is None and (saved["epoch"], saved["rank"], saved["replicas"]) == (
+                epoch.number, epoch.rank, epoch.num_replicas):
+            return [int(b) for b in saved["bounds"]]
+        pieces, b, cache = self.epoch_pieces(epoch), self.plan.batch_size, self.plan.cache
+        ends = np.cumsum([stop - start for _, start, stop in pieces]).tolist()
+        total = ends[-1] if ends else 0
+        last = total // b if epoch.drop_last else -(-total // b)
+        tars = [self.source.paths[i] for i, _, _ in pieces]
+        # a span and the next are pinned in the cache at once: together they fit its limit
+        largest = max((cache.size(tar) for tar in tars), default=1)
+        widest = max(1, min(MAX_SPAN_TARS, cache.limit // (2 * largest) if cache.limit else MAX_SPAN_TARS))
+        bounds, k, width = [], 0, 1
+        while k < len(ends):
+            k = min(k + width, len(ends))
+            bounds.append(min(-(-ends[k - 1] // b), last))
+            width = min(2 * width, widest)
+        return sorted({bound for bound in bounds if bound > 0} | {last})
 
     @staticmethod
     def _cut(pieces: list[tuple[int, int, int]], low: int, high: int) -> list[tuple[int, int, int]]:
