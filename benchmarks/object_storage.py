@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--direct-batches", type=int, default=3, help="batches timed for s3-direct at a latency > 0")
     p.add_argument("--folders", action="store_true",
                    help="also the image folder itself, local and in the bucket (DALI reads each file: one request)")
+    p.add_argument("--contenders", nargs="+", help="run only these (the ratios need local)")
     p.add_argument("--json", help="write the figures to this file")
     a = p.parse_args(argv)
 
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
                 contenders |= {"folder-local": dict(source=folder), "folder-s3": dict(source="s3://bench/folder")}
             baseline = {}
             for name, extra in contenders.items():
+                if a.contenders and name not in a.contenders and name != "local":
+                    continue
                 source = extra.pop("source")
                 loader = DALILoader(source, **settings, **extra)
                 limit = a.direct_batches if name in ("s3-direct", "folder-s3") and latency > 0 else None

@@ -92,6 +92,8 @@ class TrainConfig:
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_ratio: float = 0.875
     roi_decode: bool | None = None  # (the loader's default: windows on the CPU, whole images on a GPU)
+    cache: bool = True  # s3:// shards through the node-local shard cache
+    cache_limit: str | None = None  # its byte limit (default: DALI_RESIZER_CACHE_LIMIT, else 80% of the free disk)
     recipe: str = "adamw"
     optimizer: str | None = None
     lr: float | None = None
@@ -296,7 +298,8 @@ def train(cfg: TrainConfig) -> list[dict]:
     _check_output(out, cfg)
     train_dir, val_dir = _split_data(cfg)
     common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
-                  seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error, roi_decode=cfg.roi_decode)
+                  seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error, roi_decode=cfg.roi_decode,
+                  cache=cfg.cache, cache_limit=cfg.cache_limit)
     train_loader = DALILoader(train_dir, shuffle=True, drop_last=True, random_area=tuple(cfg.random_area),
                               random_aspect_ratio=tuple(cfg.random_aspect_ratio), **common)
     if len(train_loader) == 0:
@@ -552,6 +555,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="decode only the crops' windows (--no-roi-decode: whole images, cropped after, the hardware "
                         "JPEG decoder's way); default: windows on the CPU, whole images on a GPU (nvImageCodec 0.9 "
                         "fails on windows there, its issue 55)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=d.cache,
+                   help="s3:// shards: read whole local copies from the node's shard cache "
+                        "($DALI_RESIZER_CACHE/shards), downloaded ahead (--no-cache: DALI reads the objects in place)")
+    g.add_argument("--cache-limit", default=d.cache_limit, metavar="BYTES",
+                   help="the shard cache's size, e.g. 200GB (default: $DALI_RESIZER_CACHE_LIMIT, else 80%% of the free "
+                        "disk)")
     g = p.add_argument_group("model")
     g.add_argument("--resizer", choices=RESIZERS, default=d.resizer,
                    help="learned (Talebi & Milanfar), muller (Tu et al., 4 parameters), or a fixed bilinear/bicubic "

@@ -486,10 +486,13 @@ class ShardReader(Reader):
             return
         tar, index = source.paths[i], source.index_paths[i]
         problem = None
+        cache = self.plan.cache
         if source.manifest_bytes is not None:
-            size = storage_for(tar).stat(tar).size
+            size = storage_for(tar).stat(tar).size if cache is None else cache.size(tar)  # (the cache asked once)
             problem = (f"{source.manifest_bytes[i]} bytes in the manifest, {size} in the tar"
-                       if size != source.manifest_bytes[i] else index_problem(tar, index))
+                       if size != source.manifest_bytes[i] else
+                       # (through the cache, index_mismatch below checks the local copies row by row)
+                       index_problem(tar, index) if cache is None else None)
             if problem is None and read_index_count(read_index) != source.counts[i]:
                 problem = f"{source.counts[i]} samples in the manifest, {read_index_count(read_index)} in its index"
             if problem is not None:
