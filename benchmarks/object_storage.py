@@ -24,6 +24,7 @@ sample seen by the store.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
                     if limit is not None:
                         break
                 del loader
+                gc.collect()  # (a loader stopped early: its pipeline's prefetching ends before the next runs)
         report = {"samples": samples, "samples_per_shard": a.samples_per_shard, "batch_size": a.batch_size,
                   "size": a.size, "threads": a.threads, "rows": rows}
         if a.json:

@@ -144,10 +144,11 @@ class ShardCache:
 
     def copy_path(self, url: str, stat: Stat) -> Path:
         """Where the copy of ``url`` at version ``stat`` lives (its name holds the URL's digest, the
-        ETag's and the file name)."""
+        ETag's and the file name, its characters but letters, digits, ``.``, ``_`` and ``-`` replaced)."""
         key = hashlib.sha1(url.encode()).hexdigest()[:16]
         version = hashlib.sha1(stat.version.encode()).hexdigest()[:12]
-        return self.folder / f"{key}-{version}-{url.rsplit('/', 1)[-1]}"
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rsplit("/", 1)[-1])  # (the digest keeps names apart)
+        return self.folder / f"{key}-{version}-{name}"
 
     def _fetch(self, url: str) -> str:
         stat = self._stat(url)

@@ -41,6 +41,26 @@ _DEFAULTS = {"batch_sampler": None, "worker_init_fn": None, "multiprocessing_con
              "timeout": 0, "pin_memory_device": "", "in_order": True}
 
 
+def _refuse_keys_dali_misreads(source, cache) -> None:
+    """DALI reads an ``s3://`` URL's ``?`` and ``#`` as its query and fragment, so a key holding one reads
+    another object (``img?v=2.jpg`` reads ``img``), silently; percent-encoding is not decoded. The
+    objects DALI reads itself (an image folder's files; shards read in place) must not hold one. (Through
+    the shard cache, boto3 downloads them: any key is read right.)"""
+    from dali_resizer.readers import ShardSource
+
+    if isinstance(source, ShardSource):
+        urls = [] if cache is not None else [*source.paths, *source.index_paths]
+    else:
+        urls = list(source.files)
+    odd = [url for url in urls if "://" in url and ("?" in url or "#" in url)]
+    if odd:
+        more = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+        hint = ("read the shards through the cache (cache=True), which downloads any key"
+                if isinstance(source, ShardSource) else "rename them (or write shards, which the cache reads)")
+        raise ValueError(f"{odd[0]}{more}: a key holding '?' or '#', which DALI reads as the URL's query or fragment "
+                         f"(it would read another object); {hint}")
+
+
 def _shard_cache(source, cache: bool | str | os.PathLike, limit: int | str | None):
     """The node-local cache for shards in object storage (``cache``: True, or its folder), else None."""
     from dali_resizer.readers import ShardSource, default_cache_dir
@@ -415,6 +435,7 @@ class DALILoader:
         if len(self.dataset) == 0:
             raise ValueError(f"{self.dataset_location()}: the source holds no samples")
         self.cache = _shard_cache(self.dataset.source, cache, cache_limit)
+        _refuse_keys_dali_misreads(self.dataset.source, self.cache)
         if order["length"] is not None and order["length"] != len(self.dataset):
             raise ValueError(f"sampler={sampler!r} covers {order['length']} samples, the source has "
                              f"{len(self.dataset)}: build it over the same dataset")

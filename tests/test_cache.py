@@ -187,3 +187,88 @@ def test_byte_counts_read_as_people_write_them():
     assert parse_bytes("100GB") == 100 * 10**9 and parse_bytes("1.5 GiB") == 3 * 2**29 and parse_bytes(7) == 7
     with pytest.raises(ValueError, match="not a byte count"):
         parse_bytes("lots")
+
+
+@pytest.mark.slow
+def test_the_object_storage_benchmark_compares_local_direct_and_cached_reads(image_folder, tmp_path):
+    """Run as a script (DALI's S3 client keeps the first endpoint it sees in a process): its own loopback
+    store, a latency that the store's request count and the rows' arithmetic show."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "o.json"
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "object_storage.py"), "--data", str(image_folder),
+                           "--samples-per-shard", "4", "--batch-size", "4", "--size", "16", "--epochs", "2",
+                           "--latency-ms", "0", "5", "--direct-batches", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo), "DALI_RESIZER_CACHE": str(tmp_path / "c")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    by = {(r["latency_ms"], r["contender"], r["epoch"]): r for r in rows}
+    assert {name for _, name, _ in by} == {"local", "s3-direct", "s3-cache"}
+    for latency in (0.0, 5.0):
+        for epoch in (1, 2):
+            local, cached = by[(latency, "local", epoch)], by[(latency, "s3-cache", epoch)]
+            assert local["requests_per_sample"] == 0 and cached["vs_local"] == (
+                cached["images_per_s"] / local["images_per_s"])
+        assert by[(latency, "s3-cache", 2)]["requests_per_sample"] == 0  # (the second epoch reads the copies)
+        assert by[(latency, "s3-cache", 1)]["requests_per_sample"] > 0
+    assert by[(5.0, "s3-direct", 1)]["images"] == 4 and (5.0, "s3-direct", 2) not in by  # (one batch timed)
+    assert by[(0.0, "s3-direct", 1)]["requests_per_sample"] >= 2  # (a request a component at least)
+
+
+ODD = ["sp ace", "pct%41", "pl+us", "ünï", "emoji😀"]  # read as they are
+MISREAD = ["q?v=2", "ha#sh"]  # DALI would read `q` and `ha`: decoys of those names are in the bucket
+
+
+def _solid_png(value: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (value, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_keys_that_are_not_plain_in_an_image_folder(s3_bucket):
+    """Space, %, +, unicode and emoji keys read their own objects; a folder holding '?' or '#' keys is
+    refused, naming them (DALI would read the decoys `q` and `ha` in their place)."""
+    client, bucket = s3_bucket
+    for k, name in enumerate(ODD):
+        client.put_object(Bucket=bucket, Key=f"f/c/{name}.png", Body=_solid_png(40 * (k + 1)))
+    loader = DALILoader(f"s3://{bucket}/f", batch_size=len(ODD), size=16, return_index=True, mean=(0, 0, 0),
+                        std=(1, 1, 1), cache=False)
+    (images, _, indices), = list(loader)
+    names = [loader.dataset.source.files[int(i)].rsplit("/", 1)[1][:-4] for i in indices]
+    assert {name: round(float(img[0].mean()) * 255) for name, img in zip(names, images)} == {
+        name: 40 * (k + 1) for k, name in enumerate(ODD)}
+    for name in MISREAD:
+        client.put_object(Bucket=bucket, Key=f"f/c/{name}.png", Body=_solid_png(250))
+        client.put_object(Bucket=bucket, Key=f"f/c/{name[:name.index('?' if '?' in name else '#')]}", Body=b"decoy")
+    with pytest.raises(ValueError, match=r"f/c/ha#sh\.png \(and 1 more\): a key holding '\?' or '#'"):
+        DALILoader(f"s3://{bucket}/f", batch_size=2, size=16)
+
+
+def test_keys_that_are_not_plain_in_shards(s3_bucket, tmp_path):
+    """Tars named with every odd character read right through the cache (boto3 downloads them); read in
+    place (cache=False), '?' and '#' are refused, naming the tar."""
+    from dali_resizer.readers.wds_index import build_index
+
+    client, bucket = s3_bucket
+    local = tmp_path / "local"
+    local.mkdir()
+    tars = write_shards(local, [2] * (len(ODD) + len(MISREAD)), unique_labels=True)
+    for tar, name in zip(tars, ODD + MISREAD):
+        build_index(tar, tar.with_suffix(".idx"))
+        for path in (tar, tar.with_suffix(".idx")):
+            client.upload_file(str(path), bucket, f"s/{name}{path.suffix}")
+    urls = [f"s3://{bucket}/s/{name}.tar" for name in ODD + MISREAD]
+    loader = DALILoader(urls, batch_size=2, size=8, return_index=True, cache=tmp_path / "cache")
+    assert sorted(int(y) for _, labels, _ in loader for y in labels) == list(range(2 * len(urls)))
+    with pytest.raises(ValueError, match=r"s/q\?v=2\.tar \(and \d more\): a key holding .*through the cache"):
+        DALILoader(urls, batch_size=2, size=8, cache=False)
+    assert sorted(int(y) for _, labels in DALILoader(urls[:len(ODD)], batch_size=2, size=8, cache=False)
+                  for y in labels) == list(range(2 * len(ODD)))
