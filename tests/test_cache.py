@@ -134,8 +134,12 @@ def test_two_processes_download_a_shared_tar_once(bucket_shards, tmp_path):
 
 
 def test_a_failed_download_is_a_named_connection_error_and_the_state_resumes(bucket_shards, tmp_path, monkeypatch):
-    client, bucket, url, _ = bucket_shards
-    make = dict(batch_size=3, size=8, shuffle=True, return_index=True, cache=tmp_path / "cache")
+    """The store goes away mid-epoch: the next span's download fails, named; the state resumes after it.
+    (A limit of three tars makes each span one tar, two downloaded ahead: the fourth is still to come.)"""
+    client, bucket, url, local = bucket_shards
+    largest = max(p.stat().st_size for p in local.glob("*.tar"))
+    make = dict(batch_size=3, size=8, shuffle=True, return_index=True, cache=tmp_path / "cache",
+                cache_limit=3 * largest + 8192)
     whole = epoch_of(DALILoader(url, **{**make, "cache": tmp_path / "other"}), 0)
     loader = DALILoader(url, **make)
     loader.set_epoch(0)

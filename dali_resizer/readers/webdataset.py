@@ -45,7 +45,8 @@ __all__ = ["CLASSES_FILE", "MANIFEST_FILE", "MANIFEST_FORMAT", "SOURCES_SUFFIX",
            "default_cache_dir", "default_index_dir", "parse_ascii_labels", "parse_classes"]
 
 CLASSES_FILE = "classes.txt"
-MAX_SPAN_TARS = 8  # through the shard cache: the most tars' worth of samples one pipeline reads
+MAX_SPAN_TARS = 32  # through the shard cache: the most tars' worth of samples one pipeline reads
+SPANS_AHEAD = 2  # through the shard cache: the spans whose tars are downloaded while one is read
 # Written by `shards make` beside the shards: each tar's sample count and size, and the classes. A loader
 # over many shards reads this one object at start-up instead of every index header.
 MANIFEST_FILE = "manifest.json"
@@ -388,10 +389,13 @@ class ShardReader(Reader):
         if self.nothing_left() is not None:
             raise BadSampleError(self.nothing_left())
         pieces = self.epoch_pieces(epoch)
-        if cache is not None:  # this span of the epoch, its tars local (the next span's on their way)
-            end = self.span_end(epoch, base)
-            after = self._cut(pieces, end * self.plan.batch_size, self.span_end(epoch, end) * self.plan.batch_size)
-            pieces = self._cut(pieces, base * self.plan.batch_size, end * self.plan.batch_size)
+        if cache is not None:  # this span of the epoch, its tars local (the next AHEAD spans' on their way)
+            end, b = self.span_end(epoch, base), self.plan.batch_size
+            ahead = end
+            for _ in range(SPANS_AHEAD):
+                ahead = self.span_end(epoch, ahead)
+            after = self._cut(pieces, end * b, ahead * b)
+            pieces = self._cut(pieces, base * b, end * b)
             wanted = [path for i, _, _ in pieces + after for path in (source.index_paths[i], source.paths[i])
                       if "://" in path]
             cache.unpin(keep=wanted)  # (the spans before this one are read: their copies may go)
@@ -424,7 +428,9 @@ class ShardReader(Reader):
         """Through the cache, an epoch is read in spans, each a pipeline of its own whose tars are local
         when it is built: the first span is the first tar's worth of batches (reading starts once one tar
         has arrived), each next one twice the last, up to ``MAX_SPAN_TARS`` tars' worth (a pipeline's
-        build is amortised over thousands of samples). Without the cache, one pipeline reads the epoch."""
+        build, and its first batch, which nothing was prefetched for, are amortised over thousands of
+        samples); the next ``SPANS_AHEAD`` spans' tars download meanwhile. Without the cache, one pipeline
+        reads the epoch."""
         if self.plan.cache is None:
             return None
         bounds = self._span_bounds(epoch)
@@ -437,7 +443,7 @@ class ShardReader(Reader):
         return self._bounds_of[1]
 
     def _layout(self, epoch: Epoch) -> list[int]:
-        """The spans' bounds of ``epoch``: growing spans, as wide as the cache's limit lets two of them be.
+        """The spans' bounds of ``epoch``: growing spans, as wide as the cache's limit lets three of them be.
         The same for every run with the same limit and tars, whatever the cache holds (so the batches of
         ``(seed, epoch)`` are too); saved in the state, so that a resume cuts the epoch alike under
         another limit."""
@@ -450,9 +456,10 @@ class ShardReader(Reader):
         total = ends[-1] if ends else 0
         last = total // b if epoch.drop_last else -(-total // b)
         tars = [self.source.paths[i] for i, _, _ in pieces]
-        # a span and the next are pinned in the cache at once: together they fit its limit
+        # a span and the next SPANS_AHEAD are pinned in the cache at once: together they fit its limit
         largest = max((cache.size(tar) for tar in tars), default=1)
-        widest = max(1, min(MAX_SPAN_TARS, cache.limit // (2 * largest) if cache.limit else MAX_SPAN_TARS))
+        pinned = SPANS_AHEAD + 1
+        widest = max(1, min(MAX_SPAN_TARS, cache.limit // (pinned * largest) if cache.limit else MAX_SPAN_TARS))
         bounds, k, width = [], 0, 1
         while k < len(ends):
             k = min(k + width, len(ends))
