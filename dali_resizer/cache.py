@@ -55,14 +55,15 @@ def parse_bytes(value: int | str) -> int:
 
 def default_cache_limit(folder: str | os.PathLike, largest: int) -> int:
     """``DALI_RESIZER_CACHE_LIMIT`` if set, else 80% of what the cache folder's disk holds free plus what
-    the cache holds already; an error where that cannot hold two of the largest tars."""
+    the cache holds already; an error where that cannot hold three of the largest tars (the one read and
+    the two downloaded ahead)."""
     if os.environ.get("DALI_RESIZER_CACHE_LIMIT"):
         return parse_bytes(os.environ["DALI_RESIZER_CACHE_LIMIT"])
     os.makedirs(folder, exist_ok=True)
     held = sum(p.stat().st_size for p in Path(folder).glob("*.tar"))
     limit = int(0.8 * (shutil.disk_usage(folder).free + held))
-    if limit < 2 * largest:
-        raise OSError(errno.ENOSPC, f"{folder}: {limit / 1e9:.2f} GB free for the shard cache, less than two of the "
+    if limit < 3 * largest:
+        raise OSError(errno.ENOSPC, f"{folder}: {limit / 1e9:.2f} GB free for the shard cache, less than three of the "
                       f"largest tars ({largest / 1e9:.2f} GB each); free space, point DALI_RESIZER_CACHE elsewhere, "
                       f"or pass cache=False to read the tars in place")
     return limit

@@ -276,3 +276,16 @@ def test_keys_that_are_not_plain_in_shards(s3_bucket, tmp_path):
         DALILoader(urls, batch_size=2, size=8, cache=False)
     assert sorted(int(y) for _, labels in DALILoader(urls[:len(ODD)], batch_size=2, size=8, cache=False)
                   for y in labels) == list(range(2 * len(ODD)))
+
+
+def test_the_default_limit_comes_from_the_environment_or_the_free_disk(tmp_path, monkeypatch):
+    from dali_resizer.cache import default_cache_limit
+
+    monkeypatch.delenv("DALI_RESIZER_CACHE_LIMIT", raising=False)
+    free = __import__("shutil").disk_usage(tmp_path).free
+    assert abs(default_cache_limit(tmp_path / "c", largest=1) - 0.8 * free) < 0.05 * free  # (others write too)
+    with pytest.raises(OSError, match=rf"{tmp_path / 'c'}: .* GB free for the shard cache, less than three of the "
+                                      rf"largest tars .*cache=False"):
+        default_cache_limit(tmp_path / "c", largest=10**18)
+    monkeypatch.setenv("DALI_RESIZER_CACHE_LIMIT", "2GB")
+    assert default_cache_limit(tmp_path / "c", largest=10**18) == 2 * 10**9
