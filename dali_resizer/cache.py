@@ -165,7 +165,8 @@ class ShardCache:
                 self._download(url, stat, final)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-        self.downloads += 1
+        with self._lock:
+            self.downloads += 1
         self._pin(str(final))  # (next in line for this process: not evicted before it is read)
         self._evict()
         return str(final)

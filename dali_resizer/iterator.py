@@ -64,6 +64,7 @@ class DALILoaderIter:
         self._dali = None  # DALI's PyTorch iterator over the current pipeline
         self._reusable = False  # an evaluation pass from its start: its pipeline serves the next pass
         self._last: torch.Tensor | None = None  # the last real image, copied into an all-padding batch
+        self._ahead = None  # (epoch, base, future): the next span's pipeline, built on the CPU meanwhile
 
     def __iter__(self) -> DALILoaderIter:
         return self
@@ -141,12 +142,17 @@ class DALILoaderIter:
                 batch, ids, checkpoint = self._padding_batch(), np.zeros(0, dtype=np.int64), position.checkpoint
                 break
             try:
-                if self._dali is None:
-                    with signals_deferred():
-                        self._dali = self._loader._build(epoch, position.checkpoint, position.base)
-                if position.checkpoint is None:  # (where a rebuild starts from, before anything is read)
-                    position = self._position = replace(position, checkpoint=self._dali.checkpoints()[0])
-                (out,) = next(self._dali)
+                ready = self._take_ahead(position) if self._dali is None else None
+                if ready is not None:  # the next span's pipeline, built and its first batch read meanwhile
+                    self._dali, start, out = ready
+                    position = self._position = replace(position, checkpoint=start)
+                else:
+                    if self._dali is None:
+                        with signals_deferred():
+                            self._dali = self._loader._build(epoch, position.checkpoint, position.base)
+                    if position.checkpoint is None:  # (where a rebuild starts from, before anything is read)
+                        position = self._position = replace(position, checkpoint=self._dali.checkpoints()[0])
+                    (out,) = next(self._dali)
             except RuntimeError as error:  # DALI stopped: name the sample, then raise or skip it
                 self._drop_pipeline()
                 failure = classify_failure(error)
@@ -190,13 +196,46 @@ class DALILoaderIter:
             break
         end = self._reader.span_end(epoch, position.base)
         if end is not None and done + 1 == end < self._real_batches:  # its pipeline's span of the epoch ends here
-            self._dali = None  # (the next call builds the next span's, from this batch)
+            self._dali = None  # (the next call takes the next span's, built meanwhile, or builds it)
             if self._loader.device.type == "cuda":  # (a span's CPU buffers are left to the collector: a full
                 release_unused(self._loader.device)  # collection costs ~0.1 s a span)
             self._position = Position(epoch, done + 1, done + 1, None, (*position.delivered, ids))
         else:
             self._position = Position(epoch, done + 1, position.base, checkpoint, (*position.delivered, ids))
+            # (once the span's last batches are being prefetched, its pipeline computes no more: the next's turn)
+            if end is not None and end < self._real_batches and end - (done + 1) <= self._loader.prefetch_queue_depth:
+                self._build_ahead(epoch, end)
         return batch
+
+    def _build_ahead(self, epoch: Epoch, base: int) -> None:
+        """On the CPU, builds the pipeline of the span from batch ``base`` in a thread, and reads its first
+        batch there, while the current span's last batches are read: a switch then costs no build and no
+        cold first batch. (Not on a GPU: two pipelines at once would hold both their memory.)"""
+        if self._loader.device.type != "cpu" or self._ahead is not None:
+            return
+        import concurrent.futures
+
+        def build():
+            dali = self._loader._build(epoch, None, base)
+            start = dali.checkpoints()[0]
+            (out,) = next(dali)
+            return dali, start, out
+
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dali-resizer-span")
+        self._ahead = (epoch, base, pool.submit(build))
+        pool.shutdown(wait=False)
+
+    def _take_ahead(self, position: Position):
+        """``(pipeline, its checkpoint at its start, its first batch)`` built ahead for ``position`` (a
+        span's start), else None: then the caller builds it, and meets any failure the thread met."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or position.checkpoint is not None or ahead[0] is not position.epoch or ahead[1] != (
+                position.base):
+            return None
+        try:
+            return ahead[2].result()
+        except BaseException:  # (a bad sample, the storage: met again, and handled, by the build in this thread)
+            return None
 
     def _end(self) -> None:
         """The epoch is over: an evaluation pass from its start hands its pipeline, rewound, to the next."""
@@ -211,6 +250,7 @@ class DALILoaderIter:
     def _drop_pipeline(self) -> None:
         """Lets go of the current pipeline before any other is built: DALI's memory pools do not shrink,
         so two pipelines at once would hold both their memory."""
+        self._ahead = None
         if self._dali is not None:
             self._dali = None
             release_unused(self._loader.device)

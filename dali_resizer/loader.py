@@ -65,9 +65,12 @@ def _shard_cache(source, cache: bool | str | os.PathLike, limit: int | str | Non
     """The node-local cache for shards in object storage (``cache``: True, or its folder), else None."""
     from dali_resizer.readers import ShardSource, default_cache_dir
 
-    if cache is False or not isinstance(source, ShardSource) or "://" not in source.paths[0]:
+    if cache is False or cache is None or not isinstance(source, ShardSource) or "://" not in source.paths[0]:
         return None
     from dali_resizer.cache import ShardCache, default_cache_limit, parse_bytes
+
+    if isinstance(cache, ShardCache):  # (a loader rebuilt from another's attributes, as accelerate does)
+        return cache
 
     folder = default_cache_dir() / "shards" if cache is True else cache
     largest = max(source.manifest_bytes) if source.manifest_bytes else 0
@@ -434,7 +437,8 @@ class DALILoader:
         self.dataset = LoaderDataset(open_source(source, index_dir), self)
         if len(self.dataset) == 0:
             raise ValueError(f"{self.dataset_location()}: the source holds no samples")
-        self.cache = _shard_cache(self.dataset.source, cache, cache_limit)
+        self.cache = _shard_cache(self.dataset.source, cache, cache_limit)  # (a ShardCache, or None)
+        self.cache_limit = cache_limit
         _refuse_keys_dali_misreads(self.dataset.source, self.cache)
         if order["length"] is not None and order["length"] != len(self.dataset):
             raise ValueError(f"sampler={sampler!r} covers {order['length']} samples, the source has "
