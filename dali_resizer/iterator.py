@@ -233,8 +233,8 @@ class DALILoaderIter:
                 position.base):
             return None
         try:
-            return ahead[2].result()
-        except BaseException:  # (a bad sample, the storage: met again, and handled, by the build in this thread)
+            return ahead[2].result()  # (a KeyboardInterrupt while it waits is the caller's, as in a build)
+        except Exception:  # (a bad sample, the storage: met again, and handled, by the build in this thread)
             return None
 
     def _end(self) -> None:
