@@ -173,7 +173,9 @@ def test_an_interrupt_anywhere_in_next_resumes_with_every_sample_once(forty, for
     span = time.perf_counter() - start  # (only to spread the interrupts over an epoch; nothing is timed)
     rng = np.random.default_rng(0)
     interrupted = 0
-    for delay in rng.uniform(0, span, size=24):
+    for delay in rng.uniform(0, span, size=72):  # (until 12 interrupts landed inside the epoch, however fast it ran)
+        if interrupted >= 12:
+            break
         loader = make()
         head, stopped, it = _interrupted_at(loader, float(delay))
         interrupted += stopped
@@ -185,7 +187,7 @@ def test_an_interrupt_anywhere_in_next_resumes_with_every_sample_once(forty, for
         resumed.load_state_dict(state)
         assert head + [idx.tolist() for _, _, idx in resumed] == full
         assert head + [idx.tolist() for _, _, idx in it] == full  # the same iterator goes on where it stood
-    assert interrupted >= 12  # (most interrupts land inside the epoch)
+    assert interrupted >= 12  # (an interrupt that never lands inside the epoch is not a test of one)
 
 
 # -- 3. DataLoader's defaults, names and attributes -----------------------------------------------------
