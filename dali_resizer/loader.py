@@ -201,7 +201,7 @@ class DALILoader:
         index_dir: Where missing WebDataset index files are built (default: the user cache).
         cache: Shards in object storage (``s3://``) are read from whole local copies in a cache shared
             by the node's processes (``$DALI_RESIZER_CACHE/shards``, or the folder given here), downloaded a
-            span of the epoch ahead (see ``dali_resizer.cache``); ``False`` reads them in place (about
+            span or two of the epoch ahead (see ``dali_resizer.cache``); ``False`` reads them in place (about
             four requests a sample).
         cache_limit: Bytes of copies the cache keeps (an int, or ``"100GB"``); default
             ``$DALI_RESIZER_CACHE_LIMIT``, else 80% of the free disk.
