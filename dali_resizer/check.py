@@ -194,17 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-list", metavar="PATH", help="image folders: write the good images as a file list")
     args = p.parse_args(argv)
 
-    data = args.data
-    storage = storage_for(data)
-    if not storage.is_dir(data):
-        print(f"error: {data} is not a folder", file=sys.stderr)
-        return 2
     from dali_resizer.shards import report_problems
 
-    if any(p.endswith(".tar") for p in storage.files_here(data)):
-        problems, good = check_shards(data), None
-    else:
-        problems, good = check_folder(data, progress=True)
+    data = args.data
+    storage = storage_for(data)
+    try:
+        if not storage.is_dir(data):
+            print(f"error: {data} is not a folder", file=sys.stderr)
+            return 2
+        if any(p.endswith(".tar") for p in storage.files_here(data)):
+            problems, good = check_shards(data), None
+        else:
+            problems, good = check_folder(data, progress=True)
+    except OSError as e:  # (the storage does not answer, or a tar could not be downloaded)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.write_list and good is not None:
         write_file_list(data, good, args.write_list)
         print(f"{args.write_list}: {len(good)} good image(s)")

@@ -376,7 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tar}: {count} samples" + "".join(f"; {s}" for s in said))
             status = status or (1 if said else 0)
         return status
-    return report_problems(verify_shards(args.dir))
+    try:
+        problems = verify_shards(args.dir)
+    except OSError as e:  # (the storage: a folder that is not one, an object store that does not answer)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return report_problems(problems)
 
 
 def _interrupt(signum, frame):

@@ -118,7 +118,7 @@ def test_verify_and_check_read_shards_in_a_bucket_as_the_loader_does(image_folde
     assert f"{url}/train-000000.tar: bogus.jpg: JPEG image; DALI: " in out and "Bogus Huffman table" in out
 
 
-def test_missing_objects_and_wrong_credentials_are_named(s3_bucket, monkeypatch):
+def test_missing_objects_and_wrong_credentials_are_named(s3_bucket, monkeypatch, capsys):
     from dali_resizer import storage
 
     _, bucket = s3_bucket
@@ -132,6 +132,12 @@ def test_missing_objects_and_wrong_credentials_are_named(s3_bucket, monkeypatch)
     monkeypatch.setattr(storage._S3, "_client", None)
     with pytest.raises(ConnectionError, match=f"s3://{bucket}/x: cannot reach http://127.0.0.1:9"):
         DALILoader(f"s3://{bucket}/x", batch_size=2)
+    from dali_resizer.check import main as check
+    from dali_resizer.shards import main as shards
+
+    for tool in (check, lambda argv: shards(["verify", *argv])):  # (an error line and exit 2, no traceback)
+        assert tool([f"s3://{bucket}/x"]) == 2
+        assert f"error: s3://{bucket}/x: cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 
 
 def test_the_server_stopping_mid_epoch_is_named_and_the_state_resumes_after(tmp_path, s3_bucket, s3_server):
