@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_resizer.samples import classify_failure, describe_bytes
+from dali_resizer.samples import DaliFailure, classify_failure, describe_bytes
 from pipelines.stages import decoder_device, mixed_decoder_options
 
 __all__ = ["decode_samples", "decoder_words", "probe_bytes", "probe_samples"]
@@ -70,21 +70,11 @@ def probe_samples(samples: Iterable[tuple[str, bytes]], *, damaged: dict[str, st
     problems = {}
     pipe = None
     for name, data in samples:
-        if pipe is None:
-            pipe = _one_sample(decoder=decoder_device(device_id), decoder_options=decoder_options,
-                               device_id=device_id, prefetch_queue_depth=1)
-            pipe.build()
-        pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
-        lines: list[str] = []
-        try:
-            with _stderr_into(lines):
-                pipe.run()
-        except RuntimeError as e:
-            failure = classify_failure(e)
-            if failure.kind == "device":
-                raise
+        pipe = pipe or _probe_pipeline(device_id, decoder_options)
+        failure, lines = _decode_alone(pipe, data)
+        if failure is not None:
             problems[name] = f"{describe_bytes(data)}; DALI: {failure.reason}{_decoder_said(lines)}"
-            pipe = None
+            pipe = None  # (a failed pipeline is rebuilt)
             continue
         warned = [line for line in lines if line.startswith(_DAMAGE)]
         if damaged is not None and warned:
@@ -97,18 +87,31 @@ def decoder_words(data: bytes, *, device_id: int | None = None, decoder_options:
     ``" (decoder: <its last line>)"``, or ``""`` when it prints nothing. DALI's error about a sample
     says only that it failed; the decoder's reason (``libpng error: ...``, ``Bogus Huffman table
     definition``) is printed on stderr by the decoding library, and this reads it back."""
+    _, lines = _decode_alone(_probe_pipeline(device_id, decoder_options), data)
+    return _decoder_said(lines)
+
+
+def _probe_pipeline(device_id: int | None, decoder_options: dict | None):
     pipe = _one_sample(decoder=decoder_device(device_id), decoder_options=decoder_options, device_id=device_id,
                        prefetch_queue_depth=1)
     pipe.build()
+    return pipe
+
+
+def _decode_alone(pipe, data: bytes) -> tuple[DaliFailure | None, list[str]]:
+    """Decodes ``data`` with a probe pipeline: (DALI's failure, or None; what the decoder printed on
+    stderr, kept off the terminal). A failure of the GPU itself is raised."""
     pipe.feed_input("encoded", [np.frombuffer(data, dtype=np.uint8)])
     lines: list[str] = []
     try:
         with _stderr_into(lines):
             pipe.run()
     except RuntimeError as e:
-        if classify_failure(e).kind == "device":
+        failure = classify_failure(e)
+        if failure.kind == "device":
             raise
-    return _decoder_said(lines)
+        return failure, lines
+    return None, lines
 
 
 @pipeline_def(num_threads=2, device_id=None)
