@@ -116,47 +116,38 @@ def check_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
     one at a time): ``shards verify``, images over the loader's ``max_pixels`` (read from their
     headers), and a DALI decode of every other image, as the loader decodes them."""
     import tarfile
-    import tempfile
 
     from dali_resizer.readers.wds_index import tar_samples
     from dali_resizer.shards import verify_shards
     from pipelines.probe import decode_samples
 
-    problems = verify_shards(shard_dir)
-    shard_dir = os.fspath(shard_dir)
-    storage = storage_for(shard_dir)
+    def decode(tar, local, problems):  # (verify_shards hands over each tar's local copy)
+        def images():  # the samples as the loader groups them (tar_samples), each image read once
+            samples, _, _ = tar_samples(local)
+            with open(local, "rb") as f:
+                for sample in samples:
+                    for ext, member in sample.members.items():
+                        if ext.lower() not in SHARD_IMAGE_EXTENSIONS:
+                            continue
+                        f.seek(member.offset_data)
+                        name, data = f"{tar}: {member.name}", f.read(member.size)
+                        found = _header_problem(name, data, len(data))
+                        if found is not None:
+                            problems.setdefault(found[0], []).append(found[1])
+                            continue
+                        yield name, data
 
-    def images(tar, local):  # the samples as the loader groups them (tar_samples), each image read once
-        samples, _, _ = tar_samples(local)
-        with open(local, "rb") as f:
-            for sample in samples:
-                for ext, member in sample.members.items():
-                    if ext.lower() not in SHARD_IMAGE_EXTENSIONS:
-                        continue
-                    f.seek(member.offset_data)
-                    name, data = f"{tar}: {member.name}", f.read(member.size)
-                    found = _header_problem(name, data, len(data))
-                    if found is not None:
-                        problems.setdefault(found[0], []).append(found[1])
-                        continue
-                    yield name, data
+        damaged: dict[str, str] = {}
+        try:
+            bad = decode_samples(images(), damaged=damaged)
+        except (tarfile.TarError, OSError):
+            return  # reported by verify_shards as an unreadable tar
+        for name, problem in bad.items():
+            problems.setdefault("cannot be decoded", []).append(f"{name}: {problem}")
+        for name, problem in damaged.items():
+            problems.setdefault(DAMAGED, []).append(f"{name}: {problem}")
 
-    with tempfile.TemporaryDirectory(prefix="check-") as work:
-        for tar in (p for p in storage.files_here(shard_dir) if p.endswith(".tar")):
-            damaged: dict[str, str] = {}
-            local = storage.local_copy(tar, work)
-            try:
-                bad = decode_samples(images(tar, local), damaged=damaged)
-            except (tarfile.TarError, OSError):
-                continue  # reported by verify_shards as an unreadable tar
-            finally:
-                if local != tar:
-                    os.unlink(local)
-            for name, problem in bad.items():
-                problems.setdefault("cannot be decoded", []).append(f"{name}: {problem}")
-            for name, problem in damaged.items():
-                problems.setdefault(DAMAGED, []).append(f"{name}: {problem}")
-    return problems
+    return verify_shards(shard_dir, each_tar=decode)
 
 
 def _header_problem(name: str, head: bytes, size: int) -> tuple[str, str] | None:

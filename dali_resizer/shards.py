@@ -202,10 +202,11 @@ def _unfinished(storage, folder: str) -> str | None:
         return None
 
 
-def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
+def verify_shards(shard_dir: str | os.PathLike, each_tar=None) -> dict[str, list[str]]:
     """Checks every ``*.tar`` in ``shard_dir`` (a folder, or an ``s3://`` prefix, whose tars are read
     whole, one at a time, into a temporary folder) against its index and the sample rules; returns the
-    problems found, by kind (an empty dict when all is well)."""
+    problems found, by kind (an empty dict when all is well). ``each_tar(tar, local, problems)``: more
+    checks of each tar, while its local copy is at hand (``check`` decodes its images: one download)."""
     problems: dict[str, list[str]] = {}
 
     def say(kind: str, item: str) -> None:
@@ -266,6 +267,8 @@ def verify_shards(shard_dir: str | os.PathLike) -> dict[str, list[str]]:
             local = storage.local_copy(tar, work)
             try:
                 _verify_tar(tar, local, storage, work, num_classes, say)
+                if each_tar is not None:
+                    each_tar(tar, local, problems)
             finally:
                 if local != tar:
                     os.unlink(local)
