@@ -205,11 +205,14 @@ def test_the_object_storage_benchmark_compares_local_direct_and_cached_reads(ima
     out = tmp_path / "o.json"
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "object_storage.py"), "--data", str(image_folder),
                            "--samples-per-shard", "4", "--batch-size", "4", "--size", "16", "--epochs", "2",
-                           "--latency-ms", "0", "5", "--direct-batches", "1", "--json", str(out)],
+                           "--latency-ms", "0", "5", "--direct-batches", "1", "--copies", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=repo,
                           env={**os.environ, "PYTHONPATH": str(repo), "DALI_RESIZER_CACHE": str(tmp_path / "c")})
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    images = [p for p in Path(image_folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    assert report["samples"] == 2 * len(images)  # (--copies 2)
+    rows = report["rows"]
     by = {(r["latency_ms"], r["contender"], r["epoch"]): r for r in rows}
     assert {name for _, name, _ in by} == {"local", "s3-direct", "s3-cache"}
     for latency in (0.0, 5.0):
@@ -217,6 +220,9 @@ def test_the_object_storage_benchmark_compares_local_direct_and_cached_reads(ima
             local, cached = by[(latency, "local", epoch)], by[(latency, "s3-cache", epoch)]
             assert local["requests_per_sample"] == 0 and cached["vs_local"] == (
                 cached["images_per_s"] / local["images_per_s"])
+            assert cached["after_first_vs_local"] == (
+                cached["after_first_images_per_s"] / local["after_first_images_per_s"])
+            assert 0 < cached["first_batch_s"] < cached["images"] / cached["images_per_s"]
         assert by[(latency, "s3-cache", 2)]["requests_per_sample"] == 0  # (the second epoch reads the copies)
         assert by[(latency, "s3-cache", 1)]["requests_per_sample"] > 0
     assert by[(5.0, "s3-direct", 1)]["images"] == 4 and (5.0, "s3-direct", 2) not in by  # (one batch timed)
