@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
                     rows.append(row)
                     print(f"  {latency:5.0f} ms  {name:<10} epoch {epoch + 1}  {rate:8.1f} img/s  "
                           f"{row['vs_local']:5.2f}x local  first batch {row['first_batch_s']:6.2f} s  then "
-                          f"{row['after_first_vs_local']:5.2f}x local  {row['requests_per_sample']:6.2f} requests/sample"
+                          f"{row['after_first_vs_local']:5.2f}x local  "
+                          f"{row['requests_per_sample']:6.2f} requests/sample"
                           + (f"  ({count} images timed)" if limit else ""))
                     if limit is not None:
                         break

@@ -187,6 +187,40 @@ def test_a_full_disk_is_named_and_leaves_nothing_half_written(bucket_shards, tmp
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith((".dl", ".lock"))] == []
 
 
+def test_a_process_killed_mid_download_leaves_nothing_a_later_run_trusts(bucket_shards, tmp_path):
+    """A child process is killed (SIGKILL) with half a tar written: no copy has the tar's name, and the
+    next cache on the folder removes the dead part and downloads the object whole."""
+    import signal
+    import subprocess
+    import sys
+
+    _, _, url, local = bucket_shards
+    tar = f"{url}/train-000002.tar"
+    script = (  # (its download writes half the object, then waits to be killed)
+        "import sys, time\n"
+        "from dali_resizer import storage\n"
+        "def half(self, path, out, version=None):\n"
+        "    out.write(self.read(path, 0, self.stat(path).size // 2)); out.flush()\n"
+        "    print('half', flush=True); time.sleep(600)\n"
+        "storage.S3Storage.download = half\n"
+        "from dali_resizer.cache import ShardCache\n"
+        "ShardCache(sys.argv[1]).local(sys.argv[2])\n")
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "cache"), tar], stdout=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": str(repo)}, cwd=repo)
+    try:
+        assert child.stdout.readline() == "half\n"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    left = [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith((".dl", ".lock"))]
+    assert len(left) == 1 and ".part." in left[0].name and left[0].stat().st_size > 0  # (the dead part only)
+    cache = ShardCache(tmp_path / "cache")
+    assert not left[0].exists()
+    copy = cache.local(tar)
+    assert Path(copy).read_bytes() == (local / "train-000002.tar").read_bytes() and cache.downloads == 1
+
+
 def test_byte_counts_read_as_people_write_them():
     assert parse_bytes("100GB") == 100 * 10**9 and parse_bytes("1.5 GiB") == 3 * 2**29 and parse_bytes(7) == 7
     with pytest.raises(ValueError, match="not a byte count"):
