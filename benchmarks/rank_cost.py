@@ -77,12 +77,14 @@ def all_tars(paths: list[str], world: int, batch_size: int) -> dict:
     """Listing as without a manifest (every index's staleness and header) and DALI's own split."""
     import pipelines
     from dali_resizer.readers import ShardSource
+    from dali_resizer.spec import TransformSpec
 
     manifest = Path(paths[0]).with_name("manifest.json")
     manifest.rename(manifest.with_suffix(".away"))
     t0 = time.perf_counter()
     index_paths = ShardSource.from_paths(paths).index_paths
-    pipe = pipelines.webdataset_pipeline(paths, index_paths, size=(16, 16), train=False, shard_id=0, num_shards=world,
+    pipe = pipelines.webdataset_pipeline(paths, index_paths, spec=TransformSpec((16, 16), False), shard_id=0,
+                                         num_shards=world,
                                          batch_size=batch_size, num_threads=1, device_id=None, seed=0)
     try:
         pipe.build()

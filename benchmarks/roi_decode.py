@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from dali_resizer import make_synthetic_folder
     from dali_resizer.readers import ImageFolderSource
+    from dali_resizer.spec import TransformSpec
     from pipelines.stages import center_window, decode, normalize
 
     if a.data:
@@ -110,8 +111,9 @@ def main(argv: list[str] | None = None) -> dict:
         train, roi = name.startswith("train"), name.endswith("window")
 
         def body(encoded, train=train, roi=roi):
-            images, _ = decode(encoded, size=size, train=train, device=decoder, crop_ratio=a.crop_ratio, roi=roi)
-            return normalize(images, size=size, train=train, dtype=types.FLOAT)
+            spec = TransformSpec(tuple(size), train, crop_ratio=a.crop_ratio, roi_decode=roi)
+            images, _ = decode(encoded, spec, device=decoder)
+            return normalize(images, spec)
 
         pipe = build(body)
         rows[name] = {"images_per_s": a.batch_size / seconds_per_batch(pipe, a.batches, a.repeats),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["PAD_LABEL", "BadSampleError", "DALILoader", "FixedResizer", "Interpolation", "LearnableResizer",
-           "MullerResizer", "make_synthetic_folder", "real_mask"]
+           "MixUpCutMix", "MullerResizer", "TransformSpec", "make_synthetic_folder", "real_mask",
+           "soft_target_cross_entropy"]
 __version__ = "0.1.0"
 
 _WHERE = {
@@ -18,7 +19,10 @@ _WHERE = {
     "FixedResizer": "dali_resizer.resizer",
     "Interpolation": "dali_resizer.resizer",
     "LearnableResizer": "dali_resizer.resizer",
+    "MixUpCutMix": "dali_resizer.mix",
     "MullerResizer": "dali_resizer.muller",
+    "TransformSpec": "dali_resizer.spec",
+    "soft_target_cross_entropy": "dali_resizer.mix",
     "make_synthetic_folder": "dali_resizer.synthetic",
     "PAD_LABEL": "dali_resizer.samples",
     "BadSampleError": "dali_resizer.samples",

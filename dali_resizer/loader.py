@@ -22,6 +22,7 @@ from dali_resizer.samples import (
     BadSampleError,
     BadSamples,
 )
+from dali_resizer.spec import TransformSpec
 from dali_resizer.utils import to_size
 
 __all__ = ["MAX_PIXELS", "PAD_LABEL", "BadSampleError", "DALILoader", "default_threads", "distributed_rank_and_world",
@@ -196,6 +197,18 @@ class DALILoader:
         crop_ratio: Evaluation center-crop ratio (the crop is ``size``, taken from ``size / crop_ratio``).
         random_area: Training crop area range, as a fraction of the image (torchvision's ``scale``).
         random_aspect_ratio: Training crop aspect-ratio range, width / height (torchvision's ``ratio``).
+        interpolation: The resizes' filter (antialiased): ``"bilinear"`` (default), ``"bicubic"``,
+            ``"nearest"`` or ``"lanczos"`` (torchvision's ``--interpolation``).
+        auto_augment: Training: ``"ta_wide"`` (TrivialAugmentWide), ``"ra"`` (RandAugment: ``ra_num_ops``
+            operations of magnitude ``ra_magnitude`` out of ``augment_bins``, 31 as torchvision's) or
+            ``"imagenet"`` (AutoAugment's ImageNet policy), in the DALI graph (``nvidia.dali.auto_aug``);
+            default None.
+        color_jitter: Training: ``(brightness, contrast, saturation, hue)``, as torchvision's ``ColorJitter``.
+        random_erase: Training: the probability of erasing a rectangle of each normalized image
+            (torchvision's ``RandomErasing``), of ``erase_scale`` of its area, aspect ratio in
+            ``erase_ratio``, filled with ``erase_value``.
+            Every augmentation is off unless asked for; its draws are ``(seed, epoch)``'s and resume
+            exactly. MixUp and CutMix mix batches after the loader: ``dali_resizer.MixUpCutMix``.
         prefetch_queue_depth: Batches DALI prepares ahead (default 2); ``prefetch_factor`` is torch's name.
         return_index: Also yield each sample's index in the source (``(images, labels, indices)``).
         index_dir: Where missing WebDataset index files are built (default: the user cache).
@@ -289,6 +302,16 @@ class DALILoader:
         crop_ratio: float = 0.875,
         random_area: tuple[float, float] = (0.08, 1.0),
         random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        interpolation: str = "bilinear",
+        auto_augment: str | None = None,
+        ra_num_ops: int = 2,
+        ra_magnitude: int = 9,
+        augment_bins: int = 31,
+        color_jitter: tuple[float, float, float, float] | None = None,
+        random_erase: float = 0.0,
+        erase_scale: tuple[float, float] = (0.02, 0.33),
+        erase_ratio: tuple[float, float] = (0.3, 3.3),
+        erase_value: float = 0.0,
         prefetch_queue_depth: int | None = None,
         return_index: bool = False,
         index_dir: str | os.PathLike | None = None,
@@ -302,6 +325,11 @@ class DALILoader:
         cache: bool | str | os.PathLike = True,
         cache_limit: int | str | None = None,
     ) -> None:
+        graph = dict(  # what the graph does to each image, besides size and train: the TransformSpec's
+            mean=mean, std=std, crop_ratio=crop_ratio, random_area=random_area, random_aspect_ratio=random_aspect_ratio,
+            interpolation=interpolation, auto_augment=auto_augment, ra_num_ops=ra_num_ops, ra_magnitude=ra_magnitude,
+            augment_bins=augment_bins, color_jitter=color_jitter, random_erase=random_erase, erase_scale=erase_scale,
+            erase_ratio=erase_ratio, erase_value=erase_value)
         if is_image_dataset(source) and source.transform is not None:  # its transform decides the graph's work
             from dali_resizer.transforms import settings_from_transform
 
@@ -309,10 +337,8 @@ class DALILoader:
             if train is not None and train != settings["train"]:
                 kind = "a training" if settings["train"] else "an evaluation"
                 raise ValueError(f"train={train!r}, but the dataset's transform is {kind} one ({source.transform!r})")
-            size, train, mean, std, dtype = (settings[k] for k in ("size", "train", "mean", "std", "dtype"))
-            crop_ratio = settings.get("crop_ratio", crop_ratio)
-            random_area = settings.get("random_area", random_area)
-            random_aspect_ratio = settings.get("random_aspect_ratio", random_aspect_ratio)
+            size, train, dtype = settings["size"], settings["train"], settings["dtype"]
+            graph |= {name: value for name, value in settings.items() if name in graph}
         given = {"batch_sampler": batch_sampler, "worker_init_fn": worker_init_fn, "generator": generator,
                  "multiprocessing_context": multiprocessing_context, "timeout": timeout,
                  "pin_memory_device": pin_memory_device, "in_order": in_order}
@@ -328,7 +354,7 @@ class DALILoader:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         try:
-            self.size = to_size(size)
+            size = to_size(size)
         except TypeError as e:
             raise ValueError(str(e)) from None
         if num_workers is not None:
@@ -367,18 +393,6 @@ class DALILoader:
         if memory_format not in (torch.contiguous_format, torch.channels_last):
             raise ValueError(f"memory_format must be torch.contiguous_format or torch.channels_last, "
                              f"got {memory_format!r}")
-        mean, std = _channel_triple(mean, "mean"), _channel_triple(std, "std")
-        if min(std) <= 0:
-            raise ValueError(f"std must be positive, got {std!r}")
-        if not _is_number(crop_ratio) or not 0 < crop_ratio <= 1:
-            raise ValueError(f"crop_ratio must be a number in (0, 1], got {crop_ratio!r}")
-        area = _number_pair(random_area)
-        if area is None or not 0 < area[0] <= area[1] <= 1:
-            raise ValueError(f"random_area must be (low, high) with 0 < low <= high <= 1, got {random_area!r}")
-        aspect = _number_pair(random_aspect_ratio)
-        if aspect is None or not 0 < aspect[0] <= aspect[1]:
-            raise ValueError(
-                f"random_aspect_ratio must be (low, high) with 0 < low <= high, got {random_aspect_ratio!r}")
         if max_pixels is not None and (not isinstance(max_pixels, int) or isinstance(max_pixels, bool)
                                        or max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive int, or None for no limit, got {max_pixels!r}")
@@ -400,18 +414,21 @@ class DALILoader:
 
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
-        self.train = self.shuffle if train is None else train
+        self.device = resolved_device
+        self.dtype = dtype
+        self.memory_format = memory_format
+        #: what the graph does to each image (``dali_resizer.spec``): one frozen, checked description
+        self.spec = TransformSpec(
+            size=size, train=self.shuffle if train is None else train, **graph,
+            dtype="float16" if dtype == torch.float16 else "float32",  # (bfloat16: cast from float32 on the device)
+            layout="HWC" if memory_format == torch.channels_last else "CHW",
+            max_pixels=max_pixels if max_pixels is not None else 2**31 - 1,
+            roi_decode=roi_decode if roi_decode is not None else resolved_device.type == "cpu")
         self.drop_last = bool(drop_last)
         self.num_threads = num_threads
-        self.device = resolved_device
         self.seed = int(seed)
         self.shard_id = shard_id
         self.num_shards = num_shards
-        self.dtype = dtype
-        self.memory_format = memory_format
-        self.mean, self.std = mean, std
-        self.crop_ratio = float(crop_ratio)
-        self.random_area, self.random_aspect_ratio = area, aspect
         self.prefetch_queue_depth = prefetch_queue_depth
         self.return_index = bool(return_index)
         if pin_memory and self.device.type == "cpu" and not torch.cuda.is_available():
@@ -426,13 +443,11 @@ class DALILoader:
         self.timeout, self.worker_init_fn, self.multiprocessing_context, self.generator = 0, None, None, None
         self.pin_memory_device, self.in_order = "", True
         self.on_error = on_error
-        self.max_pixels = max_pixels
         # the GPU decoder's settings (None: DALI's default); a CPU loader has no use for them
         self.decoder_options = {name: value for name, value in (
             ("hw_decoder_load", hw_decoder_load), ("device_memory_padding", device_memory_padding),
             ("host_memory_padding", host_memory_padding)) if value is not None}
         self.set_affinity = bool(set_affinity)
-        self.roi_decode = roi_decode if roi_decode is not None else self.device.type == "cpu"
         self._ledger = BadSamples(on_error)
         self.dataset = LoaderDataset(open_source(source, index_dir), self)
         if len(self.dataset) == 0:
@@ -452,28 +467,29 @@ class DALILoader:
         self._spare = None  # an evaluation pass's pipeline, rewound for the next pass
 
     def _plan(self) -> ReadPlan:
-        settings = dict(  # (DALI's names for the dtype and the decoder: see ReadPlan.pipeline_settings)
-            size=self.size,
-            train=self.train,
-            dtype="float16" if self.dtype == torch.float16 else "float32",
-            layout="HWC" if self.memory_format == torch.channels_last else "CHW",
-            mean=self.mean,
-            std=self.std,
-            crop_ratio=self.crop_ratio,
-            random_area=self.random_area,
-            random_aspect_ratio=self.random_aspect_ratio,
+        settings = dict(
             batch_size=self.batch_size,
             num_threads=self.num_threads,
             device_id=None if self.device.type == "cpu" else self.device.index,
             prefetch_queue_depth=self.prefetch_queue_depth,
-            max_pixels=min(self.max_pixels if self.max_pixels is not None else 2**31 - 1, 2**31 - 1),  # (int32)
             decoder_options=self.decoder_options,
             set_affinity=self.set_affinity and self.device.type == "cuda",
-            roi_decode=self.roi_decode,
             enable_checkpointing=True,
         )
-        return ReadPlan(batch_size=self.batch_size, prefetch_queue_depth=self.prefetch_queue_depth, pipeline=settings,
-                        sample_indices=self.return_index, cache=self.cache)
+        return ReadPlan(batch_size=self.batch_size, prefetch_queue_depth=self.prefetch_queue_depth, spec=self.spec,
+                        pipeline=settings, sample_indices=self.return_index, cache=self.cache)
+
+    # -- the spec's settings, as attributes ---------------------------------------------------------
+
+    size = property(lambda self: self.spec.size, doc="``(height, width)`` of the delivered images")
+    train = property(lambda self: self.spec.train, doc="the training graph (random crop, flip, augmentations)")
+    mean = property(lambda self: self.spec.mean)
+    std = property(lambda self: self.spec.std)
+    crop_ratio = property(lambda self: self.spec.crop_ratio)
+    random_area = property(lambda self: self.spec.random_area)
+    random_aspect_ratio = property(lambda self: self.spec.random_aspect_ratio)
+    roi_decode = property(lambda self: self.spec.roi_decode)
+    max_pixels = property(lambda self: self.spec.max_pixels if self.spec.max_pixels < 2**31 - 1 else None)
 
     # -- DataLoader surface -------------------------------------------------------------------------
 
@@ -624,11 +640,11 @@ class DALILoader:
 
     def _pipeline_identity(self) -> dict:
         """What a saved position and DALI checkpoint depend on besides the data and the shard: the
-        batch size (positions count batches) and the pipeline's graph (training or evaluation, the
-        form of decoding: its random draws differ; reading through the shard cache, which reads an
-        epoch in spans)."""
-        return {"batch_size": self.batch_size, "train": self.train, "shuffle": self.shuffle,
-                "drop_last": self.drop_last, "roi_decode": self.roi_decode, "cached": self.cache is not None}
+        batch size (positions count batches), the order's settings, reading through the shard cache
+        (which reads an epoch in spans), and the graph: every setting of the :class:`TransformSpec`
+        (its random draws, and the images they give, hold only for the same graph)."""
+        return {"batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                "cached": self.cache is not None, **self.spec.identity()}
 
     def __repr__(self) -> str:
         return (
@@ -762,20 +778,3 @@ def _checked_state(state, what: str) -> dict:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _number_pair(value) -> tuple[float, float] | None:
-    """``(low, high)`` as floats from a pair of numbers, else None."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_number(v) for v in value):
-        return None
-    return float(value[0]), float(value[1])
-
-
-def _channel_triple(values, name: str) -> tuple[float, float, float]:
-    try:
-        triple = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        triple = ()
-    if len(triple) != 3:
-        raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}")
-    return triple

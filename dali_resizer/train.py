@@ -47,10 +47,12 @@ import torch.distributed as dist
 from torch import nn
 
 from dali_resizer.loader import DALILoader, resolve_device
+from dali_resizer.mix import MixUpCutMix, soft_target_cross_entropy
 from dali_resizer.muller import MullerResizer
 from dali_resizer.progress import ProgressBar
 from dali_resizer.resizer import FixedResizer, LearnableResizer
 from dali_resizer.samples import real_mask
+from dali_resizer.spec import AUTO_AUGMENT_POLICIES, INTERPOLATIONS
 
 __all__ = ["RECIPES", "TrainConfig", "build_model", "main", "make_optimizer", "make_schedule", "resolve_recipe",
            "train"]
@@ -91,6 +93,13 @@ class TrainConfig:
     random_area: tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_ratio: float = 0.875
+    interpolation: str = "bilinear"  # the loader's resizes (torchvision's reference --interpolation)
+    auto_augment: str | None = None  # ta_wide | ra | imagenet (the reference's --auto-augment)
+    ra_magnitude: int = 9
+    random_erase: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_switch_prob: float = 0.5
     roi_decode: bool | None = None  # (the loader's default: windows on the CPU, whole images on a GPU)
     cache: bool = True  # s3:// shards through the node-local shard cache
     cache_limit: str | None = None  # its byte limit (default: DALI_RESIZER_CACHE_LIMIT, else 80% of the free disk)
@@ -299,9 +308,10 @@ def train(cfg: TrainConfig) -> list[dict]:
     train_dir, val_dir = _split_data(cfg)
     common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
                   seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error, roi_decode=cfg.roi_decode,
-                  cache=cfg.cache, cache_limit=cfg.cache_limit)
+                  cache=cfg.cache, cache_limit=cfg.cache_limit, interpolation=cfg.interpolation)
     train_loader = DALILoader(train_dir, shuffle=True, drop_last=True, random_area=tuple(cfg.random_area),
-                              random_aspect_ratio=tuple(cfg.random_aspect_ratio), **common)
+                              random_aspect_ratio=tuple(cfg.random_aspect_ratio), auto_augment=cfg.auto_augment,
+                              ra_magnitude=cfg.ra_magnitude, random_erase=cfg.random_erase, **common)
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {train_loader.samples_per_shard} training "
                          f"sample(s) of each of the {world} process(es) ({len(train_loader.dataset)} in all): not one "
@@ -328,6 +338,11 @@ def train(cfg: TrainConfig) -> list[dict]:
     schedule = make_schedule(optimizer, cfg, steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")  # (PAD_LABEL ignored)
+    # MixUp / CutMix on the delivered batch: soft targets (padding rows never mixed, their targets zero); each
+    # batch's draws seeded from (seed, epoch, batch), so a resumed epoch mixes as the uninterrupted one
+    mixer = MixUpCutMix(num_classes, cfg.mixup_alpha, cfg.cutmix_alpha, switch_prob=cfg.mixup_switch_prob,
+                        label_smoothing=cfg.label_smoothing, seed=cfg.seed) if (
+        cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0) else None
 
     history: list[dict] = []
     start_epoch = step = 0
@@ -403,9 +418,15 @@ def train(cfg: TrainConfig) -> list[dict]:
         for i, (images, labels) in enumerate(train_loader, start=first):
             if i >= epoch_steps:
                 break
+            if mixer is not None:
+                mixer.reseed(epoch, i)
+                images, targets = mixer(images, labels)
             with autocast:
                 logits = run_model(images)
-                loss_sum = criterion(logits.float(), labels)  # (summed over the real rows)
+                if mixer is None:
+                    loss_sum = criterion(logits.float(), labels)  # (summed over the real rows)
+                else:  # (top-1 below is still against the hard labels)
+                    loss_sum = soft_target_cross_entropy(logits, targets, reduction="sum")
             sums = batch_sums(loss_sum, logits, labels)
             running += sums
             # the mean over the real rows; a batch of only padding (skipped samples) has a zero loss, so that
@@ -551,6 +572,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     g.add_argument("--random-aspect-ratio", type=float, nargs=2, default=d.random_aspect_ratio,
                    metavar=("LOW", "HIGH"), help="training crop aspect-ratio range (torchvision's ratio)")
     g.add_argument("--crop-ratio", type=float, default=d.crop_ratio, help="evaluation center-crop ratio")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, default=d.interpolation,
+                   help="the loader's resize filter (antialiased), as torchvision's reference script's flag")
+    g.add_argument("--auto-augment", choices=AUTO_AUGMENT_POLICIES, default=d.auto_augment,
+                   help="training: TrivialAugmentWide (ta_wide), RandAugment (ra) or AutoAugment's ImageNet policy, "
+                        "in the DALI graph")
+    g.add_argument("--ra-magnitude", type=int, default=d.ra_magnitude, help="RandAugment's magnitude (of 31 bins)")
+    g.add_argument("--random-erase", type=float, default=d.random_erase,
+                   help="training: the probability of random erasing (torchvision's RandomErasing), in the graph")
+    g.add_argument("--mixup-alpha", type=float, default=d.mixup_alpha, help="MixUp's alpha on each batch (0: off)")
+    g.add_argument("--cutmix-alpha", type=float, default=d.cutmix_alpha, help="CutMix's alpha on each batch (0: off)")
+    g.add_argument("--mixup-switch-prob", type=float, default=d.mixup_switch_prob,
+                   help="with both on, the probability that a batch takes CutMix rather than MixUp")
     g.add_argument("--roi-decode", action=argparse.BooleanOptionalAction, default=d.roi_decode,
                    help="decode only the crops' windows (--no-roi-decode: whole images, cropped after, the hardware "
                         "JPEG decoder's way); default: windows on the CPU, whole images on a GPU (nvImageCodec 0.9 "

@@ -27,7 +27,7 @@ from dali_resizer.samples import (
     STATUS_OVERSIZE,
 )
 from pipelines.image_folder import decode_only_pipeline, image_folder_pipeline
-from pipelines.stages import decode, decoder_device, image_status, normalize
+from pipelines.stages import augment, decode, decoder_device, erase, image_status, normalize
 from pipelines.webdataset import webdataset_decode_only_pipeline, webdataset_pipeline
 
 __all__ = [
@@ -40,9 +40,11 @@ __all__ = [
     "STATUS_NOT_AN_IMAGE",
     "STATUS_OK",
     "STATUS_OVERSIZE",
+    "augment",
     "decode",
     "decode_only_pipeline",
     "decoder_device",
+    "erase",
     "image_folder_pipeline",
     "image_status",
     "normalize",

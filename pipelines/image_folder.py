@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS
-from pipelines.stages import decode, mixed_decoder_options, normalize
+from dali_resizer.spec import TransformSpec
+from pipelines.stages import augment, decode, mixed_decoder_options, normalize
 
 __all__ = ["decode_only_pipeline", "image_folder_pipeline"]
 
@@ -17,22 +17,12 @@ def image_folder_pipeline(
     files: Sequence[str],
     sample_ids: Sequence[int],
     *,
-    size: tuple[int, int],
-    train: bool,
+    spec: TransformSpec,
     decoder: str = "cpu",
     shard_id: int = 0,
     num_shards: int = 1,
-    dtype: types.DALIDataType = types.FLOAT,
-    layout: str = "CHW",
-    crop_ratio: float = 0.875,
-    random_area: Sequence[float] = (0.08, 1.0),
-    random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    max_pixels: int = MAX_PIXELS,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
     replay: bool = False,
     decoder_options: dict | None = None,
-    roi_decode: bool = True,
 ):
     """Reads ``files`` in the given order and yields ``(images, sample_ids, status)``.
 
@@ -41,11 +31,13 @@ def image_folder_pipeline(
     decided by the caller: DALI reads the list as given, and pads the last batch with the last sample
     (the iterator trims the padding).
 
-    Outputs: images ``(N, 3, h, w)`` normalized (``(N, h, w, 3)`` with ``layout="HWC"``), on the
-    decoder's device; sample ids ``(N, 1)`` int32
-    on the CPU; ``status`` ``(N,)`` uint8 on the CPU (:func:`pipelines.image_status`): not 0 where an
-    image over ``max_pixels``, or a file that is not an image, was replaced by a placeholder instead of
-    being decoded. ``replay``, ``decoder_options``, ``roi_decode`` (its ``roi``): see :func:`pipelines.decode`.
+    ``spec`` (a :class:`dali_resizer.spec.TransformSpec`) is what the graph does to each image: decode
+    and crop (:func:`pipelines.decode`), augment (:func:`pipelines.augment`), normalize and erase
+    (:func:`pipelines.normalize`). Outputs: images ``(N, 3, h, w)`` normalized (``(N, h, w, 3)`` with
+    ``spec.layout="HWC"``), on the decoder's device; sample ids ``(N, 1)`` int32 on the CPU; ``status``
+    ``(N,)`` uint8 on the CPU (:func:`pipelines.image_status`): not 0 where an image over
+    ``spec.max_pixels``, or a file that is not an image, was replaced by a placeholder instead of being
+    decoded. ``replay``, ``decoder_options``: see :func:`pipelines.decode`.
     """
     encoded, ids = fn.readers.file(
         files=list(files),
@@ -57,10 +49,8 @@ def image_folder_pipeline(
         dont_use_mmap=True,  # (a zero-byte file cannot be mapped: read, it is an empty sample with a status)
         name="Reader",
     )
-    images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
-                            random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
-                            replay=replay, decoder_options=decoder_options, roi=roi_decode)
-    images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
+    images, status = decode(encoded, spec, device=decoder, replay=replay, decoder_options=decoder_options)
+    images = normalize(augment(images, spec), spec)
     return images, ids, status
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import warnings
 from collections.abc import Sequence
 
 import nvidia.dali.math as dmath
@@ -9,8 +12,6 @@ from nvidia.dali import fn, types
 
 from dali_resizer.samples import (
     IMAGE_SIGNATURES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     JPEG_MAX_PIXELS_PER_BYTE,
     MAX_PIXELS,
     STATUS_CUT_SHORT,
@@ -18,12 +19,15 @@ from dali_resizer.samples import (
     STATUS_OK,
     STATUS_OVERSIZE,
 )
+from dali_resizer.spec import TransformSpec
 
 assert IMAGE_SIGNATURES[0][0] == "JPEG"  # (row 0 of the table is the JPEG test)
 
 __all__ = [
+    "augment",
     "center_window",
     "decode",
+    "erase",
     "decoder_device",
     "image_status",
     "mixed_decoder_options",
@@ -128,96 +132,162 @@ def center_window(encoded, size: Sequence[int], crop_ratio: float, interp_type=t
             fn.cast(first - lo, dtype=types.FLOAT), fn.cast(last - lo, dtype=types.FLOAT))
 
 
-def decode(
-    encoded,
-    *,
-    size: tuple[int, int],
-    train: bool,
-    device: str = "cpu",
-    crop_ratio: float = 0.875,
-    random_area: Sequence[float] = (0.08, 1.0),
-    random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    interp_type: types.DALIInterpType = types.INTERP_LINEAR,
-    max_pixels: int = MAX_PIXELS,
-    replay: bool = False,
-    decoder_options: dict | None = None,
-    roi: bool = True,
-):
-    """Decodes at native resolution and brings every image to ``size`` (height, width), HWC uint8.
+#: the resizes' filters by ``TransformSpec.interpolation``
+INTERPOLATION = {"nearest": types.INTERP_NN, "bilinear": types.INTERP_LINEAR, "bicubic": types.INTERP_CUBIC,
+                 "lanczos": types.INTERP_LANCZOS3}
+TORCHVISION_TRANSLATE = 150 / 331  # RandAugment's and AutoAugment's largest shift, of the image's side
 
-    Returns ``(images, status)`` (see :func:`image_status`): an image over ``max_pixels`` or bytes that
-    are not an image are not decoded at all; a black placeholder takes their place and ``status``
+
+def decode(encoded, spec: TransformSpec, *, device: str = "cpu", replay: bool = False,
+           decoder_options: dict | None = None):
+    """Decodes at native resolution and brings every image to ``spec.size`` (height, width), HWC uint8.
+
+    Returns ``(images, status)`` (see :func:`image_status`): an image over ``spec.max_pixels`` or bytes
+    that are not an image are not decoded at all; a black placeholder takes their place and ``status``
     says why, so memory stays bounded and the caller can name the sample. ``replay=True`` decodes
     nothing (see :func:`image_status`). (Needs ``enable_conditionals=True``.)
 
     Training: random-resized-crop. Evaluation: resize, keeping the aspect ratio, to cover
     ``size / crop_ratio`` (the shorter side to ``size / crop_ratio`` for a square), then the center
-    crop. With ``roi=True`` only the crop's window is decoded (ROI decode: ``image_random_crop``; for
-    evaluation :func:`center_window`, the same pixels); with ``roi=False`` the whole image is decoded
-    and cropped after (``fn.random_resized_crop``; the evaluation crop in :func:`normalize`), which
-    lets a GPU's hardware JPEG decoder take part. The resize is
-    antialiased, so a large downscale does not alias. Every later op runs on the decoder's device.
-    On a GPU (``device="mixed"``) the decoder takes ``decoder_options`` (see
-    :func:`mixed_decoder_options`).
+    crop. With ``spec.roi_decode`` only the crop's window is decoded (ROI decode: ``image_random_crop``;
+    for evaluation :func:`center_window`, the same pixels); without it the whole image is decoded and
+    cropped after (``fn.random_resized_crop``; the evaluation crop in :func:`normalize`), which lets a
+    GPU's hardware JPEG decoder take part. The resize is antialiased, with ``spec.interpolation``, so a
+    large downscale does not alias. Every later op runs on the decoder's device. On a GPU
+    (``device="mixed"``) the decoder takes ``decoder_options`` (see :func:`mixed_decoder_options`).
     """
-    status = image_status(encoded, max_pixels, replay=replay)
+    size, train, interp_type = list(spec.size), spec.train, INTERPOLATION[spec.interpolation]
+    status = image_status(encoded, spec.max_pixels, replay=replay)
     options = mixed_decoder_options(decoder_options) if device == "mixed" else {}
     resize = dict(interp_type=interp_type, antialias=True)
+    crop = dict(random_area=list(spec.random_area), random_aspect_ratio=list(spec.random_aspect_ratio), num_attempts=10)
     if status == STATUS_OK:
-        if train and roi:
-            images = fn.decoders.image_random_crop(
-                encoded,
-                device=device,
-                output_type=types.RGB,
-                random_area=list(random_area),
-                random_aspect_ratio=list(random_aspect_ratio),
-                num_attempts=10,
-                **options,
-            )
-            images = fn.resize(images, size=list(size), **resize)
+        if train and spec.roi_decode:
+            images = fn.decoders.image_random_crop(encoded, device=device, output_type=types.RGB, **crop, **options)
+            images = fn.resize(images, size=size, **resize)
         elif train:
             images = fn.decoders.image(encoded, device=device, output_type=types.RGB, **options)
-            images = fn.random_resized_crop(images, size=list(size), random_area=list(random_area),
-                                            random_aspect_ratio=list(random_aspect_ratio), num_attempts=10, **resize)
-        elif roi:
-            anchor, shape, start, end = center_window(encoded, size, crop_ratio, interp_type)
+            images = fn.random_resized_crop(images, size=size, **crop, **resize)
+        elif spec.roi_decode:
+            anchor, shape, start, end = center_window(encoded, spec.size, spec.crop_ratio, interp_type)
             images = fn.decoders.image_slice(encoded, anchor, shape, device=device, output_type=types.RGB,
                                              axis_names="HW", normalized_anchor=False, normalized_shape=False,
                                              **options)
-            images = fn.resize(images, size=list(size), roi_start=start, roi_end=end, roi_relative=False, **resize)
+            images = fn.resize(images, size=size, roi_start=start, roi_end=end, roi_relative=False, **resize)
         else:
             images = fn.decoders.image(encoded, device=device, output_type=types.RGB, **options)
-            cover = [s / crop_ratio for s in size]  # keeps the aspect ratio; no side ends up smaller than this
+            cover = [s / spec.crop_ratio for s in size]  # keeps the aspect ratio; no side ends up smaller than this
             images = fn.resize(images, size=cover, mode="not_smaller", **resize)
     else:
         images = fn.reshape(fn.constant(idata=[0, 0, 0], shape=[1, 1, 3], dtype=types.UINT8), layout="HWC")
         if device == "mixed":
             images = images.gpu()
-        images = fn.resize(images, size=list(size), **resize)
+        images = fn.resize(images, size=size, **resize)
     return images, status
 
 
-def normalize(
-    images,
-    *,
-    size: tuple[int, int],
-    train: bool,
-    dtype: types.DALIDataType = types.FLOAT,
-    layout: str = "CHW",
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-):
-    """Center crop to ``size`` (a no-op after a training decode), random horizontal flip when training,
-    ``(x / 255 - mean) / std``, HWC to ``layout`` (``"CHW"``, or ``"HWC"`` for channels-last batches)."""
-    if layout not in ("CHW", "HWC"):
-        raise ValueError(f"layout must be 'CHW' or 'HWC', got {layout!r}")
-    mirror = fn.random.coin_flip(probability=0.5) if train else 0
-    return fn.crop_mirror_normalize(
+def augment(images, spec: TransformSpec):
+    """The training graph's augmentations of ``size``-sized HWC uint8 images, as ``spec`` asks, on their
+    device: ``auto_augment`` (``nvidia.dali.auto_aug``: torchvision's policies, its fill of 0 and its
+    shifts: 32 pixels for TrivialAugmentWide, 150/331 of the side for RandAugment and AutoAugment), then
+    ``color_jitter`` (one ``fn.color_twist``: brightness, contrast, saturation and hue factors drawn as
+    ``ColorJitter`` draws them, applied in one fixed order rather than a random one). Nothing when the
+    spec asks for none, or for evaluation. (Needs ``enable_conditionals=True``.)"""
+    if not spec.train:
+        return images
+    with _without_dali_alias_warnings():
+        images = _auto_augment(images, spec)
+    if spec.color_jitter is not None:
+        brightness, contrast, saturation, hue = spec.color_jitter
+        factor = lambda v: fn.random.uniform(range=[max(0.0, 1 - v), 1 + v])  # noqa: E731
+        twist = {}
+        if brightness:
+            twist["brightness"] = factor(brightness)
+        if contrast:
+            twist["contrast"] = factor(contrast)
+        if saturation:
+            twist["saturation"] = factor(saturation)
+        if hue:
+            twist["hue"] = fn.random.uniform(range=[-360.0 * hue, 360.0 * hue])  # (degrees)
+        images = fn.color_twist(images, **twist)
+    return images
+
+
+@contextlib.contextmanager
+def _without_dali_alias_warnings():
+    """DALI 2.4's own auto_aug suites call ``fn.experimental.equalize`` and ``fn.experimental.filter``,
+    aliases DALI itself deprecates with a warning it forces on (``simplefilter("default")`` around its
+    ``warn``): those are not shown."""
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):
+        if not (issubclass(category, DeprecationWarning) and "`nvidia.dali.fn.experimental." in str(message)):
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+def _auto_augment(images, spec: TransformSpec):
+    if spec.auto_augment == "ta_wide":
+        from nvidia.dali.auto_aug import trivial_augment
+
+        images = trivial_augment.trivial_augment_wide(images, num_magnitude_bins=spec.augment_bins, fill_value=0,
+                                                      max_translate_abs=32)
+    elif spec.auto_augment == "ra":
+        from nvidia.dali.auto_aug import rand_augment
+
+        images = rand_augment.rand_augment(images, n=spec.ra_num_ops, m=spec.ra_magnitude,
+                                           num_magnitude_bins=spec.augment_bins, shape=list(spec.size),
+                                           max_translate_rel=TORCHVISION_TRANSLATE, fill_value=0)
+    elif spec.auto_augment == "imagenet":
+        from nvidia.dali.auto_aug import auto_augment
+
+        images = auto_augment.auto_augment_image_net(images, shape=list(spec.size),
+                                                     max_translate_rel=TORCHVISION_TRANSLATE, fill_value=0)
+    return images
+
+
+def normalize(images, spec: TransformSpec):
+    """Center crop to ``spec.size`` (a no-op after a training decode), the training graph's horizontal
+    flip (``spec.hflip``), ``(x / 255 - mean) / std`` in ``spec.dtype``, HWC to ``spec.layout``; then
+    the training graph's random erasing (:func:`erase`)."""
+    mirror = fn.random.coin_flip(probability=spec.hflip) if spec.train and spec.hflip > 0 else 0
+    images = fn.crop_mirror_normalize(
         images,
-        crop=list(size),
+        crop=list(spec.size),
         mirror=mirror,
-        mean=[255 * m for m in mean],
-        std=[255 * s for s in std],
-        dtype=dtype,
-        output_layout=layout,
+        mean=[255 * m for m in spec.mean],
+        std=[255 * s for s in spec.std],
+        dtype={"float32": types.FLOAT, "float16": types.FLOAT16}[spec.dtype],
+        output_layout=spec.layout,
     )
+    if spec.train and spec.random_erase > 0:
+        images = erase(images, spec)
+    return images
+
+
+def erase(images, spec: TransformSpec):
+    """Random erasing of normalized images, as torchvision's ``RandomErasing(p, scale, ratio, value)``: with
+    probability ``spec.random_erase`` a rectangle of each image is set to ``spec.erase_value``. Its
+    area's share is drawn from ``erase_scale``; its aspect ratio log-uniformly from ``erase_ratio``,
+    narrowed to the ratios at which that area fits the image (torchvision draws again, up to 10 times,
+    where it does not fit: the same rectangles, without the draws that miss); its place uniformly."""
+    height, width = (float(s) for s in spec.size)
+    area = fn.random.uniform(range=list(spec.erase_scale)) * (height * width)
+    low = dmath.max(math.log(spec.erase_ratio[0]), dmath.log(area / (width * width)))  # (w <= width)
+    high = dmath.min(math.log(spec.erase_ratio[1]), dmath.log(height * height / area))  # (h <= height)
+    log_ratio = dmath.min(low, high) + fn.random.uniform(range=[0.0, 1.0]) * dmath.max(high - low, 0.0)
+    ratio = dmath.exp(log_ratio)
+    h = dmath.clamp(dmath.floor(dmath.sqrt(area * ratio) + 0.5), 1.0, height)
+    w = dmath.clamp(dmath.floor(dmath.sqrt(area / ratio) + 0.5), 1.0, width)
+    top = dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (height - h + 1) * 0.999999)
+    left = dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (width - w + 1) * 0.999999)
+    erased = fn.cast(fn.random.coin_flip(probability=spec.random_erase), dtype=types.FLOAT)
+    anchor = fn.stack(top, left)
+    shape = fn.stack(h * erased, w * erased)
+    return fn.erase(images, anchor=anchor, shape=shape, axis_names="HW", fill_value=spec.erase_value,
+                    normalized_anchor=False, normalized_shape=False)

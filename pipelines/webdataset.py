@@ -6,14 +6,9 @@ from collections.abc import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from dali_resizer.samples import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MAX_PIXELS,
-    SHARD_IMAGE_EXTENSIONS,
-    SHARD_LABEL_EXTENSION,
-)
-from pipelines.stages import decode, mixed_decoder_options, normalize
+from dali_resizer.samples import SHARD_IMAGE_EXTENSIONS, SHARD_LABEL_EXTENSION
+from dali_resizer.spec import TransformSpec
+from pipelines.stages import augment, decode, mixed_decoder_options, normalize
 
 __all__ = ["webdataset_decode_only_pipeline", "webdataset_pipeline"]
 
@@ -23,24 +18,14 @@ def webdataset_pipeline(
     paths: Sequence[str],
     index_paths: Sequence[str],
     *,
-    size: tuple[int, int],
-    train: bool,
+    spec: TransformSpec,
     decoder: str = "cpu",
     shard_id: int = 0,
     num_shards: int = 1,
     random_shuffle: bool = False,
     initial_fill: int = 1024,
-    dtype: types.DALIDataType = types.FLOAT,
-    layout: str = "CHW",
-    crop_ratio: float = 0.875,
-    random_area: Sequence[float] = (0.08, 1.0),
-    random_aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    max_pixels: int = MAX_PIXELS,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
     replay: bool = False,
     decoder_options: dict | None = None,
-    roi_decode: bool = True,
 ):
     """Reads samples ``<key>.{jpg,jpeg,png,webp}`` + ``<key>.cls`` from tar shards.
 
@@ -48,12 +33,12 @@ def webdataset_pipeline(
     used. A sample without an image or a label gets an empty one (a placeholder image, an empty label
     and an empty name), for the caller to report: the pipeline itself does not stop on it.
 
-    Outputs: images ``(N, 3, h, w)`` normalized (``(N, h, w, 3)`` with ``layout="HWC"``), on the
-    decoder's device; the ``cls`` bytes (ASCII
-    digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on the CPU; ``status`` as in
-    :func:`pipelines.image_folder_pipeline`; the source of the image and of the label as DALI names
-    them (``"<tar>:<offset>:<member>"``, zero-padded uint8 rows), which say which sample each row is.
-    ``replay``, ``decoder_options``, ``roi_decode`` (its ``roi``): see :func:`pipelines.decode`.
+    ``spec``: what the graph does to each image, as in :func:`pipelines.image_folder_pipeline`. Outputs:
+    images ``(N, 3, h, w)`` normalized (``(N, h, w, 3)`` with ``spec.layout="HWC"``), on the decoder's
+    device; the ``cls`` bytes (ASCII digits) zero-padded to the longest in the batch, ``(N, L)`` uint8 on
+    the CPU; ``status`` as in :func:`pipelines.image_folder_pipeline`; the source of the image and of the
+    label as DALI names them (``"<tar>:<offset>:<member>"``, zero-padded uint8 rows), which say which
+    sample each row is. ``replay``, ``decoder_options``: see :func:`pipelines.decode`.
     """
     encoded, label_text = fn.readers.webdataset(
         paths=list(paths),
@@ -68,10 +53,8 @@ def webdataset_pipeline(
         pad_last_batch=True,
         name="Reader",
     )
-    images, status = decode(encoded, size=size, train=train, device=decoder, crop_ratio=crop_ratio,
-                            random_area=random_area, random_aspect_ratio=random_aspect_ratio, max_pixels=max_pixels,
-                            replay=replay, decoder_options=decoder_options, roi=roi_decode)
-    images = normalize(images, size=size, train=train, dtype=dtype, layout=layout, mean=mean, std=std)
+    images, status = decode(encoded, spec, device=decoder, replay=replay, decoder_options=decoder_options)
+    images = normalize(augment(images, spec), spec)
     image_name = fn.pad(fn.get_property(encoded, key="source_info"), axes=(0,), fill_value=0)
     label_name = fn.pad(fn.get_property(label_text, key="source_info"), axes=(0,), fill_value=0)
     return images, fn.pad(label_text, axes=(0,), fill_value=0), status, image_name, label_name

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import pipelines
+from dali_resizer.spec import TransformSpec
 from pipelines import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -24,7 +25,7 @@ def image_files(root):
 @pytest.mark.parametrize("size", [(13, 21), (21, 13)])
 def test_image_folder_pipeline_shapes(image_folder, train, size):
     files = image_files(image_folder)
-    pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), size=size, train=train,
+    pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), spec=TransformSpec(size, train),
                                            batch_size=4, num_threads=2, device_id=None, seed=0)
     images, ids = run_all(pipe)
     assert [tuple(b.shape) for b in images] == [(4, 3, *size), (4, 3, *size), (3, 3, *size)]
@@ -36,7 +37,7 @@ def test_images_over_max_pixels_are_not_decoded(tmp_path):
     Image.new("RGB", (40, 30), (200, 10, 30)).save(tmp_path / "small.png")
     files = [str(tmp_path / "large.png"), str(tmp_path / "small.png")]
     for train in (True, False):
-        pipe = pipelines.image_folder_pipeline(files, [0, 1], size=(8, 8), train=train, max_pixels=10_000,
+        pipe = pipelines.image_folder_pipeline(files, [0, 1], spec=TransformSpec((8, 8), train, max_pixels=10_000),
                                                batch_size=2, num_threads=1, device_id=None)
         pipe.build()
         images, ids, status = pipe.run()
@@ -65,7 +66,7 @@ def test_bytes_that_are_no_image_get_a_status_not_a_failure(tmp_path):
         (tmp_path / f"{name}.jpg").write_bytes(data)
         files.append(str(tmp_path / f"{name}.jpg"))
     for replay in (False, True):
-        pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), size=(8, 8), train=False,
+        pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), spec=TransformSpec((8, 8), False),
                                                replay=replay, batch_size=len(files), num_threads=1, device_id=None)
         pipe.build()
         images, ids, status = pipe.run()
@@ -81,10 +82,9 @@ def test_bytes_that_are_no_image_get_a_status_not_a_failure(tmp_path):
 
 def test_float16_output(image_folder):
     import torch
-    from nvidia.dali import types
 
     files = image_files(image_folder)[:4]
-    pipe = pipelines.image_folder_pipeline(files, [0, 1, 2, 3], size=(8, 8), train=False, dtype=types.FLOAT16,
+    pipe = pipelines.image_folder_pipeline(files, [0, 1, 2, 3], spec=TransformSpec((8, 8), False, dtype="float16"),
                                            batch_size=4, num_threads=1, device_id=None)
     images, _ = run_all(pipe)
     assert images[0].dtype == torch.float16
@@ -99,7 +99,7 @@ def test_eval_normalizes_and_center_crops(tmp_path):
     pixels[:, 60:, 2] = 255
     path = tmp_path / "bands.png"
     Image.fromarray(pixels).save(path)
-    pipe = pipelines.image_folder_pipeline([str(path)], [0], size=(28, 28), train=False,
+    pipe = pipelines.image_folder_pipeline([str(path)], [0], spec=TransformSpec((28, 28), False),
                                            batch_size=1, num_threads=1, device_id=None)
     (images,), _ = run_all(pipe)
     image = images[0].numpy()
@@ -146,17 +146,19 @@ def test_eval_decodes_only_the_center_window_and_gives_the_whole_image_pixels(in
              ((333, 500), "JPEG", None), ((777, 1000), "PNG", None), ((31, 29), "PNG", None),
              ((120, 160), "JPEG", 6), ((120, 160), "JPEG", 8), ((160, 120), "JPEG", 3)]
     encoded = [_eval_case(shape, i, fmt, o) for i, (shape, fmt, o) in enumerate(cases)]
-    size, ratio, kind = (28, 24), 0.875, getattr(types, interp)
+    size, ratio = (28, 24), 0.875
+    names = {"INTERP_LINEAR": "bilinear", "INTERP_CUBIC": "bicubic", "INTERP_LANCZOS3": "lanczos"}
+    interp, kind = names[interp], getattr(types, interp)
 
     @pipeline_def(batch_size=len(cases), num_threads=1, enable_conditionals=True)
     def graph():
         data = fn.external_source(source=lambda: encoded, batch=True)
         outputs = []
         for roi in (True, False):
-            images, _ = decode(data, size=size, train=False, device=device, crop_ratio=ratio, interp_type=kind,
-                               roi=roi)
-            outputs.append(normalize(images, size=size, train=False, mean=(0, 0, 0), std=(1 / 255,) * 3,
-                                     dtype=types.UINT8, layout="HWC"))
+            spec = TransformSpec(size, False, crop_ratio=ratio, interpolation=interp, roi_decode=roi,
+                                 mean=(0, 0, 0), std=(1 / 255,) * 3, layout="HWC")
+            images, _ = decode(data, spec, device=device)
+            outputs.append(normalize(images, spec))
         return (*outputs, center_window(data, size, ratio, kind)[1])
 
     pipe = graph(device_id=None if device == "cpu" else 0)
@@ -177,7 +179,7 @@ def test_train_flips_and_crops_differ_between_samples(tmp_path):
     path = tmp_path / "half.png"
     Image.fromarray(pixels).save(path)
     files = [str(path)] * 16
-    pipe = pipelines.image_folder_pipeline(files, list(range(16)), size=(16, 16), train=True,
+    pipe = pipelines.image_folder_pipeline(files, list(range(16)), spec=TransformSpec((16, 16), True),
                                            batch_size=16, num_threads=1, device_id=None, seed=3)
     (images,), _ = run_all(pipe)
     left = images[:, 0, :, :8].mean(dim=(1, 2))
@@ -190,7 +192,7 @@ def test_webdataset_pipeline_reads_every_sample(shard_dir):
 
     tars = sorted(str(p) for p in shard_dir.glob("*.tar"))
     source = ShardSource.from_paths(tars, index_dir=shard_dir / "idx")
-    pipe = pipelines.webdataset_pipeline(source.paths, source.index_paths, size=(12, 20), train=True,
+    pipe = pipelines.webdataset_pipeline(source.paths, source.index_paths, spec=TransformSpec((12, 20), True),
                                          random_shuffle=True, initial_fill=4,
                                          batch_size=4, num_threads=2, device_id=None, seed=0)
     images, labels = run_all(pipe, extra=("status", "image_name", "label_name"))
@@ -211,8 +213,8 @@ def test_webdataset_pipeline_names_its_samples_and_reports_missing_parts(tmp_pat
         sink.write({"__key__": "b", "cls": b"2"})  # no image
         sink.write({"__key__": "c", "jpg": image.read_bytes()})  # no label
     build_index(tmp_path / "s.tar", tmp_path / "s.idx")
-    pipe = pipelines.webdataset_pipeline([str(tmp_path / "s.tar")], [str(tmp_path / "s.idx")], size=(8, 8),
-                                         train=False, batch_size=3, num_threads=1, device_id=None)
+    pipe = pipelines.webdataset_pipeline([str(tmp_path / "s.tar")], [str(tmp_path / "s.idx")],
+                                         spec=TransformSpec((8, 8), False), batch_size=3, num_threads=1, device_id=None)
     pipe.build()
     _, labels, status, image_names, label_names = (np.array(t.as_tensor()) for t in pipe.run())
 
@@ -229,7 +231,7 @@ def test_webdataset_pipeline_names_its_samples_and_reports_missing_parts(tmp_pat
 @pytest.mark.needs_cuda
 def test_mixed_decoder_outputs_on_gpu(image_folder):
     files = image_files(image_folder)
-    pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), size=(32, 32), train=True,
+    pipe = pipelines.image_folder_pipeline(files, list(range(len(files))), spec=TransformSpec((32, 32), True),
                                            decoder=pipelines.decoder_device(0),
                                            batch_size=4, num_threads=2, device_id=0)
     images, ids = run_all(pipe)
@@ -244,11 +246,11 @@ def test_mixed_decoder_placeholders_for_bad_and_oversize_images(tmp_path):
     (tmp_path / "page.jpg").write_bytes(b"<html>not an image</html>")
     files = [str(tmp_path / name) for name in ("large.png", "small.jpg", "page.jpg")]
     for train in (True, False):
-        pipe = pipelines.image_folder_pipeline(files, [0, 1, 2], size=(8, 8), train=train, max_pixels=10_000,
+        pipe = pipelines.image_folder_pipeline(files, [0, 1, 2], spec=TransformSpec((8, 8), train, max_pixels=10_000),
                                                decoder=pipelines.decoder_device(0),
                                                batch_size=3, num_threads=1, device_id=0)
         (images,), _ = run_all(pipe)
-        pipe = pipelines.image_folder_pipeline(files, [0, 1, 2], size=(8, 8), train=train, max_pixels=10_000,
+        pipe = pipelines.image_folder_pipeline(files, [0, 1, 2], spec=TransformSpec((8, 8), train, max_pixels=10_000),
                                                decoder=pipelines.decoder_device(0),
                                                batch_size=3, num_threads=1, device_id=0)
         pipe.build()

@@ -341,3 +341,26 @@ def test_resume_with_another_batch_size_is_refused(data, tmp_path, capsys):
     assert cli(["--data", str(data), "--epochs", "2", "--output", str(tmp_path), "--resume", *TINY,
                 "--batch-size", "2"]) == 2
     assert "--batch-size 2: the checkpoint was trained with --batch-size 4 per process" in capsys.readouterr().err
+
+
+RECIPE = ["--auto-augment", "ta_wide", "--random-erase", "0.25", "--mixup-alpha", "0.2", "--cutmix-alpha", "1.0",
+          "--interpolation", "bicubic"]  # (torchvision's reference recipe's flags)
+
+
+def test_the_reference_recipes_flags_train_and_resume_exactly(data, tmp_path):
+    """The augmentations in the graph and MixUp/CutMix on the batch, by the reference script's flag names:
+    a run stopped mid-epoch and resumed ends with the weights and metrics of one that never stopped, and
+    the loss is the soft targets' (MixUp/CutMix change it from the plain run's)."""
+    plain = main(["--data", str(data), "--epochs", "2", "--output", str(tmp_path / "p"), *TINY])
+    full = main(["--data", str(data), "--epochs", "2", "--output", str(tmp_path / "a"), *RECIPE, *TINY])
+    main(["--data", str(data), "--epochs", "2", "--save-every", "1", "--max-steps", "4",
+          "--output", str(tmp_path / "b"), *RECIPE, *TINY])
+    resumed = main(["--data", str(data), "--epochs", "2", "--resume", "--output", str(tmp_path / "b"), *RECIPE, *TINY])
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1"):
+        assert resumed[-1][key] == pytest.approx(full[-1][key], rel=1e-5, abs=1e-6), key
+    assert full[0]["train_loss"] != pytest.approx(plain[0]["train_loss"], rel=1e-3)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["args"]["auto_augment"] == "ta_wide" and a["args"]["mixup_alpha"] == 0.2
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)

@@ -11,35 +11,35 @@ import torch
 
 from dali_resizer.sampler import Epoch
 from dali_resizer.samples import BadSampleError, BadSamples, DaliFailure, describe_bytes
+from dali_resizer.spec import TransformSpec
 
 __all__ = ["ReadPlan", "Reader", "Restart"]
 
 @dataclass(frozen=True)
 class ReadPlan:
     """What the loader asks of a reader besides the epoch (an :class:`~dali_resizer.sampler.Epoch`, which
-    says which samples and in which order): the batch size and the pipeline's settings.
+    says which samples and in which order): the batch size, what the graph does to each image
+    (``spec``), and how the pipeline runs.
 
-    ``pipeline`` holds the settings every pipeline of ``pipelines/`` takes (size, train, decoder, dtype,
-    threads, ...); the reader adds what its source kind needs.
+    ``pipeline`` holds DALI's pipeline settings (threads, device, prefetch depth, the GPU decoder's
+    options); the reader adds what its source kind needs.
     """
 
     batch_size: int
     prefetch_queue_depth: int
+    spec: TransformSpec
     pipeline: dict[str, Any] = field(default_factory=dict)
     sample_indices: bool = False  # labels() also gives each sample's index in the source
     cache: Any = None  # a ShardCache: tars in object storage are read from local copies (dali_resizer.cache)
 
     def pipeline_settings(self, epoch: Epoch, on_cpu: bool = False) -> dict[str, Any]:
-        """``pipeline`` in DALI's terms for ``epoch``: its seed, the decoder for the device, DALI's dtype;
-        ``on_cpu``: the same graph on the CPU (for a pipeline that decodes nothing)."""
-        from nvidia.dali import types
-
+        """``pipeline`` for ``epoch``, with the spec: its seed, the decoder for the device; ``on_cpu``: the
+        same graph on the CPU (for a pipeline that decodes nothing)."""
         import pipelines
 
-        settings = dict(self.pipeline)
+        settings = dict(self.pipeline, spec=self.spec)
         if on_cpu:
             settings |= {"device_id": None, "set_affinity": False}
-        settings["dtype"] = {"float32": types.FLOAT, "float16": types.FLOAT16}[settings.get("dtype", "float32")]
         settings["decoder"] = pipelines.decoder_device(settings.get("device_id"))
         settings["seed"] = epoch.pipeline_seed()
         return settings
@@ -163,7 +163,7 @@ class Reader(abc.ABC):
         if not bad:
             hint = ("; the samples decode whole on this GPU: if its window decoding is what fails (nvImageCodec "
                     "issue 55, nvImageCodec 0.9 on A100/H100-class GPUs), roi_decode=False decodes whole images"
-                    if self.plan.pipeline.get("device_id") is not None and self.plan.pipeline.get("roi_decode", True)
+                    if self.plan.pipeline.get("device_id") is not None and self.plan.spec.roi_decode
                     else "")
             raise BadSampleError(f"DALI failed on a batch of {where} ... and no single sample fails alone: "
                                  f"{failure.reason}{hint}") from error

@@ -249,7 +249,7 @@ class FolderReader(Reader):
         """Why the pipeline did not decode a file (its status: see ``pipelines.image_status``)."""
         storage = self.source.storage
         return problem_of(storage.read(path, 0, 1 << 16), storage.stat(path).size, status=status,
-                          max_pixels=self.plan.pipeline["max_pixels"])
+                          max_pixels=self.plan.spec.max_pixels)
 
     def _window(self, epoch: Epoch, done: int) -> list[str]:
         """The files of the batches DALI was preparing after batch ``done``, once each."""

@@ -583,7 +583,7 @@ class ShardReader(Reader):
                 continue
             if int(status[row]) != STATUS_OK and has_image:
                 problem = problem_of(read_tar_member(tar, offset)[1], status=int(status[row]),
-                                     max_pixels=self.plan.pipeline["max_pixels"])
+                                     max_pixels=self.plan.spec.max_pixels)
             elif not bool(valid[row]) or not has_image or not has_label:
                 found = sample_problem(has_image, texts[row] if has_label else None, classes, self.source.classes_from)
                 if found is None:  # (the batch-wide parse and the rule disagree: a bug, said as one)
