@@ -190,15 +190,6 @@ class TransformSpec:
         if not isinstance(self.roi_decode, bool):
             raise ValueError(f"roi_decode must be True or False, got {self.roi_decode!r}")
 
-    @property
-    def augments(self) -> bool:
-        """Whether the training graph does more than crop and flip."""
-        return self.train and bool(self.auto_augment or self.color_jitter or self.random_erase)
-
-    def replace(self, **changes: Any) -> TransformSpec:
-        """A copy with ``changes``, checked again."""
-        return dataclasses.replace(self, **changes)
-
     def identity(self) -> dict[str, Any]:
         """The settings as plain JSON values (lists for tuples), for a state to save and compare."""
         return {name: list(value) if isinstance(value, tuple) else value
