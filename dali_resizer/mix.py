@@ -6,7 +6,7 @@ loader's padding rows (label ``PAD_LABEL``, see ``dali_resizer.real_mask``) are 
 are mixed, each with the previous real row, and a padding row keeps its pixels and gets a target of
 zeros, which :func:`soft_target_cross_entropy` leaves out of the mean.
 
-The draws (which of MixUp and CutMix, ``lam``, the box) come from a CPU generator seeded with ``seed``;
+The draws (which of MixUp and CutMix, ``lam``, the box) come from a NumPy generator seeded with ``seed``;
 its state is in :meth:`MixUpCutMix.state_dict`, so a resumed run mixes its batches as the
 uninterrupted one did.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from dali_resizer.samples import PAD_LABEL
@@ -50,7 +51,7 @@ class MixUpCutMix:
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.switch_prob, self.prob, self.label_smoothing = float(switch_prob), float(prob), float(label_smoothing)
         self.seed = int(seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.rng = np.random.default_rng(self.seed)
         self.last: dict = {}  # what the last call did: {"kind": "mixup" | "cutmix" | None, "lam": ...}
 
     def __repr__(self) -> str:
@@ -60,33 +61,19 @@ class MixUpCutMix:
     def reseed(self, *keys: int) -> None:
         """Seeds the draws from ``seed`` and ``keys`` (e.g. the epoch and the batch's index), so that a
         batch is mixed the same way however the run got there (a resume included)."""
-        self.generator.manual_seed(hash((self.seed, *map(int, keys))) & (2**63 - 1))
+        self.rng = np.random.default_rng([self.seed, *map(int, keys)])
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.rng.bit_generator.state = state["rng"]
 
     def _uniform(self) -> float:
-        return float(torch.rand((), generator=self.generator))
+        return float(self.rng.random())
 
     def _beta(self, alpha: float) -> float:
-        # Beta(a, a) as X / (X + Y) of two Gamma(a) draws, from this generator (torch's Beta takes none)
-        x, y = self._gamma(alpha), self._gamma(alpha)
-        return x / (x + y) if x + y > 0 else 0.5
-
-    def _gamma(self, alpha: float) -> float:
-        """Gamma(alpha, 1) by Marsaglia and Tsang's method (alpha < 1 boosted), from this generator."""
-        if alpha < 1:
-            return self._gamma(alpha + 1) * self._uniform() ** (1 / alpha)
-        d = alpha - 1 / 3
-        c = 1 / math.sqrt(9 * d)
-        while True:
-            x = float(torch.randn((), generator=self.generator, dtype=torch.float64))
-            v = (1 + c * x) ** 3
-            if v > 0 and math.log(max(self._uniform(), 1e-300)) < 0.5 * x * x + d - d * v + d * math.log(v):
-                return d * v
+        return float(self.rng.beta(alpha, alpha))
 
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """One-hot (smoothed) targets ``(N, num_classes)`` in float32; a padding row's are zeros."""
