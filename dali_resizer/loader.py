@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import warnings
 
@@ -199,14 +200,16 @@ class DALILoader:
         random_aspect_ratio: Training crop aspect-ratio range, width / height (torchvision's ``ratio``).
         interpolation: The resizes' filter (antialiased): ``"bilinear"`` (default), ``"bicubic"``,
             ``"nearest"`` or ``"lanczos"`` (torchvision's ``--interpolation``).
+        hflip: Training: the probability of a horizontal flip (0.5; 0 for none).
         auto_augment: Training: ``"ta_wide"`` (TrivialAugmentWide), ``"ra"`` (RandAugment: ``ra_num_ops``
             operations of magnitude ``ra_magnitude`` out of ``augment_bins``, 31 as torchvision's) or
             ``"imagenet"`` (AutoAugment's ImageNet policy), in the DALI graph (``nvidia.dali.auto_aug``);
-            default None.
+            default None. Their rotations, shears and shifts interpolate with ``augment_interpolation``,
+            ``"nearest"`` or ``"bilinear"`` (None: ``interpolation`` where it is one of those, else bilinear).
         color_jitter: Training: ``(brightness, contrast, saturation, hue)``, as torchvision's ``ColorJitter``.
         random_erase: Training: the probability of erasing a rectangle of each normalized image
             (torchvision's ``RandomErasing``), of ``erase_scale`` of its area, aspect ratio in
-            ``erase_ratio``, filled with ``erase_value``.
+            ``erase_ratio``, filled with ``erase_value`` (normalized units, or ``"random"``: normal noise).
             Every augmentation is off unless asked for; its draws are ``(seed, epoch)``'s and resume
             exactly. MixUp and CutMix mix batches after the loader: ``dali_resizer.MixUpCutMix``.
         prefetch_queue_depth: Batches DALI prepares ahead (default 2); ``prefetch_factor`` is torch's name.
@@ -303,10 +306,12 @@ class DALILoader:
         random_area: tuple[float, float] = (0.08, 1.0),
         random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         interpolation: str = "bilinear",
+        hflip: float = 0.5,
         auto_augment: str | None = None,
         ra_num_ops: int = 2,
         ra_magnitude: int = 9,
         augment_bins: int = 31,
+        augment_interpolation: str | None = None,
         color_jitter: tuple[float, float, float, float] | None = None,
         random_erase: float = 0.0,
         erase_scale: tuple[float, float] = (0.02, 0.33),
@@ -327,8 +332,9 @@ class DALILoader:
     ) -> None:
         graph = dict(  # what the graph does to each image, besides size and train: the TransformSpec's
             mean=mean, std=std, crop_ratio=crop_ratio, random_area=random_area, random_aspect_ratio=random_aspect_ratio,
-            interpolation=interpolation, auto_augment=auto_augment, ra_num_ops=ra_num_ops, ra_magnitude=ra_magnitude,
-            augment_bins=augment_bins, color_jitter=color_jitter, random_erase=random_erase, erase_scale=erase_scale,
+            interpolation=interpolation, hflip=hflip, auto_augment=auto_augment, ra_num_ops=ra_num_ops,
+            ra_magnitude=ra_magnitude, augment_bins=augment_bins, augment_interpolation=augment_interpolation,
+            color_jitter=color_jitter, random_erase=random_erase, erase_scale=erase_scale,
             erase_ratio=erase_ratio, erase_value=erase_value)
         if is_image_dataset(source) and source.transform is not None:  # its transform decides the graph's work
             from dali_resizer.transforms import settings_from_transform
@@ -337,6 +343,12 @@ class DALILoader:
             if train is not None and train != settings["train"]:
                 kind = "a training" if settings["train"] else "an evaluation"
                 raise ValueError(f"train={train!r}, but the dataset's transform is {kind} one ({source.transform!r})")
+            chosen, defaults = {**graph, "size": size, "dtype": dtype}, inspect.signature(DALILoader).parameters
+            for name, value in settings.items():  # an argument given, that the transform sets otherwise, is refused
+                given = chosen.get(name, value)
+                if not _same(given, value) and not _same(given, defaults[name].default):
+                    raise ValueError(f"{name}={given!r}, but the dataset's transform sets {name}={value!r} "
+                                     f"({source.transform!r}): the transform decides the graph; drop the argument")
             size, train, dtype = settings["size"], settings["train"], settings["dtype"]
             graph |= {name: value for name, value in settings.items() if name in graph}
         given = {"batch_sampler": batch_sampler, "worker_init_fn": worker_init_fn, "generator": generator,
@@ -778,3 +790,12 @@ def _checked_state(state, what: str) -> dict:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same(a, b) -> bool:
+    """Two settings alike: numbers by value, sequences element by element (``224`` is ``(224, 224)``)."""
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        a = list(a) if isinstance(a, (tuple, list)) else [a] * len(b)
+        b = list(b) if isinstance(b, (tuple, list)) else [b] * len(a)
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b

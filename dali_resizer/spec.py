@@ -30,12 +30,15 @@ from typing import Any
 
 from dali_resizer.samples import IMAGENET_MEAN, IMAGENET_STD, MAX_PIXELS
 
-__all__ = ["AUTO_AUGMENT_POLICIES", "INTERPOLATIONS", "TransformSpec"]
+__all__ = ["AUGMENT_INTERPOLATIONS", "AUTO_AUGMENT_POLICIES", "INTERPOLATIONS", "TransformSpec"]
 
 #: ``auto_augment`` values, with torchvision's reference script's names (``--auto-augment``)
 AUTO_AUGMENT_POLICIES = ("ta_wide", "ra", "imagenet")
 #: ``interpolation`` values (torchvision's ``InterpolationMode`` names that DALI's resize has)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+#: ``augment_interpolation`` values: the auto-augment policies' rotations, shears and shifts (DALI's
+#: ``warp_affine``, like torchvision's tensor ``affine``, has these two)
+AUGMENT_INTERPOLATIONS = ("nearest", "bilinear")
 
 
 def _number(value) -> bool:
@@ -74,12 +77,17 @@ class TransformSpec:
         auto_augment: training: ``"ta_wide"`` (TrivialAugmentWide), ``"ra"`` (RandAugment with
             ``ra_num_ops`` operations of magnitude ``ra_magnitude``) or ``"imagenet"`` (AutoAugment's
             ImageNet policy); None for none. ``augment_bins``: the magnitude bins (torchvision's 31).
+        augment_interpolation: the policies' rotations, shears and shifts: ``"nearest"`` (torchvision's
+            classes' default) or ``"bilinear"``; None: ``interpolation`` where it is one of those (as the
+            reference script passes its ``--interpolation``), else bilinear.
         color_jitter: training: ``(brightness, contrast, saturation, hue)`` as ``ColorJitter`` takes them
             (each factor drawn from ``[max(0, 1 - v), 1 + v]``, the hue shift from ``[-hue, hue]`` of a
             turn, ``hue <= 0.5``); None for none.
         random_erase: training: the probability that a rectangle of each image is erased; its area's
             share from ``erase_scale``, its aspect ratio from ``erase_ratio`` (log-uniform), filled with
-            ``erase_value`` (in normalized units, as ``RandomErasing(value=...)`` after ``Normalize``).
+            ``erase_value``: a number in normalized units, as ``RandomErasing(value=...)`` after
+            ``Normalize``, or ``"random"``: standard normal noise per pixel (``value="random"``, timm's
+            ``re_mode="pixel"``).
         mean, std: per channel, of images scaled to [0, 1].
         dtype: ``"float32"`` or ``"float16"`` (the pipeline's output; bfloat16 is cast by the loader).
         layout: ``"CHW"`` or ``"HWC"`` (for channels-last batches).
@@ -98,11 +106,12 @@ class TransformSpec:
     ra_num_ops: int = 2
     ra_magnitude: int = 9
     augment_bins: int = 31
+    augment_interpolation: str | None = None
     color_jitter: tuple[float, float, float, float] | None = None
     random_erase: float = 0.0
     erase_scale: tuple[float, float] = (0.02, 0.33)
     erase_ratio: tuple[float, float] = (0.3, 3.3)
-    erase_value: float = 0.0
+    erase_value: float | str = 0.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     dtype: str = "float32"
@@ -139,6 +148,13 @@ class TransformSpec:
         put("random_aspect_ratio", aspect)
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        augment_interpolation = self.augment_interpolation
+        if augment_interpolation is None:
+            augment_interpolation = self.interpolation if self.interpolation in AUGMENT_INTERPOLATIONS else "bilinear"
+        if augment_interpolation not in AUGMENT_INTERPOLATIONS:
+            raise ValueError(f"augment_interpolation must be None or one of {', '.join(AUGMENT_INTERPOLATIONS)} (the "
+                             f"rotations' and shears' filters DALI has), got {augment_interpolation!r}")
+        put("augment_interpolation", augment_interpolation)
         if not _number(self.hflip) or not 0 <= self.hflip <= 1:
             raise ValueError(f"hflip must be a probability in [0, 1], got {self.hflip!r}")
         put("hflip", float(self.hflip))
@@ -172,9 +188,11 @@ class TransformSpec:
             raise ValueError(f"erase_ratio must be (low, high) with 0 < low <= high, got {self.erase_ratio!r}")
         put("erase_scale", scale)
         put("erase_ratio", ratio)
-        if not _number(self.erase_value):
-            raise ValueError(f"erase_value must be a number (normalized units), got {self.erase_value!r}")
-        put("erase_value", float(self.erase_value))
+        if self.erase_value != "random":
+            if not _number(self.erase_value):
+                raise ValueError(f"erase_value must be a number (normalized units) or 'random', "
+                                 f"got {self.erase_value!r}")
+            put("erase_value", float(self.erase_value))
         mean, std = _triple(self.mean, "mean"), _triple(self.std, "std")
         if min(std) <= 0:
             raise ValueError(f"std must be positive, got {self.std!r}")

@@ -92,7 +92,10 @@ class TrainConfig:
     batch_size: int = 32
     random_area: tuple[float, float] = (0.08, 1.0)
     random_aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    crop_ratio: float = 0.875
+    crop_ratio: float | None = None  # evaluation center-crop ratio (default 0.875, or from val_resize_size)
+    train_crop_size: int | None = None  # the loader's training crop (default: input_size), as --train-crop-size
+    val_resize_size: int | None = None  # evaluation: the shorter side before the crop (default: crop / crop_ratio)
+    val_crop_size: int | None = None  # the loader's evaluation crop (default: input_size)
     interpolation: str = "bilinear"  # the loader's resizes (torchvision's reference --interpolation)
     auto_augment: str | None = None  # ta_wide | ra | imagenet (the reference's --auto-augment)
     ra_magnitude: int = 9
@@ -289,6 +292,28 @@ def evaluate(model: nn.Module, loader: DALILoader, cfg: TrainConfig, device: tor
             "val_samples": int(n)}
 
 
+def loader_sizes(cfg: TrainConfig) -> tuple[int, int, float]:
+    """The loaders' sizes: the training crop, the evaluation crop and its ratio to the resized shorter side.
+
+    The loaders deliver the resizer's input, so the reference script's ``--train-crop-size``,
+    ``--val-crop-size`` and ``--val-resize-size`` size what they deliver (the resizer then maps it to
+    ``--size``, the backbone's input), each defaulting to ``--input-size`` and ``--crop-ratio`` (0.875).
+    """
+    train_crop = cfg.train_crop_size or cfg.input_size
+    val_crop = cfg.val_crop_size or cfg.input_size
+    for name, value in (("train_crop_size", train_crop), ("val_crop_size", val_crop)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if cfg.val_resize_size is None:
+        return train_crop, val_crop, 0.875 if cfg.crop_ratio is None else cfg.crop_ratio
+    if cfg.crop_ratio is not None:
+        raise ValueError("pass --val-resize-size or --crop-ratio, not both: each sets the evaluation crop's share")
+    if not isinstance(cfg.val_resize_size, int) or cfg.val_resize_size < val_crop:
+        raise ValueError(f"--val-resize-size {cfg.val_resize_size} must be an int of at least the evaluation crop, "
+                         f"{val_crop} (--val-crop-size, else --input-size)")
+    return train_crop, val_crop, val_crop / cfg.val_resize_size
+
+
 def train(cfg: TrainConfig) -> list[dict]:
     """Runs the training described by ``cfg``; returns the per-epoch metrics."""
     if cfg.resizer not in RESIZERS:
@@ -306,17 +331,19 @@ def train(cfg: TrainConfig) -> list[dict]:
     out = Path(cfg.output)
     _check_output(out, cfg)
     train_dir, val_dir = _split_data(cfg)
-    common = dict(batch_size=cfg.batch_size, size=cfg.input_size, num_threads=cfg.num_threads, device=device,
+    train_crop, val_crop, crop_ratio = loader_sizes(cfg)
+    common = dict(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device=device,
                   seed=cfg.seed, shard_id=rank, num_shards=world, on_error=cfg.on_error, roi_decode=cfg.roi_decode,
                   cache=cfg.cache, cache_limit=cfg.cache_limit, interpolation=cfg.interpolation)
-    train_loader = DALILoader(train_dir, shuffle=True, drop_last=True, random_area=tuple(cfg.random_area),
-                              random_aspect_ratio=tuple(cfg.random_aspect_ratio), auto_augment=cfg.auto_augment,
-                              ra_magnitude=cfg.ra_magnitude, random_erase=cfg.random_erase, **common)
+    train_loader = DALILoader(train_dir, size=train_crop, shuffle=True, drop_last=True,
+                              random_area=tuple(cfg.random_area), random_aspect_ratio=tuple(cfg.random_aspect_ratio),
+                              auto_augment=cfg.auto_augment, ra_magnitude=cfg.ra_magnitude,
+                              random_erase=cfg.random_erase, **common)
     if len(train_loader) == 0:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {train_loader.samples_per_shard} training "
                          f"sample(s) of each of the {world} process(es) ({len(train_loader.dataset)} in all): not one "
                          f"full batch to train on; use a smaller --batch-size")
-    val_loader = DALILoader(val_dir, train=False, crop_ratio=cfg.crop_ratio, **common) if val_dir else None
+    val_loader = DALILoader(val_dir, size=val_crop, train=False, crop_ratio=crop_ratio, **common) if val_dir else None
     num_classes = cfg.num_classes or len(train_loader.classes or [])
     if not num_classes:
         raise ValueError(f"{train_dir}: cannot tell the number of classes; pass --num-classes")
@@ -381,7 +408,8 @@ def train(cfg: TrainConfig) -> list[dict]:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     log = (lambda *a: None) if (rank != 0 or cfg.quiet) else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    log(f"{cfg.backbone} + {cfg.resizer} resizer {cfg.input_size}->{cfg.size}, {num_classes} classes, "
+    sizes = f"{train_crop}" if train_crop == val_crop else f"{train_crop} (evaluation {val_crop})"
+    log(f"{cfg.backbone} + {cfg.resizer} resizer {sizes}->{cfg.size}, {num_classes} classes, "
         f"{len(train_loader.dataset)} train samples, world {world}, device {device}, recipe {cfg.recipe}: "
         f"{cfg.optimizer} lr {cfg.lr}" + (f" (resizer {cfg.resizer_lr})" if cfg.resizer_lr else "")
         + f", {cfg.schedule} schedule, {cfg.warmup_epochs:g} warm-up epoch(s)")
@@ -571,7 +599,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="training random-resized-crop area range (torchvision's scale)")
     g.add_argument("--random-aspect-ratio", type=float, nargs=2, default=d.random_aspect_ratio,
                    metavar=("LOW", "HIGH"), help="training crop aspect-ratio range (torchvision's ratio)")
-    g.add_argument("--crop-ratio", type=float, default=d.crop_ratio, help="evaluation center-crop ratio")
+    g.add_argument("--crop-ratio", type=float, default=d.crop_ratio,
+                   help="evaluation center-crop ratio (default 0.875; or set --val-resize-size)")
+    g.add_argument("--train-crop-size", type=int, default=d.train_crop_size,
+                   help="the training crop the loader delivers to the resizer (default: --input-size)")
+    g.add_argument("--val-crop-size", type=int, default=d.val_crop_size,
+                   help="the evaluation center crop the loader delivers (default: --input-size)")
+    g.add_argument("--val-resize-size", type=int, default=d.val_resize_size,
+                   help="evaluation: the shorter side the image is resized to before the center crop (default: "
+                        "the crop / --crop-ratio)")
     g.add_argument("--interpolation", choices=INTERPOLATIONS, default=d.interpolation,
                    help="the loader's resize filter (antialiased), as torchvision's reference script's flag")
     g.add_argument("--auto-augment", choices=AUTO_AUGMENT_POLICIES, default=d.auto_augment,

@@ -232,22 +232,23 @@ def _without_dali_alias_warnings():
 
 
 def _auto_augment(images, spec: TransformSpec):
+    warp = dict(fill_value=0, interp_type=INTERPOLATION[spec.augment_interpolation])
     if spec.auto_augment == "ta_wide":
         from nvidia.dali.auto_aug import trivial_augment
 
-        images = trivial_augment.trivial_augment_wide(images, num_magnitude_bins=spec.augment_bins, fill_value=0,
-                                                      max_translate_abs=32)
+        images = trivial_augment.trivial_augment_wide(images, num_magnitude_bins=spec.augment_bins,
+                                                      max_translate_abs=32, **warp)
     elif spec.auto_augment == "ra":
         from nvidia.dali.auto_aug import rand_augment
 
         images = rand_augment.rand_augment(images, n=spec.ra_num_ops, m=spec.ra_magnitude,
                                            num_magnitude_bins=spec.augment_bins, shape=list(spec.size),
-                                           max_translate_rel=TORCHVISION_TRANSLATE, fill_value=0)
+                                           max_translate_rel=TORCHVISION_TRANSLATE, **warp)
     elif spec.auto_augment == "imagenet":
         from nvidia.dali.auto_aug import auto_augment
 
         images = auto_augment.auto_augment_image_net(images, shape=list(spec.size),
-                                                     max_translate_rel=TORCHVISION_TRANSLATE, fill_value=0)
+                                                     max_translate_rel=TORCHVISION_TRANSLATE, **warp)
     return images
 
 
@@ -272,12 +273,15 @@ def normalize(images, spec: TransformSpec):
 
 def erase(images, spec: TransformSpec):
     """Random erasing of normalized images, as torchvision's ``RandomErasing(p, scale, ratio, value)``: with
-    probability ``spec.random_erase`` a rectangle of each image is set to ``spec.erase_value``. Its
-    area's share is drawn from ``erase_scale``; its aspect ratio log-uniformly from ``erase_ratio``,
-    narrowed to the ratios at which that area fits the image (torchvision draws again, up to 10 times,
-    where it does not fit: the same rectangles, without the draws that miss); its place uniformly."""
+    probability ``spec.random_erase`` a rectangle of each image is set to ``spec.erase_value`` (``"random"``:
+    standard normal noise, a draw per pixel and channel). Its area's share is drawn from ``erase_scale``;
+    its aspect ratio log-uniformly from ``erase_ratio``, narrowed to the ratios at which that area fits the
+    image (torchvision draws again, up to 10 times, where it does not fit: the same rectangles, without
+    the draws that miss); its place uniformly."""
     height, width = (float(s) for s in spec.size)
-    area = fn.random.uniform(range=list(spec.erase_scale)) * (height * width)
+    low, high = spec.erase_scale
+    share = fn.random.uniform(range=[low, high]) if low < high else fn.random.uniform(values=[low])  # (no empty range)
+    area = share * (height * width)
     low = dmath.max(math.log(spec.erase_ratio[0]), dmath.log(area / (width * width)))  # (w <= width)
     high = dmath.min(math.log(spec.erase_ratio[1]), dmath.log(height * height / area))  # (h <= height)
     log_ratio = dmath.min(low, high) + fn.random.uniform(range=[0.0, 1.0]) * dmath.max(high - low, 0.0)
@@ -289,5 +293,10 @@ def erase(images, spec: TransformSpec):
     erased = fn.cast(fn.random.coin_flip(probability=spec.random_erase), dtype=types.FLOAT)
     anchor = fn.stack(top, left)
     shape = fn.stack(h * erased, w * erased)
-    return fn.erase(images, anchor=anchor, shape=shape, axis_names="HW", fill_value=spec.erase_value,
-                    normalized_anchor=False, normalized_shape=False)
+    window = dict(anchor=anchor, shape=shape, axis_names="HW", normalized_anchor=False, normalized_shape=False)
+    if spec.erase_value != "random":
+        return fn.erase(images, fill_value=spec.erase_value, **window)
+    images = fn.cast(images, dtype=types.FLOAT)  # (float16 has no arithmetic on the CPU; the round trip is exact)
+    kept = fn.cast(fn.erase(fn.cast(images * 0 + 1, dtype=types.UINT8), fill_value=0, **window), dtype=types.FLOAT)
+    mixed = images * kept + fn.random.normal(images) * (1 - kept)  # (exact: x * 1 + n * 0 is x)
+    return fn.cast(mixed, dtype={"float32": types.FLOAT, "float16": types.FLOAT16}[spec.dtype])

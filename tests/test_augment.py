@@ -40,6 +40,14 @@ def test_the_erased_rectangle_keeps_to_its_scale_and_ratio_bounds(tmp_path):
         assert scale[0] * size * size - slack <= h * w <= scale[1] * size * size + slack, (h, w)
         assert ratio[0] - 0.5 / w * (1 + h / w) <= h / w <= ratio[1] + 0.5 / w * (1 + h / w) * 2, (h, w)
         assert torch.all(image[:, ~black] == 1.0)  # (the rest untouched)
+    noisy = DALILoader(root, batch_size=48, size=size, random_erase=1.0, erase_scale=(0.2, 0.2), erase_value="random",
+                       **RAW)
+    (images, _), = list(noisy)
+    for image in images:  # a rectangle of standard normal noise, a draw per pixel and channel; the rest white
+        noise = image[:, (image != 1.0).any(0)]
+        assert abs(noise.numel() / 3 / size**2 - 0.2) < 0.02
+        assert abs(float(noise.mean())) < 0.2 and abs(float(noise.std()) - 1) < 0.15
+        assert len(set(noise.view(-1).tolist())) > 0.99 * noise.numel()
     half = DALILoader(root, batch_size=48, size=size, random_erase=0.5, **RAW)
     (images, _), = list(half)
     erased = int(sum(bool((image == 0).any()) for image in images))
@@ -84,8 +92,9 @@ def test_a_magnitude_of_zero_leaves_the_images_and_a_high_one_changes_them(tmp_p
 
 
 def _every_augmentation(root, augment="ra", **kw):
-    return DALILoader(root, batch_size=4, size=24, return_index=True, auto_augment=augment,
-                      color_jitter=(0.4, 0.4, 0.4, 0.1), random_erase=0.5, seed=7, **{**RAW, **kw})
+    return DALILoader(root, batch_size=4, size=24, return_index=True, auto_augment=augment, hflip=0.3,
+                      color_jitter=(0.4, 0.4, 0.4, 0.1), random_erase=0.5, erase_value="random", seed=7,
+                      **{**RAW, **kw})
 
 
 def test_augmented_epochs_repeat_from_seed_and_epoch_and_resume_exactly(image_folder):
@@ -120,16 +129,19 @@ def test_a_state_saved_without_the_augmentations_is_refused_mid_epoch(image_fold
 
 def test_the_spec_is_the_loaders_one_description_of_the_graph(image_folder):
     loader = _every_augmentation(image_folder, interpolation="bicubic")
-    assert loader.spec == TransformSpec((24, 24), True, interpolation="bicubic", auto_augment="ra",
-                                        color_jitter=(0.4, 0.4, 0.4, 0.1), random_erase=0.5,
-                                        mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    assert loader.spec == TransformSpec((24, 24), True, interpolation="bicubic", hflip=0.3, auto_augment="ra",
+                                        augment_interpolation="bilinear", color_jitter=(0.4, 0.4, 0.4, 0.1),
+                                        random_erase=0.5, erase_value="random", mean=(0.0, 0.0, 0.0),
+                                        std=(1.0, 1.0, 1.0))
     with pytest.raises(AttributeError):
         loader.spec.size = (8, 8)  # (frozen)
     for bad, match in ((dict(auto_augment="rand-m9"), "auto_augment must be"),
                        (dict(auto_augment="ra", ra_magnitude=31), "ra_magnitude must be"),
                        (dict(random_erase=1.5), "random_erase must be"),
                        (dict(color_jitter=(0.4, 0.4, 0.4, 0.6)), "color_jitter must be"),
-                       (dict(interpolation="area"), "interpolation must be")):
+                       (dict(interpolation="area"), "interpolation must be"),
+                       (dict(auto_augment="ta_wide", augment_interpolation="bicubic"), "augment_interpolation must"),
+                       (dict(random_erase=0.5, erase_value="noise"), "erase_value must be")):
         with pytest.raises(ValueError, match=match):
             DALILoader(image_folder, batch_size=2, size=8, **bad)
 
@@ -187,3 +199,58 @@ def test_mixing_resumes_from_its_state_and_the_loss_leaves_padding_out():
     _, targets = MixUpCutMix(num_classes=3)(images, labels)  # (no mixing: one-hot, padding zero)
     assert torch.allclose(soft_target_cross_entropy(logits, targets),
                           torch.nn.functional.cross_entropy(logits, labels, ignore_index=PAD_LABEL))
+
+
+# -- a torchvision training transform, translated -----------------------------------------------------------
+
+
+def _reference_train_preset(T, *, policy, interpolation, hflip, jitter, erase):
+    """torchvision's reference ``ClassificationPresetTrain`` (``references/classification/presets.py``),
+    v2, as its flags build it; with a ColorJitter, as timm's transform has one."""
+    steps = [T.RandomResizedCrop(24, interpolation=interpolation, antialias=True), T.RandomHorizontalFlip(hflip),
+             policy, T.ColorJitter(*jitter), T.PILToTensor(), T.ToDtype(torch.float, scale=True),
+             T.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), T.RandomErasing(**erase),
+             T.ToPureTensor()]
+    return T.Compose(steps)
+
+
+def test_a_recipe_transform_runs_as_the_same_settings_given_by_hand(image_folder):
+    """The reference script's training preset with ``--auto-augment ra --ra-magnitude 5 --random-erase 0.25
+    --interpolation bicubic``, a colour jitter and a flip at 0.3, on an ``ImageFolder``: the loader builds
+    the graph those settings give by hand, and delivers the same batches."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2 as T
+
+    mode = T.InterpolationMode.BICUBIC
+    transform = _reference_train_preset(T, policy=T.RandAugment(magnitude=5, interpolation=mode),
+                                        interpolation=mode, hflip=0.3, jitter=(0.3, 0.2, 0.1, 0.05),
+                                        erase=dict(p=0.25, value="random"))
+    with pytest.warns(UserWarning, match="interpolate bilinearly, not bicubically"):
+        loader = DALILoader(ImageFolder(str(image_folder), transform=transform), batch_size=4, shuffle=True, seed=3)
+    by_hand = DALILoader(image_folder, batch_size=4, shuffle=True, seed=3, size=24, interpolation="bicubic",
+                         hflip=0.3, auto_augment="ra", ra_magnitude=5, color_jitter=(0.3, 0.2, 0.1, 0.05),
+                         random_erase=0.25, erase_value="random")
+    assert loader.spec == by_hand.spec and loader.spec.augment_interpolation == "bilinear"
+    for (x, y), (a, b) in zip(loader, by_hand, strict=True):
+        assert torch.equal(x, a) and torch.equal(y, b)
+
+    plain = T.Compose([T.RandomResizedCrop(24), T.TrivialAugmentWide(), T.ToImage(), T.ToDtype(torch.float32, True)])
+    spec = DALILoader(ImageFolder(str(image_folder), transform=plain), batch_size=4).spec
+    assert (spec.auto_augment, spec.augment_interpolation, spec.hflip, spec.random_erase) == (
+        "ta_wide", "nearest", 0, 0)
+
+
+def test_an_argument_the_transform_sets_otherwise_is_refused(image_folder):
+    """A loader argument that disagrees with the dataset's transform is refused rather than overridden;
+    one that agrees, or is left at its default, is accepted."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2 as T
+
+    dataset = ImageFolder(str(image_folder), transform=T.Compose(
+        [T.RandomResizedCrop(16), T.RandomHorizontalFlip(), T.TrivialAugmentWide(), T.ToImage(),
+         T.ToDtype(torch.float32, True)]))
+    with pytest.raises(ValueError, match="auto_augment='ra', but the dataset's transform sets auto_augment='ta_wide'"):
+        DALILoader(dataset, batch_size=4, auto_augment="ra")
+    with pytest.raises(ValueError, match="size=24, but the dataset's transform sets size=.16, 16."):
+        DALILoader(dataset, batch_size=4, size=24)
+    assert DALILoader(dataset, batch_size=4, size=16, auto_augment="ta_wide").spec.auto_augment == "ta_wide"

@@ -173,11 +173,11 @@ def test_accelerate_skip_first_batches_yields_the_rest_of_the_epoch(folder):
 # -- a torchvision-style training script ------------------------------------------------------------
 
 
-def run_script(loader: str, train_dir, val_dir, out: Path, port: int) -> list[dict]:
+def run_script(loader: str, train_dir, val_dir, out: Path, port: int, *flags: str) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPTS.parent)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(SCRIPTS / "torchvision_style_train.py"), "--train-dir", str(train_dir), "--val-dir", str(val_dir),
-           "--loader", loader, "--record", str(out)]
+           "--loader", loader, "--record", str(out), *flags]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())
@@ -187,22 +187,27 @@ def run_script(loader: str, train_dir, val_dir, out: Path, port: int) -> list[di
 def test_a_torchvision_style_script_swaps_one_name(folder, image_folder, tmp_path):
     """The same script with ``DataLoader`` and with ``DALILoader`` (``--loader``), under torchrun x2: the
     DALI form reads each epoch as a plain loop over that rank reads it (the script's own
-    ``train_sampler.set_epoch`` reaching the order), every training and validation image once per epoch
-    across the ranks, with the batch counts of the DataLoader form."""
+    ``train_sampler.set_epoch`` reaching the order, the preset's ``--auto-augment ra --random-erase``
+    translated into the graph), every training and validation image once per epoch across the ranks, with
+    the batch counts of the DataLoader form."""
     from torchvision.datasets import ImageFolder
 
-    dali = run_script("dali", folder, image_folder, tmp_path / "dali.json", 29831)
-    torch_form = run_script("torch", folder, image_folder, tmp_path / "torch.json", 29833)
+    recipe = ("--auto-augment", "ra", "--ra-magnitude", "5", "--random-erase", "0.25")  # (the graph runs them)
+    dali = run_script("dali", folder, image_folder, tmp_path / "dali.json", 29831, *recipe)
+    torch_form = run_script("torch", folder, image_folder, tmp_path / "torch.json", 29833, *recipe)
     targets, val_targets = ImageFolder(str(folder)).targets, ImageFolder(str(image_folder)).targets
     assert [(r["len"], r["len_test"]) for r in dali] == [(r["len"], r["len_test"]) for r in torch_form] == [(4, 3)] * 2
     for rank in dali:
         plain = DALILoader(folder, batch_size=2, shuffle=True, size=16, shard_id=rank["rank"], num_shards=2,
-                           return_index=True)
+                           return_index=True, auto_augment="ra", ra_magnitude=5, random_erase=0.25)
         orders = []
         for epoch in (0, 1):
             plain.set_epoch(epoch)
-            order = [i for _, _, idx in plain for i in idx.tolist()]
+            batches = list(plain)
+            order = [i for _, _, idx in batches for i in idx.tolist()]
             assert rank["seen"][str(epoch)] == [targets[i] if i >= 0 else PAD_LABEL for i in order]
+            # the images too: the preset's RandAugment and RandomErasing ran, as those arguments run them
+            assert rank["seen"][f"sums{epoch}"] == pytest.approx([float(x.double().sum()) for x, _, _ in batches])
             orders.append(order)
         assert orders[0] != orders[1]
         assert all(np.isfinite(rank["losses"]))

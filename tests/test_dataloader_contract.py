@@ -324,11 +324,21 @@ def test_an_imagefolder_and_its_transform_are_read_by_the_pipeline(image_folder)
 
 
 @pytest.mark.parametrize(("steps", "says"), [
-    (lambda T: [T.Resize(20), T.CenterCrop(16), T.ColorJitter(0.4), T.ToTensor()], "ColorJitter"),
+    (lambda T: [T.Resize(20), T.CenterCrop(16), T.ColorJitter(0.4), T.ToTensor()],
+     "evaluation graph .* does not augment"),
     (lambda T: [T.Resize((20, 20)), T.CenterCrop(16), T.ToTensor()], "shorter side to an int"),
-    (lambda T: [T.Resize(20, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16)], "not bicubic"),
-    (lambda T: [T.RandomResizedCrop(16), T.ToTensor()], "add RandomHorizontalFlip"),
-    (lambda T: [T.RandomResizedCrop(16), T.RandomHorizontalFlip(0.3)], "probability 0.5"),
+    (lambda T: [T.Resize(20, interpolation=T.InterpolationMode.BOX), T.CenterCrop(16)], "not box"),
+    (lambda T: [T.RandomResizedCrop(16), T.ToTensor(), T.RandomHorizontalFlip()], "after the conversion to floats"),
+    (lambda T: [T.RandomResizedCrop(16), T.ColorJitter(0.4), T.TrivialAugmentWide()], "put ColorJitter after it"),
+    (lambda T: [T.RandomResizedCrop(16), T.ColorJitter(brightness=(0.5, 1.2))], "range centred on 1"),
+    (lambda T: [T.RandomResizedCrop(16), T.AutoAugment(T.AutoAugmentPolicy.CIFAR10)], "not cifar10"),
+    (lambda T: [T.RandomResizedCrop(16), T.TrivialAugmentWide(fill=128)], "fill the uncovered corners with 0"),
+    (lambda T: [T.RandomResizedCrop(16), T.RandAugment(), T.TrivialAugmentWide()], "a second one"),
+    (lambda T: [T.RandomResizedCrop(16), T.ToTensor(), T.RandomErasing(), T.Normalize((0.5,) * 3, (0.5,) * 3)],
+     "put RandomErasing after Normalize"),
+    (lambda T: [T.RandomResizedCrop(16), T.ToTensor(), T.RandomErasing(value=(0.1, 0.2, 0.3))],
+     "one number for every channel"),
+    (lambda T: [T.RandomResizedCrop(16), T.GaussianBlur(3), T.ToTensor()], "GaussianBlur.*apply other steps"),
     (lambda T: [T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3)], "has no crop"),
     (lambda T: [T.Resize(20), T.CenterCrop(16), T.PILToTensor()], "ends in uint8 tensors"),
 ])

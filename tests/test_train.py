@@ -364,3 +364,25 @@ def test_the_reference_recipes_flags_train_and_resume_exactly(data, tmp_path):
     assert a["args"]["auto_augment"] == "ta_wide" and a["args"]["mixup_alpha"] == 0.2
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_reference_crop_size_flags_size_what_the_loaders_deliver(data, tmp_path, capsys):
+    """``--train-crop-size``, ``--val-crop-size`` and ``--val-resize-size`` size the loaders' output (the
+    resizer's input): a run with crops of 32 from a resize to 40 is the run of ``--input-size 32
+    --crop-ratio 0.8``, metric for metric; another training crop changes the training figures."""
+    tiny = [a for a in LOUD if a not in ("--input-size", "32")]
+    run = lambda name, *flags: main(["--data", str(data), "--epochs", "1", "--output", str(tmp_path / name),  # noqa: E731
+                                     *tiny, *flags])
+    by_ratio = run("a", "--input-size", "32", "--crop-ratio", "0.8")
+    by_sizes = run("b", "--input-size", "48", "--train-crop-size", "32", "--val-crop-size", "32",
+                   "--val-resize-size", "40")
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1"):
+        assert by_sizes[-1][key] == pytest.approx(by_ratio[-1][key], rel=1e-6), key
+    capsys.readouterr()
+    other = run("c", "--input-size", "32", "--train-crop-size", "24")
+    assert "resizer 24 (evaluation 32)->16" in capsys.readouterr().err
+    assert other[-1]["train_loss"] != pytest.approx(by_ratio[-1]["train_loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="pass --val-resize-size or --crop-ratio, not both"):
+        run("d", "--val-resize-size", "40", "--crop-ratio", "0.8")
+    with pytest.raises(ValueError, match="--val-resize-size 20 must be an int of at least the evaluation crop, 32"):
+        run("e", "--val-crop-size", "32", "--val-resize-size", "20")

@@ -23,10 +23,22 @@ from dali_resizer import DALILoader
 
 
 class ClassificationPresetTrain:
-    def __init__(self, *, crop_size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), hflip_prob=0.5):
-        self.transforms = T.Compose([
-            T.RandomResizedCrop(crop_size, antialias=True), T.RandomHorizontalFlip(hflip_prob), T.PILToTensor(),
-            T.ConvertImageDtype(torch.float), T.Normalize(mean=mean, std=std)])
+    def __init__(self, *, crop_size, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                 interpolation=T.InterpolationMode.BILINEAR, hflip_prob=0.5, auto_augment_policy=None,
+                 ra_magnitude=9, random_erase_prob=0.0):
+        trans = [T.RandomResizedCrop(crop_size, interpolation=interpolation, antialias=True)]
+        if hflip_prob > 0:
+            trans.append(T.RandomHorizontalFlip(hflip_prob))
+        if auto_augment_policy == "ra":
+            trans.append(T.RandAugment(interpolation=interpolation, magnitude=ra_magnitude))
+        elif auto_augment_policy == "ta_wide":
+            trans.append(T.TrivialAugmentWide(interpolation=interpolation))
+        elif auto_augment_policy is not None:
+            trans.append(T.AutoAugment(policy=T.AutoAugmentPolicy(auto_augment_policy), interpolation=interpolation))
+        trans.extend([T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(mean=mean, std=std)])
+        if random_erase_prob > 0:
+            trans.append(T.RandomErasing(p=random_erase_prob))
+        self.transforms = T.Compose(trans)
 
     def __call__(self, img):
         return self.transforms(img)
@@ -42,7 +54,10 @@ class ClassificationPresetEval:
 
 
 def load_data(traindir, valdir, args):
-    dataset = torchvision.datasets.ImageFolder(traindir, ClassificationPresetTrain(crop_size=args.train_crop_size))
+    interpolation = T.InterpolationMode(args.interpolation)
+    dataset = torchvision.datasets.ImageFolder(traindir, ClassificationPresetTrain(
+        crop_size=args.train_crop_size, interpolation=interpolation, auto_augment_policy=args.auto_augment,
+        ra_magnitude=args.ra_magnitude, random_erase_prob=args.random_erase))
     dataset_test = torchvision.datasets.ImageFolder(
         valdir, ClassificationPresetEval(crop_size=args.val_crop_size, resize_size=args.val_resize_size))
     train_sampler = DistributedSampler(dataset)
@@ -60,6 +75,7 @@ def train_one_epoch(model, criterion, optimizer, data_loader, device, epoch, see
         loss.backward()
         optimizer.step()
         seen.setdefault(epoch, []).extend(target.tolist())
+        seen.setdefault(f"sums{epoch}", []).append(float(image.double().sum()))
     return float(loss)
 
 
@@ -120,6 +136,10 @@ def get_args_parser():
     parser.add_argument("--train-crop-size", default=16, type=int)
     parser.add_argument("--val-resize-size", default=20, type=int)
     parser.add_argument("--val-crop-size", default=16, type=int)
+    parser.add_argument("--interpolation", default="bilinear", type=str)
+    parser.add_argument("--auto-augment", default=None, type=str)
+    parser.add_argument("--ra-magnitude", default=9, type=int)
+    parser.add_argument("--random-erase", default=0.0, type=float)
     parser.add_argument("--record", default=None)
     return parser
 
