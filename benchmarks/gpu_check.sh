@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check: one short run on a CUDA host (planned for under 8 minutes on one H200; the steps' limits add
-# up to 9.8) of
+# The GPU check: one short run on a CUDA host (planned for under 9 minutes on one H200; the steps' limits add
+# up to 10.7) of
 #   1. the whole test suite: the needs_cuda tests first, then the others (pytest-xdist where it is installed)
 #   2. the throughput comparison on the GPU: torchvision's CPU loading and its GPU decode_jpeg against
 #      DALI + the learned resizer, decode-only with and without libjpeg-turbo's chroma upsampling, and a
-#      ResNet-50 training step; 5,000 images, batch 256
+#      ResNet-50 training step; the augmentations' cost (TrivialAugmentWide, RandAugment, random erasing,
+#      MixUp/CutMix, each against the same pipeline without it, and the recipe on torchvision's CPU loading);
+#      5,000 images, batch 256
 #   3. the resizer benchmark on CUDA (fp32 and bf16)
 #   4. one short training run: ResNet-50 + learned resizer, bf16, channels_last, one epoch of the 5,000 images
 #   5. the loader's graphs decoding whole images against only the crops' windows (nvJPEG's ROI decode), each
@@ -76,7 +78,8 @@ else
   images=5000
 fi
 contenders=(torch-pil-bilinear dali-bilinear dali-learned dali-learned-train decode-only torchvision-decode-jpeg
-            "dali-learned-${throughput[-1]}-train")
+            "dali-learned-${throughput[-1]}-train" dali-bilinear-ta-wide dali-bilinear-ra dali-bilinear-erase
+            dali-bilinear-mix dali-bilinear-recipe torch-pil-bilinear-recipe)
 [ "$dry" = 0 ] && contenders+=(decode-only-plain-upsampling)  # (nvJPEG's own upsampling: GPU only)
 
 # The needs_cuda tests first (what only a GPU host can run), then the quick rest, then the slow rest, which
@@ -87,7 +90,7 @@ step tests-quick 90 "$python" -m pytest -q -rs -p no:cacheprovider -m "not needs
   --junitxml="$work/junit-quick.xml"
 step tests-slow 120 "$python" -m pytest -q -rs -p no:cacheprovider -m "slow and not needs_cuda" "${tests[@]}" \
   --junitxml="$work/junit-slow.xml"
-step throughput 120 "$python" benchmarks/throughput.py --device "$device" "${throughput[@]}" \
+step throughput 170 "$python" benchmarks/throughput.py --device "$device" "${throughput[@]}" \
   --contenders "${contenders[@]}" --json "$work/throughput.json"
 step resizer 45 "$python" benchmarks/resizer.py --device "$device" "${resizer[@]}" --json "$work/resizer.json"
 data=$("$python" -c "from dali_resizer import make_synthetic_folder as m; print(m(images_per_class=-(-$images // 10)))")

@@ -26,6 +26,16 @@ Contenders (images/s of finished batches at the backbone's input size, on --devi
                          v2 RandomResizedCrop/flip/normalize per image on the device: the GPU alternative
     dali-learned-<backbone>-train  with --backbone: resizer + backbone forward/backward and an SGD step
 
+Augmentation contenders, each against the same pipeline without it (column "vs plain"):
+    dali-bilinear-ta-wide     dali-bilinear + TrivialAugmentWide in the DALI graph
+    dali-bilinear-ra          dali-bilinear + RandAugment (2 operations, magnitude 9)
+    dali-bilinear-erase       dali-bilinear + random erasing (p=0.25, as the reference recipe)
+    dali-bilinear-mix         dali-bilinear + MixUp/CutMix on the delivered batch (alpha 0.2 / 1.0)
+    dali-bilinear-recipe      all of TrivialAugmentWide, random erasing and MixUp/CutMix
+    torch-pil-bilinear-recipe torch-pil-bilinear with torchvision's TrivialAugmentWide and RandomErasing,
+                              and v2.MixUp/CutMix on the batch: the same recipe on the CPU (against
+                              torch-pil-bilinear)
+
 With an ``s3://`` source the DALI contenders run twice, over the object store (read in place by DALI,
 ``cache=False``) and over a local copy of the same objects (downloaded once), and the table adds the
 ratio S3 / local; the torch contenders run on the local copy only. ``benchmarks/object_storage.py``
@@ -61,7 +71,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dali_resizer import DALILoader, LearnableResizer, make_synthetic_folder  # noqa: E402
+from dali_resizer import DALILoader, LearnableResizer, MixUpCutMix, make_synthetic_folder  # noqa: E402
 from dali_resizer.progress import ProgressBar  # noqa: E402
 
 BASELINE = "torch-pil-bilinear"
@@ -164,23 +174,32 @@ class TreeMonitor:
 # device, at the output size, backward done) when their size is yielded.
 
 
-def _pil_transform(cfg: Config, interpolation: str):
+def _pil_transform(cfg: Config, interpolation: str, recipe: bool = False):
+    """RandomResizedCrop, flip, to tensor, Normalize; ``recipe``: with the reference script's
+    TrivialAugmentWide and RandomErasing(0.25) (``--auto-augment ta_wide --random-erase 0.25``)."""
     from torchvision import transforms
 
+    mode = transforms.InterpolationMode(interpolation)
     return transforms.Compose([
-        transforms.RandomResizedCrop(cfg.size, interpolation=transforms.InterpolationMode(interpolation)),
+        transforms.RandomResizedCrop(cfg.size, interpolation=mode),
         transforms.RandomHorizontalFlip(),
+        *([transforms.TrivialAugmentWide(interpolation=mode)] if recipe else []),
         transforms.ToTensor(),
         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        *([transforms.RandomErasing(p=0.25)] if recipe else []),
     ])
 
 
-def _epochs(loader: Iterable, device: torch.device, step: Callable | None = None) -> Callable:
-    """``epoch()`` over ``loader``: batches moved to ``device`` (and through ``step``), sizes yielded."""
+def _epochs(loader: Iterable, device: torch.device, step: Callable | None = None,
+            mix: Callable | None = None) -> Callable:
+    """``epoch()`` over ``loader``: batches moved to ``device`` (then through ``mix``, a batch transform,
+    and ``step``), sizes yielded."""
 
     def epoch() -> Iterator[int]:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if mix is not None:
+                images, labels = mix(images, labels)
             if step is not None:
                 step(images, labels)
             yield images.shape[0]
@@ -188,18 +207,26 @@ def _epochs(loader: Iterable, device: torch.device, step: Callable | None = None
     return epoch
 
 
-def torch_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
+def torch_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str, recipe: bool = False):
     from torchvision import datasets
 
+    dataset = datasets.ImageFolder(data, transform=_pil_transform(cfg, interpolation, recipe))
+    mix = None
+    if recipe:  # torchvision's v2.MixUp / v2.CutMix, one of the two per batch, on the device (the reference's)
+        from torchvision.transforms import v2
+
+        num_classes = len(dataset.classes)
+        mix = v2.RandomChoice([v2.MixUp(alpha=0.2, num_classes=num_classes),
+                               v2.CutMix(alpha=1.0, num_classes=num_classes)])
     loader = torch.utils.data.DataLoader(
-        datasets.ImageFolder(data, transform=_pil_transform(cfg, interpolation)),
+        dataset,
         batch_size=cfg.batch_size,
         shuffle=True,
         num_workers=threads,
         persistent_workers=True,
         pin_memory=device.type == "cuda",
     )
-    return _epochs(loader, device)
+    return _epochs(loader, device, mix=mix)
 
 
 def webdataset_pil(cfg: Config, data: str, threads: int, device: torch.device, interpolation: str):
@@ -221,8 +248,22 @@ def webdataset_pil(cfg: Config, data: str, threads: int, device: torch.device, i
     return _epochs(loader, device)
 
 
-def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str | None):
+#: the augmentation contenders' loader arguments, and whether MixUp/CutMix mixes their batches
+AUGMENTED = {
+    "dali-bilinear-ta-wide": (dict(auto_augment="ta_wide"), False),
+    "dali-bilinear-ra": (dict(auto_augment="ra", ra_magnitude=9), False),
+    "dali-bilinear-erase": (dict(random_erase=0.25), False),
+    "dali-bilinear-mix": ({}, True),
+    "dali-bilinear-recipe": (dict(auto_augment="ta_wide", random_erase=0.25), True),
+}
+#: each augmentation contender's plain pipeline, the base of its "vs plain" ratio
+PLAIN = {**dict.fromkeys(AUGMENTED, "dali-bilinear"), "torch-pil-bilinear-recipe": "torch-pil-bilinear"}
+
+
+def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str | None,
+         augment: dict | None = None, mix: bool = False):
     """``stage``: None (DALI to the output size), "forward", "train" (resizer backward) or a backbone name.
+    ``augment``: augmentation arguments for the loader; ``mix``: MixUp/CutMix on each delivered batch.
 
     The resizer runs as README trains it: channels_last batches and module, and on CUDA under bf16
     autocast."""
@@ -230,7 +271,11 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
     loader = DALILoader(data, batch_size=cfg.batch_size, shuffle=True, size=cfg.input_size if stage else cfg.size,
                         num_threads=threads, device=device,
                         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-                        cache=False)  # (objects read in place: benchmarks/object_storage.py measures the cache)
+                        cache=False,  # (objects read in place: benchmarks/object_storage.py measures the cache)
+                        **(augment or {}))
+    mixer = None
+    if mix:
+        mixer = MixUpCutMix(len(loader.classes) if loader.classes else 1000, mixup_alpha=0.2, cutmix_alpha=1.0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     step: Callable[[torch.Tensor, torch.Tensor], None] | None = None
     if stage == "forward":
@@ -261,7 +306,7 @@ def dali(cfg: Config, data: str, threads: int, device: torch.device, stage: str 
             loss.backward()
             optimizer.step()
 
-    return _epochs(loader, device, step)
+    return _epochs(loader, device, step, mix=mixer)
 
 
 class _EncodedFiles(torch.utils.data.Dataset):
@@ -346,6 +391,10 @@ def contenders(cfg: Config, shards: bool = False) -> dict[str, Callable]:
         "dali-learned-train": lambda d, t, dev: dali(cfg, d, t, dev, "train"),
         "decode-only": lambda d, t, dev: decode_only(cfg, d, t, dev),
     }
+    for name, (augment, mix) in AUGMENTED.items():
+        table[name] = lambda d, t, dev, augment=augment, mix=mix: dali(cfg, d, t, dev, None, augment, mix)
+    if not shards:
+        table["torch-pil-bilinear-recipe"] = lambda d, t, dev: torch_pil(cfg, d, t, dev, "bilinear", recipe=True)
     if not shards:  # (reads an image folder's files)
         table["torchvision-decode-jpeg"] = lambda d, t, dev: torchvision_decode(cfg, d, t, dev)
     if cfg.device != "cpu" and torch.cuda.is_available():  # nvJPEG's chroma upsampling as libjpeg-turbo's, or not
@@ -434,10 +483,14 @@ def run_case(cfg: Config, data: str, threads: int, device: torch.device, names: 
         gc.collect()
     base = next((r["images_per_s"] for r in rows if r["name"] == baseline), None)
     floor = next((r["images_per_s"] for r in rows if r["name"] == FLOOR), None)
+    rate = {r["name"]: r["images_per_s"] for r in rows}
     for r in rows:
         r["ratio_to_baseline"] = r["images_per_s"] / base if base else None
         r["efficiency_vs_decode"] = r["images_per_s"] / floor if floor else None
         r["baseline"] = baseline
+        if r["name"] in PLAIN:  # an augmentation's cost: against the same pipeline without it, this run
+            r["plain"] = PLAIN[r["name"]]
+            r["ratio_to_plain"] = r["images_per_s"] / rate[r["plain"]] if r["plain"] in rate else None
     return rows
 
 
@@ -518,12 +571,13 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: list[dict]) -> None:
     header = (f"{'data':<16} {'thr':>3} {'contender':<28} {'img/s':>8} {'spread':>13} {'vs baseline':>11} "
-              f"{'vs decode':>9} {'cpu ms/img':>10} {'host MiB':>8} {'gpu MiB':>8}")
+              f"{'vs decode':>9} {'vs plain':>8} {'cpu ms/img':>10} {'host MiB':>8} {'gpu MiB':>8}")
     print("\n" + header + "\n" + "-" * len(header))
     for r in rows:
         spread = f"{r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f}"
         print(f"{r['data_label']:<16} {r['threads']:>3} {r['name']:<28} {r['images_per_s']:8.1f} {spread:>13} "
               f"{_fmt(r['ratio_to_baseline'], '.2f'):>10}x {_fmt(r['efficiency_vs_decode'], '.2f'):>9} "
+              f"{_fmt(r.get('ratio_to_plain'), '.2f'):>7}x "
               f"{1000 * r['cpu_s_per_image']:10.1f} {r['peak_host_mib']:8.0f} {_fmt(r['peak_gpu_mib'], '.0f'):>8}")
 
 

@@ -17,6 +17,7 @@ def test_throughput_reports_ratios(tmp_path):
         "--data", str(data), "--threads", "1", "--repeats", "1", "--batch-size", "4", "--size", "16",
         "--input-size", "32", "--learned-images", "4", "--json", str(out),
         "--contenders", "torch-pil-bilinear", "dali-bilinear", "dali-learned", "decode-only", "torchvision-decode-jpeg",
+        "dali-bilinear-recipe", "torch-pil-bilinear-recipe",
     ])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     rows = {r["name"]: r for r in report["results"]}
@@ -33,6 +34,11 @@ def test_throughput_reports_ratios(tmp_path):
         assert r["cpu_s_per_image"] * r["images"] <= r["seconds"][0] * os.cpu_count() + 0.05
         expected = r["images_per_s"] / rows["torch-pil-bilinear"]["images_per_s"]
         assert r["ratio_to_baseline"] == pytest.approx(expected)
+    for name, plain in (("dali-bilinear-recipe", "dali-bilinear"), ("torch-pil-bilinear-recipe", "torch-pil-bilinear")):
+        # an augmentation's cost: against the same pipeline without it, measured in the same run
+        assert rows[name]["plain"] == plain and rows[name]["images"] == 10 - 4
+        assert rows[name]["ratio_to_plain"] == pytest.approx(rows[name]["images_per_s"] / rows[plain]["images_per_s"])
+    assert "ratio_to_plain" not in rows["dali-bilinear"]
     assert sum(r["cpu_s_per_image"] for r in rows.values()) > 0  # clock ticks: tiny runs may read 0 alone
     env = report["environment"]
     assert env["torch"] and env["dali"] and env["cores"] >= 1
