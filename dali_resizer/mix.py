@@ -97,11 +97,13 @@ class MixUpCutMix:
         if not mixed or rows.numel() < 2:
             return images, targets
         partner = rows.roll(1)  # each real row takes from the real row before it
-        out = images.clone()
-        if kind == "mixup":
-            out[rows] = (lam * images[rows].float() + (1 - lam) * images[partner].float()).to(images.dtype)
+        if kind == "mixup":  # one gather and one pass: lam * row + (1 - lam) * partner; a padding row is its own
+            source = torch.arange(labels.shape[0], device=rows.device)
+            source[rows] = partner
+            out = images[source].lerp_(images, lam)  # (lerp(x, x, lam) is x exactly)
         else:
             top, bottom, left, right = box
+            out = images.clone()
             out[rows, :, top:bottom, left:right] = images[partner, :, top:bottom, left:right]
             lam = 1 - (bottom - top) * (right - left) / (images.shape[-2] * images.shape[-1])
         targets[rows] = lam * targets[rows] + (1 - lam) * targets[partner]
