@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import nvidia.dali.math as dmath
 from nvidia.dali import fn, types
 
@@ -190,27 +193,58 @@ def augment(images, spec: TransformSpec):
     """The training graph's augmentations of ``size``-sized HWC uint8 images, as ``spec`` asks, on their
     device: ``auto_augment`` (``nvidia.dali.auto_aug``: torchvision's policies, its fill of 0 and its
     shifts: 32 pixels for TrivialAugmentWide, 150/331 of the side for RandAugment and AutoAugment), then
-    ``color_jitter`` (one ``fn.color_twist``: brightness, contrast, saturation and hue factors drawn as
-    ``ColorJitter`` draws them, applied in one fixed order rather than a random one). Nothing when the
-    spec asks for none, or for evaluation. (Needs ``enable_conditionals=True``.)"""
+    ``color_jitter`` (brightness, contrast, saturation and hue factors drawn as ``ColorJitter`` draws them,
+    applied in a random order per image, as ``ColorJitter`` does: :func:`_color_jitter`). Nothing when the spec
+    asks for none, or for evaluation. (Needs ``enable_conditionals=True``.)"""
     if not spec.train:
         return images
     with _without_dali_alias_warnings():
         images = _auto_augment(images, spec)
     if spec.color_jitter is not None:
-        brightness, contrast, saturation, hue = spec.color_jitter
-        factor = lambda v: fn.random.uniform(range=[max(0.0, 1 - v), 1 + v])  # noqa: E731
-        twist = {}
-        if brightness:
-            twist["brightness"] = factor(brightness)
-        if contrast:
-            twist["contrast"] = factor(contrast)
-        if saturation:
-            twist["saturation"] = factor(saturation)
-        if hue:
-            twist["hue"] = fn.random.uniform(range=[-360.0 * hue, 360.0 * hue])  # (degrees)
-        images = fn.color_twist(images, **twist)
+        images = _color_jitter(images, spec.color_jitter)
     return images
+
+
+def _color_jitter(images, jitter: tuple[float, float, float, float]):
+    """torchvision's ``ColorJitter``: the factors drawn as it draws them, its operations applied in a
+    random order per image (as its ``randperm``), each saturating to uint8 as torchvision clamps.
+
+    Brightness scales; contrast blends with the image's mean gray (``0.299 R + 0.587 G + 0.114 B``,
+    PIL's and torchvision's weights; DALI's ``fn.contrast`` would centre on 128); saturation blends with
+    each pixel's gray (DALI's YIQ saturation: the same luma, so the same blend); hue turns the colours
+    (DALI's YIQ rotation, where torchvision shifts the HSV hue: close, not equal)."""
+    brightness, contrast, saturation, hue = jitter
+    factor = lambda v: fn.random.uniform(range=[max(0.0, 1 - v), 1 + v])  # noqa: E731
+    ops = {}  # code -> operation, for the jitters asked for (their factors drawn up front, per image)
+    if brightness:
+        ops[0] = functools.partial(fn.brightness, brightness=factor(brightness))
+    if contrast:
+        ops[1] = functools.partial(_contrast, factor=factor(contrast))
+    if saturation:
+        ops[2] = functools.partial(fn.color_twist, saturation=factor(saturation))
+    if hue:
+        ops[3] = functools.partial(fn.color_twist, hue=fn.random.uniform(range=[-360.0 * hue, 360.0 * hue]))
+    codes = list(ops)
+    if len(codes) == 1:
+        return ops[codes[0]](images)
+    orders = [code for order in itertools.permutations(codes) for code in order]
+    table = fn.constant(idata=orders, shape=[len(orders) // len(codes), len(codes)], dtype=types.INT32)
+    order = table[fn.random.uniform(values=list(range(len(orders) // len(codes))), dtype=types.INT32)]
+    for k in range(len(codes)):  # (conditionals: each image through its own order)
+        for code in codes:
+            if order[k] == code:
+                images = ops[code](images)
+    return images
+
+
+def _contrast(images, factor):
+    mean = fn.reductions.mean(images, axis_names="HW", keep_dims=True)
+    center = fn.reductions.sum(mean * types.Constant(np.array(_LUMA, dtype=np.float32)), axis_names="C",
+                               keep_dims=True)
+    return fn.cast_like(center + (images - center) * factor, images)  # (saturating, rounded)
+
+
+_LUMA = (0.299, 0.587, 0.114)
 
 
 @contextlib.contextmanager

@@ -254,3 +254,34 @@ def test_an_argument_the_transform_sets_otherwise_is_refused(image_folder):
     with pytest.raises(ValueError, match="size=24, but the dataset's transform sets size=.16, 16."):
         DALILoader(dataset, batch_size=4, size=24)
     assert DALILoader(dataset, batch_size=4, size=16, auto_augment="ta_wide").spec.auto_augment == "ta_wide"
+
+
+def test_colour_jitters_contrast_blends_with_each_images_mean_gray(tmp_path):
+    """As torchvision's ``adjust_contrast``: an image of one gray keeps it whatever the factor (the blend
+    is with its own mean gray, not a fixed 128); a low-contrast colour image keeps its mean gray, and
+    every channel's deviation from it scales by one factor within ``[1 - c, 1 + c]``."""
+    rng = np.random.default_rng(0)
+    flat = [np.full((24, 24, 3), gray, dtype=np.uint8) for gray in (30, 200, 250)]
+    soft = [rng.integers(100, 141, (24, 24, 3), dtype=np.uint8) for _ in range(5)]
+    root = _folder(tmp_path / "c", {"flat": flat, "soft": soft})
+    loader = DALILoader(root, batch_size=8, size=24, color_jitter=(0.0, 0.5, 0.0, 0.0), hflip=0.0,
+                        random_area=(1.0, 1.0), random_aspect_ratio=(1.0, 1.0), **RAW)
+    (images, labels), = list(loader)
+    originals = [_as_delivered(a) for a in flat]
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+    factors = []
+    for image, label in zip(images, labels):
+        if loader.classes[label] == "flat":
+            assert any(torch.allclose(image, o, rtol=0, atol=1e-6) for o in originals)  # (unchanged, in uint8)
+            continue
+        fits = []
+        for source in map(_as_delivered, soft):  # (which one it was: the best fit)
+            gray = float((source * luma).sum(0).mean())
+            deviation, out = source - gray, image - gray
+            factor = float((out * deviation).sum() / (deviation * deviation).sum())
+            fits.append((float((out - factor * deviation).abs().max()), factor, deviation, out))
+        _, factor, deviation, out = min(fits, key=lambda fit: fit[0])
+        assert 0.5 - 0.01 <= factor <= 1.5 + 0.01
+        assert torch.allclose(out, factor * deviation, atol=0.6 / 255)  # (each pixel rounded to uint8)
+        factors.append(factor)
+    assert len(factors) == 5 and max(factors) - min(factors) > 0.05  # (a factor drawn per image)
