@@ -211,8 +211,8 @@ def _color_jitter(images, jitter: tuple[float, float, float, float]):
 
     Brightness scales; contrast blends with the image's mean gray (``0.299 R + 0.587 G + 0.114 B``,
     PIL's and torchvision's weights; DALI's ``fn.contrast`` would centre on 128); saturation blends with
-    each pixel's gray (DALI's YIQ saturation: the same luma, so the same blend); hue turns the colours
-    (DALI's YIQ rotation, where torchvision shifts the HSV hue: close, not equal)."""
+    each pixel's gray (DALI's YIQ saturation: the same luma, so the same blend); hue shifts the HSV hue
+    (:func:`_hue`, torchvision's arithmetic; DALI's ``fn.hue`` is a YIQ rotation, other colours)."""
     brightness, contrast, saturation, hue = jitter
     factor = lambda v: fn.random.uniform(range=[max(0.0, 1 - v), 1 + v])  # noqa: E731
     ops = {}  # code -> operation, for the jitters asked for (their factors drawn up front, per image)
@@ -223,7 +223,7 @@ def _color_jitter(images, jitter: tuple[float, float, float, float]):
     if saturation:
         ops[2] = functools.partial(fn.color_twist, saturation=factor(saturation))
     if hue:
-        ops[3] = functools.partial(fn.color_twist, hue=fn.random.uniform(range=[-360.0 * hue, 360.0 * hue]))
+        ops[3] = functools.partial(_hue, shift=fn.random.uniform(range=[-hue, hue]))
     codes = list(ops)
     if len(codes) == 1:
         return ops[codes[0]](images)
@@ -235,6 +235,38 @@ def _color_jitter(images, jitter: tuple[float, float, float, float]):
             if order[k] == code:
                 images = ops[code](images)
     return images
+
+
+def _hue(images, shift):
+    """torchvision's ``adjust_hue`` of HWC uint8 images by ``shift`` turns: to float in [0, 1], to HSV,
+    the hue moved (modulo 1), back to RGB, and to uint8 as its ``convert_image_dtype`` does (times
+    ``256 - 1e-3``, truncated). The same arithmetic as its ``_rgb2hsv`` / ``_hsv2rgb``, on either device."""
+    x = fn.cast(images, dtype=types.FLOAT) * (1 / 255)
+    r, g, b = x[:, :, 0], x[:, :, 1], x[:, :, 2]
+    flag = lambda condition: fn.cast(condition, dtype=types.FLOAT)  # noqa: E731  (1.0 where true)
+    value = dmath.max(dmath.max(r, g), b)
+    chroma = value - dmath.min(dmath.min(r, g), b)
+    gray = flag(chroma == 0)  # (maxc == minc)
+    saturation = chroma / (value * (1 - gray) + gray)
+    divisor = chroma * (1 - gray) + gray
+    rc, gc, bc = (value - r) / divisor, (value - g) / divisor, (value - b) / divisor
+    on_r = flag(value == r)
+    on_g = flag(value == g) * (1 - on_r)
+    hue = (on_r * (bc - gc) + on_g * (2 + rc - bc) + (1 - on_r - on_g) * (4 + gc - rc)) / 6 + 1
+    hue = hue - dmath.floor(hue) + shift  # (fmod(h, 1) + shift)
+    sixths = (hue - dmath.floor(hue)) * 6  # (h % 1, in sixths of a turn)
+    sector = dmath.floor(sixths)
+    frac = sixths - sector
+    sector = sector - 6 * dmath.floor(sector / 6)  # (% 6)
+    p = dmath.clamp(value * (1 - saturation), 0.0, 1.0)
+    q = dmath.clamp(value * (1 - saturation * frac), 0.0, 1.0)
+    t = dmath.clamp(value * (1 - saturation * (1 - frac)), 0.0, 1.0)
+    m = [flag(sector == k) for k in range(6)]
+    red = m[0] * value + m[1] * q + m[2] * p + m[3] * p + m[4] * t + m[5] * value
+    green = m[0] * t + m[1] * value + m[2] * value + m[3] * q + m[4] * p + m[5] * p
+    blue = m[0] * p + m[1] * p + m[2] * t + m[3] * value + m[4] * value + m[5] * q
+    rgb = fn.stack(red, green, blue, axis=2)
+    return fn.cast(dmath.floor(rgb * (256 - 1e-3)), dtype=types.UINT8)
 
 
 def _contrast(images, factor):

@@ -285,3 +285,37 @@ def test_colour_jitters_contrast_blends_with_each_images_mean_gray(tmp_path):
         assert torch.allclose(out, factor * deviation, atol=0.6 / 255)  # (each pixel rounded to uint8)
         factors.append(factor)
     assert len(factors) == 5 and max(factors) - min(factors) > 0.05  # (a factor drawn per image)
+
+
+def _best_hue_shift(source, image, bound):
+    """The shift (in turns, within ``bound``) at which torchvision's ``adjust_hue`` of ``source`` is
+    nearest ``image``, and that distance (max over pixels, in uint8 levels)."""
+    from torchvision.transforms.functional import adjust_hue
+
+    source = torch.from_numpy(source).permute(2, 0, 1)
+    target = (image * 255).round().to(torch.int32)
+    distance = lambda s: (adjust_hue(source, float(s)).to(torch.int32) - target).abs()  # noqa: E731
+    mean = lambda s: float(distance(s).float().mean())  # noqa: E731
+    shift = min(np.linspace(-bound, bound, 81), key=mean)
+    shift = min(np.linspace(shift - bound / 40, shift + bound / 40, 201), key=mean)
+    return float(shift), int(distance(shift).max())
+
+
+def test_colour_jitters_hue_is_torchvisions_hsv_shift(tmp_path):
+    """Hue jitter alone: each image is torchvision's ``adjust_hue`` of its source by a shift drawn in
+    ``[-hue, hue]`` (found by search), to within one uint8 level: the HSV shift, not DALI's YIQ rotation,
+    whose colours differ by tens of levels."""
+    rng = np.random.default_rng(1)
+    sources = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(6)]
+    root = _folder(tmp_path / "h", {"a": sources[:3], "b": sources[3:]})
+    loader = DALILoader(root, batch_size=6, size=16, color_jitter=(0.0, 0.0, 0.0, 0.2), hflip=0.0,
+                        random_area=(1.0, 1.0), random_aspect_ratio=(1.0, 1.0), **RAW)
+    (images, _), = list(loader)
+    shifts = []
+    for image in images:  # (its source: the one of the same HSV value, max(R, G, B), which a hue shift keeps)
+        value = (image * 255).round().amax(0).numpy()
+        source = min(sources, key=lambda s: np.abs(s.max(-1).astype(int) - value).max())
+        shift, distance = _best_hue_shift(source, image, 0.2)
+        assert distance <= 1 and abs(shift) <= 0.2, (shift, distance)
+        shifts.append(shift)
+    assert max(shifts) - min(shifts) > 0.02  # (a shift drawn per image)
