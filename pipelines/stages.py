@@ -265,7 +265,7 @@ def _hue(images, shift):
     red = m[0] * value + m[1] * q + m[2] * p + m[3] * p + m[4] * t + m[5] * value
     green = m[0] * t + m[1] * value + m[2] * value + m[3] * q + m[4] * p + m[5] * p
     blue = m[0] * p + m[1] * p + m[2] * t + m[3] * value + m[4] * value + m[5] * q
-    rgb = fn.stack(red, green, blue, axis=2)
+    rgb = fn.reshape(fn.stack(red, green, blue, axis=2), layout="HWC")  # (the slices lost the layout)
     return fn.cast(dmath.floor(rgb * (256 - 1e-3)), dtype=types.UINT8)
 
 
